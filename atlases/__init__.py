@@ -1,0 +1,1 @@
+"""Template and atlas data shipped with qsmprep (installed as ``qsmprep.atlases``)."""

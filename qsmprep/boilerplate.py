@@ -1,0 +1,104 @@
+"""The methods boilerplate: a paragraph describing exactly what ran, with its citations.
+
+Written to ``<output_dir>/logs/CITATION.md`` for every run, ready to paste into a paper.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .__about__ import __version__
+
+REFERENCES = {
+    "consensus": "QSM Consensus Organization Committee. Recommended implementation of "
+    "quantitative susceptibility mapping for clinical research in the brain: a consensus of the "
+    "ISMRM electro-magnetic tissue properties study group. Magn Reson Med. 2024;91:1834-1862. "
+    "doi:10.1002/mrm.30006",
+    "nipype": "Gorgolewski K, et al. Nipype: a flexible, lightweight and extensible neuroimaging "
+    "data processing framework in Python. Front Neuroinform. 2011;5:13. "
+    "doi:10.3389/fninf.2011.00013",
+    "pybids": "Yarkoni T, et al. PyBIDS: Python tools for BIDS datasets. J Open Source Softw. "
+    "2019;4(40):1294. doi:10.21105/joss.01294",
+    "otsu": "Otsu N. A threshold selection method from gray-level histograms. IEEE Trans Syst Man "
+    "Cybern. 1979;9:62-66. doi:10.1109/TSMC.1979.4310076",
+    "laplacian": "Schofield MA, Zhu Y. Fast phase unwrapping algorithm for interferometric "
+    "applications. Opt Lett. 2003;28:1194-1196. doi:10.1364/OL.28.001194",
+    "vsharp": "Li W, Wu B, Liu C. Quantitative susceptibility mapping of human brain reflects "
+    "spatial variation in tissue composition. NeuroImage. 2011;55:1645-1656. "
+    "doi:10.1016/j.neuroimage.2010.11.088",
+    "sharp": "Schweser F, Deistung A, Lehr BW, Reichenbach JR. Quantitative imaging of intrinsic "
+    "magnetic tissue properties using MRI signal phase. NeuroImage. 2011;54:2789-2807. "
+    "doi:10.1016/j.neuroimage.2010.10.070",
+    "tkd": "Shmueli K, et al. Magnetic susceptibility mapping of brain tissue in vivo using MRI "
+    "phase data. Magn Reson Med. 2009;62:1510-1522. doi:10.1002/mrm.22135",
+    "tikhonov": "Kressler B, et al. Nonlinear regularization for per voxel estimation of magnetic "
+    "susceptibility distributions from MRI field maps. IEEE Trans Med Imaging. 2010;29:273-281. "
+    "doi:10.1109/TMI.2009.2023787",
+    "r2star": "Veraart J, Sijbers J, Sunaert S, Leemans A, Jeurissen B. Weighted linear least "
+    "squares estimation of diffusion MRI parameters: strengths, limitations, and pitfalls. "
+    "NeuroImage. 2013;81:335-346 (the weighting used for the log-linear R2* fit). "
+    "doi:10.1016/j.neuroimage.2013.05.028",
+}
+
+
+def methods_boilerplate(*, config, runs) -> str:
+    """Markdown text describing the processing of ``runs`` under ``config``, with references."""
+    workflow = config.workflow
+    cited = ["consensus", "nipype", "pybids"]
+    echo_counts = sorted({len(run.echoes) for run in runs})
+    strengths = sorted({run.field_strength_t for run in runs})
+
+    def cite(key):
+        if key not in cited:
+            cited.append(key)
+        return f"[{cited.index(key) + 1}]"
+
+    if config.execution.brain_mask_dir:
+        masking = "Brain masks were supplied by the user."
+    else:
+        threshold = (f"a threshold of {workflow.mask_threshold:g} of the 99th percentile"
+                     if workflow.mask_threshold else f"Otsu's automatic threshold {cite('otsu')}")
+        masking = ("A brain mask was computed from the first-echo magnitude with "
+                   f"{threshold}, morphological opening, selection of the largest connected "
+                   "component and hole filling; voxels with non-finite input were excluded.")
+    if workflow.inversion == "tkd":
+        inversion = (f"thresholded k-space division (TKD, threshold {workflow.tkd_threshold:g}) "
+                     f"{cite('tkd')}")
+    else:
+        inversion = ("an iterative Tikhonov-regularised least-squares inversion with a gradient "
+                     f"penalty (lambda = {workflow.tikhonov_regularization:g}, conjugate gradient, "
+                     f"at most {workflow.inversion_max_iter} iterations) {cite('tikhonov')}")
+    radii = workflow.vsharp_radii_mm()
+    text = [
+        "## Methods",
+        "",
+        f"Quantitative susceptibility maps were reconstructed with qsmprep {__version__}, which "
+        f"follows the 2024 ISMRM consensus recommendations {cite('consensus')} and is built on "
+        f"Nipype {cite('nipype')}; input data were found with PyBIDS {cite('pybids')}. "
+        f"{len(runs)} gradient-echo run(s) with {', '.join(map(str, echo_counts))} echo(es) at "
+        f"{', '.join(f'{value:g}' for value in strengths)} T were processed.",
+        "",
+        f"{masking} The phase of each echo was unwrapped with a Laplacian-based algorithm "
+        f"{cite('laplacian')}. Echoes were combined by a magnitude-weighted least-squares fit "
+        "of the unwrapped phase over echo time, with an intercept absorbing the phase offset, "
+        "giving the total field in Hz and a map of the fit residual. Background fields were "
+        f"removed with V-SHARP {cite('vsharp')}{cite('sharp')} (spherical kernels of "
+        f"{radii[0]:g} down to {radii[-1]:g} mm, truncation threshold "
+        f"{workflow.vsharp_threshold:g}). Susceptibility was obtained by {inversion}, with the "
+        "dipole kernel oriented along the main field in the image's voxel coordinates, and "
+        "referenced to the mean over the whole brain (the V-SHARP mask); the reference value "
+        "is recorded in each Chimap sidecar. R2* and T2* were estimated by a magnitude-weighted "
+        f"log-linear fit of the magnitude decay {cite('r2star')}.",
+        "",
+        "### References",
+        "",
+    ]
+    text += [f"{index}. {REFERENCES[key]}" for index, key in enumerate(cited, start=1)]
+    return "\n".join(text) + "\n"
+
+
+def write_boilerplate(logs_dir, *, config, runs) -> Path:
+    """Write :func:`methods_boilerplate` to ``logs_dir/CITATION.md``; returns its path."""
+    path = Path(logs_dir) / "CITATION.md"
+    path.write_text(methods_boilerplate(config=config, runs=runs))
+    return path

@@ -1,0 +1,251 @@
+"""The command line: a grouped argparse parser that validates before any work starts.
+
+Usage errors exit with code 64 (BIDS-App execution spec); missing input folders with 66. Paths are
+checked here, through argument types and :func:`parse_args`, so that a mistyped folder fails in
+a second rather than after an hour of processing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..__about__ import __version__
+from ..config import ALGORITHMS, Config, ExecutionConfig, NipypeConfig, WorkflowConfig
+from ..errors import MissingInputError, QSMPrepError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors carry the BIDS-App usage exit code (64)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return number
+
+
+def _label(prefix: str):
+    def strip(value: str) -> str:
+        label = value[len(prefix):] if value.startswith(prefix) else value
+        if not label.isalnum():
+            raise argparse.ArgumentTypeError(
+                f"'{value}' is not a BIDS label (letters and digits only, optional '{prefix}')")
+        return label
+    return strip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The qsmprep argument parser, grouped like fMRIPrep's."""
+    parser = _Parser(
+        prog="qsmprep",
+        description=f"qsmprep {__version__}: quantitative susceptibility mapping from multi-echo "
+        "gradient-echo BIDS data, with regional iron measures.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="the root folder of a BIDS dataset")
+    parser.add_argument("output_dir", type=Path,
+                        help="the folder where the BIDS derivatives are written")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="processing stage: participant (per scan) or group (all scans)")
+
+    bids = parser.add_argument_group("Options for filtering BIDS queries")
+    bids.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+                      type=_label("sub-"), metavar="LABEL",
+                      help="participants to process (with or without 'sub-'); default: all")
+    bids.add_argument("--session-label", nargs="+", default=[], type=_label("ses-"),
+                      metavar="LABEL", help="sessions to process (with or without 'ses-')")
+    bids.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+                      help="JSON of pybids entity filters, flat or keyed by 'megre'/'t2starw'")
+
+    perf = parser.add_argument_group("Options to handle performance")
+    perf.add_argument("--nprocs", "--nthreads", type=_positive_int, default=None,
+                      help="maximum number of processes for the whole run (default: all CPUs)")
+    perf.add_argument("--omp-nthreads", type=_positive_int, default=None,
+                      help="threads per process for FFTs and ANTs (default: min(8, nprocs))")
+    perf.add_argument("--mem-gb", "--mem", type=_positive_float, default=None,
+                      help="memory limit for MultiProc, in GB (default: 90%% of the machine)")
+    perf.add_argument("--use-plugin", type=Path, metavar="FILE",
+                      help="nipype plugin YAML with 'plugin:' and 'plugin_args:' "
+                      "(e.g. MultiProc, SLURMGraph, SGE)")
+    perf.add_argument("--stop-on-first-crash", action="store_true",
+                      help="stop at the first failing node instead of finishing the others")
+
+    wf = parser.add_argument_group("Workflow configuration")
+    wf.add_argument("--field-strength", type=_positive_float, metavar="TESLA",
+                    help="main field strength; used when sidecars lack MagneticFieldStrength, "
+                    "and overrides them otherwise")
+    wf.add_argument("--qsm-only", action="store_true",
+                    help="stop after the QSM derivatives (no registration or regions)")
+    wf.add_argument("--brain-mask-dir", type=Path, metavar="DIR",
+                    help="a derivatives folder with your own brain masks "
+                    "(sub-*/[ses-*/]anat/*_desc-brain_mask.nii[.gz], same entities as the run); "
+                    "they replace the automatic mask")
+
+    defaults = WorkflowConfig()
+    qsm = parser.add_argument_group("QSM reconstruction stages")
+    qsm.add_argument("--masking", choices=ALGORITHMS["masking"], default=defaults.masking,
+                     help="brain mask from the magnitude")
+    qsm.add_argument("--mask-threshold", type=_positive_float, default=None,
+                     help="magnitude threshold as a fraction of the 99th percentile "
+                     "(default: automatic, Otsu)")
+    qsm.add_argument("--unwrapping", choices=ALGORITHMS["unwrapping"],
+                     default=defaults.unwrapping, help="phase unwrapping algorithm")
+    qsm.add_argument("--echo-fit", choices=ALGORITHMS["echo_fit"], default=defaults.echo_fit,
+                     help="echo combination into the total field (Hz)")
+    qsm.add_argument("--bg-removal", choices=ALGORITHMS["background_removal"],
+                     default=defaults.background_removal, help="background field removal")
+    qsm.add_argument("--vsharp-max-radius", type=_positive_float,
+                     default=defaults.vsharp_max_radius_mm, metavar="MM",
+                     help="largest V-SHARP sphere radius")
+    qsm.add_argument("--vsharp-min-radius", type=_positive_float,
+                     default=defaults.vsharp_min_radius_mm, metavar="MM",
+                     help="smallest V-SHARP sphere radius (radii step by 1 mm)")
+    qsm.add_argument("--vsharp-threshold", type=_positive_float,
+                     default=defaults.vsharp_threshold,
+                     help="truncation threshold of the V-SHARP deconvolution")
+    qsm.add_argument("--inversion", choices=ALGORITHMS["inversion"], default=defaults.inversion,
+                     help="dipole inversion algorithm")
+    qsm.add_argument("--tkd-threshold", type=_positive_float, default=defaults.tkd_threshold,
+                     help="TKD k-space truncation threshold")
+    qsm.add_argument("--tikhonov-lambda", type=_positive_float,
+                     default=defaults.tikhonov_regularization,
+                     help="iterative Tikhonov gradient regularisation weight")
+    qsm.add_argument("--inversion-max-iter", type=_positive_int,
+                     default=defaults.inversion_max_iter,
+                     help="maximum conjugate-gradient iterations of iterative inversions")
+    qsm.add_argument("--reference", choices=ALGORITHMS["reference"], default=defaults.reference,
+                     help="susceptibility reference region")
+    qsm.add_argument("--r2star", choices=ALGORITHMS["r2star"], default=defaults.r2star,
+                     help="R2* estimation from the magnitudes")
+
+    other = parser.add_argument_group("Other options")
+    other.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
+                       help="nipype working folder; re-running with the same one resumes")
+    other.add_argument("-v", "--verbose", action="count", default=0,
+                       help="more log messages (-vv for debugging)")
+    other.add_argument("--version", action="version", version=f"qsmprep {__version__}")
+    return parser
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _read_plugin_file(path: Path) -> tuple[str, dict]:
+    import yaml
+
+    if not path.is_file():
+        raise MissingInputError(f"--use-plugin: file not found: {path}")
+    try:
+        settings = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"--use-plugin: {path} is not valid YAML: {error}") from None
+    if not isinstance(settings, dict) or "plugin" not in settings:
+        raise UsageError(f"--use-plugin: {path} must define 'plugin:' (and optionally "
+                         "'plugin_args:'), e.g. 'plugin: MultiProc'")
+    plugin_args = settings.get("plugin_args") or {}
+    if not isinstance(plugin_args, dict):
+        raise UsageError(f"--use-plugin: 'plugin_args' in {path} must be a mapping")
+    return str(settings["plugin"]), plugin_args
+
+
+def parse_args(argv=None) -> Config:
+    """Parse and validate the command line into a :class:`~qsmprep.config.Config`.
+
+    Raises :class:`~qsmprep.errors.QSMPrepError` subclasses for invalid paths or settings;
+    argparse itself exits with code 64 on malformed options.
+    """
+    from ..bids.discovery import load_bids_filters
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts = build_parser().parse_args(argv)
+
+    bids_dir = opts.bids_dir.expanduser().resolve()
+    output_dir = opts.output_dir.expanduser().resolve()
+    work_dir = opts.work_dir.expanduser().resolve()
+    if not bids_dir.is_dir():
+        raise MissingInputError(f"BIDS folder not found: {opts.bids_dir}")
+    for name, folder in (("output folder", output_dir), ("work folder", work_dir)):
+        if _is_within(folder, bids_dir):
+            raise UsageError(
+                f"The {name} {folder} is inside the BIDS input {bids_dir}; qsmprep never writes "
+                "into its input. Choose a folder outside it (e.g. a sibling 'derivatives/qsmprep').")
+    if _is_within(bids_dir, output_dir):
+        raise UsageError(f"The BIDS input {bids_dir} is inside the output folder {output_dir}.")
+    if opts.brain_mask_dir is not None and not opts.brain_mask_dir.is_dir():
+        raise MissingInputError(f"--brain-mask-dir: folder not found: {opts.brain_mask_dir}")
+    if opts.vsharp_min_radius > opts.vsharp_max_radius:
+        raise UsageError("--vsharp-min-radius must not exceed --vsharp-max-radius")
+
+    bids_filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {}
+    plugin, plugin_args = "MultiProc", {}
+    if opts.use_plugin is not None:
+        plugin, plugin_args = _read_plugin_file(opts.use_plugin)
+
+    nprocs = opts.nprocs or int(plugin_args.get("n_procs", 0)) or os.cpu_count() or 1
+    omp_nthreads = opts.omp_nthreads or min(8, nprocs)
+    if omp_nthreads > nprocs:
+        raise UsageError(f"--omp-nthreads ({omp_nthreads}) cannot exceed --nprocs ({nprocs})")
+    mem_gb = opts.mem_gb or float(plugin_args.get("memory_gb", 0)) or _available_memory_gb()
+
+    execution = ExecutionConfig(
+        bids_dir=str(bids_dir),
+        output_dir=str(output_dir),
+        work_dir=str(work_dir),
+        analysis_level=opts.analysis_level,
+        participant_labels=list(dict.fromkeys(opts.participant_label)),
+        session_labels=list(dict.fromkeys(opts.session_label)),
+        bids_filters=bids_filters,
+        brain_mask_dir=str(opts.brain_mask_dir.resolve()) if opts.brain_mask_dir else "",
+        stop_on_first_crash=opts.stop_on_first_crash,
+        command_line=" ".join(["qsmprep", *argv]),
+        verbosity=opts.verbose,
+    )
+    nipype = NipypeConfig(plugin=plugin, plugin_args=plugin_args, nprocs=nprocs,
+                          omp_nthreads=omp_nthreads, mem_gb=round(mem_gb, 2))
+    workflow = WorkflowConfig(
+        qsm_only=opts.qsm_only,
+        field_strength_t=opts.field_strength or 0.0,
+        masking=opts.masking,
+        mask_threshold=opts.mask_threshold or 0.0,
+        unwrapping=opts.unwrapping,
+        echo_fit=opts.echo_fit,
+        background_removal=opts.bg_removal,
+        vsharp_max_radius_mm=opts.vsharp_max_radius,
+        vsharp_min_radius_mm=opts.vsharp_min_radius,
+        vsharp_threshold=opts.vsharp_threshold,
+        inversion=opts.inversion,
+        tkd_threshold=opts.tkd_threshold,
+        tikhonov_regularization=opts.tikhonov_lambda,
+        inversion_max_iter=opts.inversion_max_iter,
+        reference=opts.reference,
+        r2star=opts.r2star,
+    )
+    return Config(execution=execution, nipype=nipype, workflow=workflow)
+
+
+def _available_memory_gb() -> float:
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return 0.9 * pages / 1024**3
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8.0
+
+
+__all__ = ["build_parser", "parse_args", "QSMPrepError"]

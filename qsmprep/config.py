@@ -1,0 +1,194 @@
+"""One configuration object per run, built from the command line and saved with the outputs.
+
+The configuration has four sections, in the spirit of fMRIPrep's ``config`` module:
+
+- ``execution``: what to process and where (folders, labels, filters, the command line);
+- ``nipype``: how to run the graph (plugin, processes, threads, memory);
+- ``workflow``: every processing choice, one field per algorithm and parameter;
+- ``environment``: software versions, filled in when the object is created.
+
+:meth:`Config.save` writes it as TOML into ``<output_dir>/logs/``; :meth:`Config.load` reads it
+back, so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+import uuid
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+import tomli_w
+
+from .__about__ import __version__
+
+#: Packages whose versions are recorded with every run.
+KEY_DEPENDENCIES = (
+    "nipype", "pybids", "nibabel", "nilearn", "templateflow", "antspyx", "numpy", "scipy",
+)
+
+#: Algorithm choices per stage; the first entry of each is the default.
+ALGORITHMS = {
+    "masking": ("magnitude-threshold",),
+    "unwrapping": ("laplacian",),
+    "echo_fit": ("weighted-linear",),
+    "background_removal": ("vsharp",),
+    "inversion": ("tikhonov", "tkd"),
+    "reference": ("whole-brain",),
+    "r2star": ("loglinear",),
+}
+
+
+@dataclasses.dataclass
+class ExecutionConfig:
+    """What is processed, and where."""
+
+    bids_dir: str = ""
+    output_dir: str = ""
+    work_dir: str = ""
+    analysis_level: str = "participant"
+    participant_labels: list = dataclasses.field(default_factory=list)
+    session_labels: list = dataclasses.field(default_factory=list)
+    bids_filters: dict = dataclasses.field(default_factory=dict)
+    brain_mask_dir: str = ""
+    stop_on_first_crash: bool = False
+    command_line: str = ""
+    verbosity: int = 0
+    run_uuid: str = ""
+    start_time: str = ""
+
+
+@dataclasses.dataclass
+class NipypeConfig:
+    """How the nipype graph is executed."""
+
+    plugin: str = "MultiProc"
+    plugin_args: dict = dataclasses.field(default_factory=dict)
+    nprocs: int = 0
+    omp_nthreads: int = 0
+    mem_gb: float = 0.0
+
+
+@dataclasses.dataclass
+class WorkflowConfig:
+    """Every processing choice. Defaults follow the 2024 ISMRM QSM consensus where it applies."""
+
+    qsm_only: bool = False
+    field_strength_t: float = 0.0
+    masking: str = ALGORITHMS["masking"][0]
+    mask_threshold: float = 0.0
+    unwrapping: str = ALGORITHMS["unwrapping"][0]
+    echo_fit: str = ALGORITHMS["echo_fit"][0]
+    background_removal: str = ALGORITHMS["background_removal"][0]
+    vsharp_max_radius_mm: float = 12.0
+    vsharp_min_radius_mm: float = 1.0
+    vsharp_threshold: float = 0.05
+    inversion: str = ALGORITHMS["inversion"][0]
+    tkd_threshold: float = 0.19
+    tikhonov_regularization: float = 0.005
+    inversion_max_iter: int = 100
+    inversion_tolerance: float = 1e-3
+    reference: str = ALGORITHMS["reference"][0]
+    r2star: str = ALGORITHMS["r2star"][0]
+
+    def vsharp_radii_mm(self) -> list:
+        """V-SHARP sphere radii (mm), largest first, in 1 mm steps."""
+        count = int(round(self.vsharp_max_radius_mm - self.vsharp_min_radius_mm)) + 1
+        return [float(self.vsharp_max_radius_mm - step) for step in range(max(count, 1))]
+
+    def stage_parameters(self) -> dict:
+        """The algorithm and parameters of each stage, as written into every sidecar."""
+        if self.inversion == "tkd":
+            inversion_parameters = {"Threshold": self.tkd_threshold}
+        else:
+            inversion_parameters = {
+                "Regularization": self.tikhonov_regularization,
+                "MaxIterations": self.inversion_max_iter,
+                "Tolerance": self.inversion_tolerance,
+            }
+        masking = {"Algorithm": self.masking}
+        if self.masking == "magnitude-threshold":
+            masking["Threshold"] = self.mask_threshold or "automatic (Otsu)"
+        return {
+            "Masking": masking,
+            "Unwrapping": {"Algorithm": self.unwrapping},
+            "EchoCombination": {"Algorithm": self.echo_fit, "Weights": "magnitude squared"},
+            "BackgroundFieldRemoval": {
+                "Algorithm": self.background_removal,
+                "RadiiMM": self.vsharp_radii_mm(),
+                "Threshold": self.vsharp_threshold,
+            },
+            "DipoleInversion": {"Algorithm": self.inversion, **inversion_parameters},
+            "Referencing": {"Region": self.reference},
+            "R2star": {"Algorithm": self.r2star},
+        }
+
+
+@dataclasses.dataclass
+class Config:
+    """The whole configuration of one qsmprep run."""
+
+    execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
+    nipype: NipypeConfig = dataclasses.field(default_factory=NipypeConfig)
+    workflow: WorkflowConfig = dataclasses.field(default_factory=WorkflowConfig)
+    environment: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.execution.run_uuid:
+            now = datetime.now(timezone.utc)
+            self.execution.start_time = now.isoformat(timespec="seconds")
+            self.execution.run_uuid = f"{now:%Y%m%d-%H%M%S}_{uuid.uuid4()}"
+        if not self.environment:
+            self.environment = software_versions()
+
+    def to_dict(self) -> dict:
+        """Plain nested dictionary (TOML- and JSON-friendly)."""
+        return _drop_empty(dataclasses.asdict(self))
+
+    def save(self, folder) -> Path:
+        """Write ``config-<run_uuid>.toml`` into ``folder`` and return its path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"config-{self.execution.run_uuid}.toml"
+        path.write_text(tomli_w.dumps(self.to_dict()))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Config":
+        """Read a configuration written by :meth:`save`."""
+        data = tomllib.loads(Path(path).read_text())
+        return cls(
+            execution=ExecutionConfig(**data.get("execution", {})),
+            nipype=NipypeConfig(**data.get("nipype", {})),
+            workflow=WorkflowConfig(**data.get("workflow", {})),
+            environment=data.get("environment", {}),
+        )
+
+
+def software_versions() -> dict:
+    """Versions of Python, qsmprep and its key dependencies."""
+    versions = {"python": sys.version.split()[0], "platform": platform.platform(),
+                "qsmprep": __version__}
+    for name in KEY_DEPENDENCIES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _drop_empty(value):
+    """TOML has no null: drop ``None`` values recursively."""
+    if isinstance(value, dict):
+        return {key: _drop_empty(item) for key, item in value.items() if item is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_empty(item) for item in value if item is not None]
+    return value

@@ -1,0 +1,116 @@
+"""Nipype interfaces at the edges of the graph: loading a BIDS run, writing derivatives."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from ..bids.derivatives import write_derivative
+from ..bids.loading import load_multiecho
+from ..qsm.dipole import b0_direction_from_affine, voxel_size_from_affine
+
+
+class _LoadMultiEchoInputSpec(BaseInterfaceInputSpec):
+    magnitude_files = InputMultiObject(File(exists=True), desc="one magnitude per echo")
+    phase_files = InputMultiObject(File(exists=True), desc="one phase per echo")
+    real_files = InputMultiObject(File(exists=True), desc="one real part per echo")
+    imaginary_files = InputMultiObject(File(exists=True), desc="one imaginary part per echo")
+    phase_units = traits.Str("", usedefault=True,
+                             desc="'rad', 'arbitrary', or '' to infer from the values")
+
+
+class _LoadMultiEchoOutputSpec(TraitedSpec):
+    magnitude = File(exists=True, desc="4-D magnitude (echoes last)")
+    phase = File(exists=True, desc="4-D wrapped phase in radians")
+    invalid_voxels = File(exists=True, desc="voxels with NaN/inf in any input")
+    metadata = traits.Dict(desc="what was found while loading, for the sidecars")
+
+
+class LoadMultiEcho(SimpleInterface):
+    """Stack the echoes of a run into 4-D magnitude and phase (radians)
+    (:func:`qsmprep.bids.loading.load_multiecho`)."""
+
+    input_spec = _LoadMultiEchoInputSpec
+    output_spec = _LoadMultiEchoOutputSpec
+
+    def _run_interface(self, runtime):
+        def files(name):
+            value = getattr(self.inputs, name)
+            return list(value) if isdefined(value) and value else None
+
+        data = load_multiecho(
+            magnitude_files=files("magnitude_files"), phase_files=files("phase_files"),
+            real_files=files("real_files"), imaginary_files=files("imaginary_files"),
+            phase_units=self.inputs.phase_units or None)  # logs its own warnings
+
+        def save(array, name, dtype=np.float32):
+            image = nib.Nifti1Image(np.asarray(array, dtype=dtype), data.affine)
+            image.header.set_xyzt_units("mm", "sec")
+            image.set_qform(data.affine, code=1)
+            image.set_sform(data.affine, code=1)
+            path = os.path.join(runtime.cwd, name)
+            nib.save(image, path)
+            return path
+
+        self._results["magnitude"] = save(data.magnitude, "magnitude.nii.gz")
+        self._results["phase"] = save(data.phase, "phase.nii.gz")
+        self._results["invalid_voxels"] = save(data.invalid_voxels, "invalid_voxels.nii.gz",
+                                               dtype=np.uint8)
+        self._results["metadata"] = {
+            "PhaseUnits": data.phase_units,
+            "B0Direction": [round(float(v), 6) for v in b0_direction_from_affine(data.affine)],
+            "VoxelSizeMM": [round(float(v), 6) for v in voxel_size_from_affine(data.affine)],
+            "InvalidInputVoxels": int(np.count_nonzero(data.invalid_voxels)),
+        }
+        return runtime
+
+
+class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="the image to write")
+    output_dir = traits.Str(mandatory=True, desc="root of the derivatives dataset")
+    entities = traits.Dict(mandatory=True, desc="BIDS entities of the source run")
+    suffix = traits.Str(mandatory=True)
+    desc = traits.Str(desc="desc- entity")
+    space = traits.Str(desc="space- entity")
+    metadata = traits.Dict(desc="sidecar fields known when the graph is built")
+    extra_metadata = traits.Dict(desc="sidecar fields computed while running")
+
+
+class _DerivativesDataSinkOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the written image")
+    out_meta = File(exists=True, desc="its JSON sidecar")
+
+
+class DerivativesDataSink(SimpleInterface):
+    """Write one image and its sidecar into the derivatives dataset with its BIDS name
+    (:func:`qsmprep.bids.derivatives.write_derivative`). Always runs, so deleted outputs are
+    restored on a re-run; writes are atomic."""
+
+    input_spec = _DerivativesDataSinkInputSpec
+    output_spec = _DerivativesDataSinkOutputSpec
+    _always_run = True
+
+    def _run_interface(self, runtime):
+        metadata = dict(self.inputs.metadata) if isdefined(self.inputs.metadata) else {}
+        if isdefined(self.inputs.extra_metadata):
+            metadata.update(self.inputs.extra_metadata)
+        image_path, sidecar_path = write_derivative(
+            self.inputs.in_file, self.inputs.output_dir, dict(self.inputs.entities),
+            suffix=self.inputs.suffix,
+            desc=self.inputs.desc if isdefined(self.inputs.desc) else None,
+            space=self.inputs.space if isdefined(self.inputs.space) else None,
+            metadata=metadata)
+        self._results["out_file"] = os.fspath(image_path)
+        self._results["out_meta"] = os.fspath(sidecar_path)
+        return runtime

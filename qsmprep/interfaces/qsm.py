@@ -1,0 +1,267 @@
+"""Nipype interfaces for the QSM reconstruction stages.
+
+Each interface is a thin wrapper: read the input images, call one function of
+:mod:`qsmprep.qsm`, write the result next to the node. All the science lives in those functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from ..qsm import background, echo_fit, inversion, masking, referencing, relaxometry, unwrapping
+from ..qsm.dipole import b0_direction_from_affine, hz_to_ppm, voxel_size_from_affine
+from .images import load_array, load_mask, save_like
+
+LOGGER = logging.getLogger("qsmprep")
+
+
+def _geometry(path):
+    affine = nib.load(os.fspath(path)).affine
+    return voxel_size_from_affine(affine), b0_direction_from_affine(affine)
+
+
+def _out(runtime, name):
+    return os.path.join(runtime.cwd, name)
+
+
+# --- masking -------------------------------------------------------------------------------
+class _BrainMaskInputSpec(BaseInterfaceInputSpec):
+    magnitude = File(exists=True, mandatory=True, desc="4-D multi-echo magnitude")
+    invalid_voxels = File(exists=True, desc="voxels with NaN/inf input, excluded from the mask")
+    user_mask = File(exists=True, desc="a mask supplied by the user, used instead of the automatic one")
+    threshold = traits.Float(0.0, usedefault=True, desc="0 for automatic (Otsu)")
+
+
+class _BrainMaskOutputSpec(TraitedSpec):
+    mask = File(exists=True, desc="brain mask (uint8)")
+
+
+class BrainMask(SimpleInterface):
+    """Brain mask from the first-echo magnitude (:func:`qsmprep.qsm.masking.magnitude_brain_mask`)."""
+
+    input_spec = _BrainMaskInputSpec
+    output_spec = _BrainMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        voxel_size, _ = _geometry(self.inputs.magnitude)
+        if isdefined(self.inputs.user_mask):
+            mask = load_mask(self.inputs.user_mask)
+        else:
+            first_echo = load_array(self.inputs.magnitude)[..., 0]
+            mask = masking.magnitude_brain_mask(
+                first_echo, voxel_size, threshold=self.inputs.threshold or None)
+        if isdefined(self.inputs.invalid_voxels):
+            mask &= ~load_mask(self.inputs.invalid_voxels)
+        self._results["mask"] = save_like(mask, self.inputs.magnitude,
+                                          _out(runtime, "brain_mask.nii.gz"), dtype=np.uint8)
+        return runtime
+
+
+# --- unwrapping ----------------------------------------------------------------------------
+class _UnwrapInputSpec(BaseInterfaceInputSpec):
+    phase = File(exists=True, mandatory=True, desc="4-D wrapped phase (rad)")
+    method = traits.Str("laplacian", usedefault=True)
+    num_threads = traits.Int(1, usedefault=True)
+
+
+class _UnwrapOutputSpec(TraitedSpec):
+    unwrapped_phase = File(exists=True, desc="4-D unwrapped phase (rad)")
+
+
+class UnwrapPhase(SimpleInterface):
+    """Spatial phase unwrapping of every echo (:func:`qsmprep.qsm.unwrapping.unwrap_echoes`)."""
+
+    input_spec = _UnwrapInputSpec
+    output_spec = _UnwrapOutputSpec
+
+    def _run_interface(self, runtime):
+        voxel_size, _ = _geometry(self.inputs.phase)
+        unwrapped = unwrapping.unwrap_echoes(
+            load_array(self.inputs.phase), voxel_size, method=self.inputs.method,
+            workers=self.inputs.num_threads)
+        self._results["unwrapped_phase"] = save_like(
+            unwrapped, self.inputs.phase, _out(runtime, "unwrapped_phase.nii.gz"))
+        return runtime
+
+
+# --- echo combination ----------------------------------------------------------------------
+class _FitEchoesInputSpec(BaseInterfaceInputSpec):
+    unwrapped_phase = File(exists=True, mandatory=True)
+    magnitude = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
+
+
+class _FitEchoesOutputSpec(TraitedSpec):
+    total_field_hz = File(exists=True, desc="total field (Hz)")
+    phase_offset = File(exists=True, desc="phase at TE = 0 (rad)")
+    residual = File(exists=True, desc="weighted RMS misfit of the fit (rad)")
+
+
+class FitEchoes(SimpleInterface):
+    """Magnitude-weighted linear fit of phase over echo time
+    (:func:`qsmprep.qsm.echo_fit.weighted_linear_fit`)."""
+
+    input_spec = _FitEchoesInputSpec
+    output_spec = _FitEchoesOutputSpec
+
+    def _run_interface(self, runtime):
+        fit = echo_fit.weighted_linear_fit(
+            load_array(self.inputs.unwrapped_phase), load_array(self.inputs.magnitude),
+            np.asarray(self.inputs.echo_times), load_mask(self.inputs.mask))
+        for name in ("total_field_hz", "phase_offset", "residual"):
+            value = fit.phase_offset_rad if name == "phase_offset" else getattr(fit, name)
+            self._results[name] = save_like(value, self.inputs.mask,
+                                            _out(runtime, f"{name}.nii.gz"))
+        return runtime
+
+
+# --- background field removal --------------------------------------------------------------
+class _BackgroundInputSpec(BaseInterfaceInputSpec):
+    total_field_hz = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    radii_mm = traits.List(traits.Float, mandatory=True)
+    threshold = traits.Float(0.05, usedefault=True)
+    num_threads = traits.Int(1, usedefault=True)
+
+
+class _BackgroundOutputSpec(TraitedSpec):
+    local_field_hz = File(exists=True, desc="local field (Hz)")
+    mask = File(exists=True, desc="the (eroded) mask where the local field is valid")
+
+
+class RemoveBackground(SimpleInterface):
+    """V-SHARP background field removal (:func:`qsmprep.qsm.background.vsharp`)."""
+
+    input_spec = _BackgroundInputSpec
+    output_spec = _BackgroundOutputSpec
+
+    def _run_interface(self, runtime):
+        voxel_size, _ = _geometry(self.inputs.mask)
+        result = background.vsharp(
+            load_array(self.inputs.total_field_hz), load_mask(self.inputs.mask), voxel_size,
+            radii_mm=tuple(self.inputs.radii_mm), threshold=self.inputs.threshold,
+            workers=self.inputs.num_threads)
+        self._results["local_field_hz"] = save_like(
+            result.local_field_hz, self.inputs.mask, _out(runtime, "local_field_hz.nii.gz"))
+        self._results["mask"] = save_like(
+            result.mask, self.inputs.mask, _out(runtime, "local_field_mask.nii.gz"),
+            dtype=np.uint8)
+        return runtime
+
+
+# --- dipole inversion ----------------------------------------------------------------------
+class _InvertInputSpec(BaseInterfaceInputSpec):
+    local_field_hz = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    field_strength_t = traits.Float(mandatory=True)
+    method = traits.Enum("tikhonov", "tkd", usedefault=True)
+    tkd_threshold = traits.Float(0.19, usedefault=True)
+    regularization = traits.Float(0.005, usedefault=True)
+    max_iter = traits.Int(100, usedefault=True)
+    tolerance = traits.Float(1e-3, usedefault=True)
+    num_threads = traits.Int(1, usedefault=True)
+
+
+class _InvertOutputSpec(TraitedSpec):
+    susceptibility_ppm = File(exists=True, desc="susceptibility (ppm), not yet referenced")
+
+
+class InvertDipole(SimpleInterface):
+    """Dipole inversion by TKD or iterative Tikhonov (:mod:`qsmprep.qsm.inversion`)."""
+
+    input_spec = _InvertInputSpec
+    output_spec = _InvertOutputSpec
+
+    def _run_interface(self, runtime):
+        voxel_size, b0_direction = _geometry(self.inputs.mask)
+        local_field_ppm = hz_to_ppm(load_array(self.inputs.local_field_hz),
+                                    self.inputs.field_strength_t)
+        mask = load_mask(self.inputs.mask)
+        if self.inputs.method == "tkd":
+            susceptibility = inversion.tkd(
+                local_field_ppm, mask, voxel_size, b0_direction,
+                threshold=self.inputs.tkd_threshold, workers=self.inputs.num_threads)
+        else:
+            susceptibility = inversion.tikhonov_cg(
+                local_field_ppm, mask, voxel_size, b0_direction,
+                regularization=self.inputs.regularization, max_iter=self.inputs.max_iter,
+                tolerance=self.inputs.tolerance, workers=self.inputs.num_threads)
+        self._results["susceptibility_ppm"] = save_like(
+            susceptibility, self.inputs.mask, _out(runtime, "susceptibility_ppm.nii.gz"))
+        return runtime
+
+
+# --- referencing ---------------------------------------------------------------------------
+class _ReferenceInputSpec(BaseInterfaceInputSpec):
+    susceptibility_ppm = File(exists=True, mandatory=True)
+    reference_mask = File(exists=True, mandatory=True, desc="region whose mean becomes zero")
+    region = traits.Str("whole-brain", usedefault=True, desc="name of the reference region")
+
+
+class _ReferenceOutputSpec(TraitedSpec):
+    chimap = File(exists=True, desc="referenced susceptibility (ppm)")
+    metadata = traits.Dict(desc="reference region and value, for the sidecars")
+
+
+class ReferenceSusceptibility(SimpleInterface):
+    """Subtract the mean over the reference region
+    (:func:`qsmprep.qsm.referencing.reference_to_region_mean`)."""
+
+    input_spec = _ReferenceInputSpec
+    output_spec = _ReferenceOutputSpec
+
+    def _run_interface(self, runtime):
+        region_mask = load_mask(self.inputs.reference_mask)
+        referenced, reference_value_ppm = referencing.reference_to_region_mean(
+            load_array(self.inputs.susceptibility_ppm), region_mask)
+        self._results["chimap"] = save_like(referenced, self.inputs.susceptibility_ppm,
+                                            _out(runtime, "chimap.nii.gz"))
+        self._results["metadata"] = {
+            "ReferenceRegion": self.inputs.region,
+            "ReferenceValue": float(reference_value_ppm),
+            "ReferenceValueUnits": "ppm",
+            "ReferenceRegionVoxels": int(region_mask.sum()),
+        }
+        return runtime
+
+
+# --- relaxometry ---------------------------------------------------------------------------
+class _R2starInputSpec(BaseInterfaceInputSpec):
+    magnitude = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
+
+
+class _R2starOutputSpec(TraitedSpec):
+    r2star = File(exists=True, desc="R2* (1/s)")
+    t2star = File(exists=True, desc="T2* (s)")
+
+
+class FitR2star(SimpleInterface):
+    """R2* and T2* from the magnitudes (:func:`qsmprep.qsm.relaxometry.r2star_loglinear`)."""
+
+    input_spec = _R2starInputSpec
+    output_spec = _R2starOutputSpec
+
+    def _run_interface(self, runtime):
+        r2star_hz, t2star_s = relaxometry.r2star_loglinear(
+            load_array(self.inputs.magnitude), np.asarray(self.inputs.echo_times),
+            load_mask(self.inputs.mask))
+        self._results["r2star"] = save_like(r2star_hz, self.inputs.mask,
+                                            _out(runtime, "r2star.nii.gz"))
+        self._results["t2star"] = save_like(t2star_s, self.inputs.mask,
+                                            _out(runtime, "t2star.nii.gz"))
+        return runtime

@@ -1,0 +1,173 @@
+"""Brain mask from a magnitude image, and morphology with balls sized in millimetres.
+
+The automatic mask is the classical threshold-and-clean recipe: smooth lightly, threshold
+(Otsu, IEEE Trans Syst Man Cybern 1979;9:62-66), cut thin bridges with a morphological opening,
+keep the thickest connected piece, close and fill holes. The 2024 QSM consensus (QSM Consensus
+Organization Committee, MRM 2024, doi:10.1002/mrm.30006) asks for a brain mask refined by phase
+quality; the quality part is applied later, from the echo-fit residual.
+
+Erosion and dilation by a ball of radius r use the Euclidean distance transform with the voxel
+size as sampling: a voxel survives erosion exactly when no background voxel lies within r mm,
+which is erosion by :func:`ball` without its cost growing with r**3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import BadDataError
+from .dipole import BALL_TOLERANCE, ball
+
+__all__ = ["ball", "dilate_mask", "distance_to_background_mm", "erode_mask",
+           "magnitude_brain_mask", "otsu_threshold"]
+
+def distance_to_background_mm(mask, voxel_size) -> np.ndarray:
+    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it.
+
+    The outside of the array counts as background; voxels outside the mask get 0.
+    """
+    padded = np.pad(np.asarray(mask, dtype=bool), 1)
+    return ndimage.distance_transform_edt(padded, sampling=voxel_size)[1:-1, 1:-1, 1:-1]
+
+
+def erode_mask(mask, radius_mm: float, voxel_size, *, depth_mm=None) -> np.ndarray:
+    """Erode ``mask`` by a ball of ``radius_mm`` (mm, anisotropic voxels allowed).
+
+    Equivalent to ``scipy.ndimage.binary_erosion(mask, ball(radius_mm, voxel_size))`` with the
+    outside of the array counted as background, computed with a distance transform.
+
+    Parameters
+    ----------
+    mask : array_like of bool, 3-D
+    radius_mm : float
+        Ball radius in mm; 0 or less returns a copy.
+    voxel_size : sequence of 3 floats
+        Voxel edge lengths in mm, ordered like the array axes.
+    depth_mm : numpy.ndarray, optional
+        :func:`distance_to_background_mm` of ``mask``, to erode one mask by several radii
+        with a single distance transform.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if radius_mm <= 0 or not mask.any():
+        return mask.copy()
+    if depth_mm is None:
+        depth_mm = distance_to_background_mm(mask, voxel_size)
+    return depth_mm**2 > radius_mm**2 * (1.0 + BALL_TOLERANCE)
+
+
+def dilate_mask(mask, radius_mm: float, voxel_size) -> np.ndarray:
+    """Dilate ``mask`` by a ball of ``radius_mm`` (mm); see :func:`erode_mask`."""
+    mask = np.asarray(mask, dtype=bool)
+    if radius_mm <= 0 or not mask.any():
+        return mask.copy()
+    distance = ndimage.distance_transform_edt(~mask, sampling=voxel_size)
+    return distance**2 <= radius_mm**2 * (1.0 + BALL_TOLERANCE)
+
+
+def _open(mask, radius_mm, voxel_size):
+    return dilate_mask(erode_mask(mask, radius_mm, voxel_size), radius_mm, voxel_size) & mask
+
+
+def _close(mask, radius_mm, voxel_size):
+    # pad so that the final erosion does not eat the mask where it touches the array edge
+    margin = [int(np.ceil(radius_mm / h)) + 1 for h in voxel_size]
+    padded = np.pad(mask, [(m, m) for m in margin])
+    closed = erode_mask(dilate_mask(padded, radius_mm, voxel_size), radius_mm, voxel_size)
+    return closed[tuple(slice(m, m + n) for m, n in zip(margin, mask.shape))] | mask
+
+
+def otsu_threshold(values, *, bins: int = 256) -> float:
+    """Otsu's threshold (IEEE Trans Syst Man Cybern 1979;9:62-66) of a set of intensities.
+
+    The histogram spans the minimum to the 99.9th percentile (brighter values fall in the
+    last bin, so a few hot voxels do not squeeze the histogram). Returns the upper edge of the
+    bin that maximises the between-class variance.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    low, high = values.min(), np.percentile(values, 99.9)
+    if not high > low:
+        return float(low)
+    counts, edges = np.histogram(np.clip(values, low, high), bins=bins, range=(low, high))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    count_below = np.cumsum(counts)[:-1]
+    count_above = counts.sum() - count_below
+    sum_below = np.cumsum(counts * centres)[:-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_below = sum_below / count_below
+        mean_above = ((counts * centres).sum() - sum_below) / count_above
+        between_variance = count_below * count_above * (mean_below - mean_above) ** 2
+    return float(edges[np.nanargmax(between_variance) + 1])
+
+
+def magnitude_brain_mask(magnitude, voxel_size, *, threshold: float | None = None,
+                         smoothing_mm: float = 1.0, opening_mm: float = 2.0,
+                         closing_mm: float = 2.0) -> np.ndarray:
+    """Brain mask from a 3-D magnitude image (first echo, or root-sum-of-squares of echoes).
+
+    1. Gaussian smoothing with a standard deviation of ``smoothing_mm``.
+    2. Threshold: Otsu on the smoothed values of the non-zero voxels (:func:`otsu_threshold`),
+       or ``threshold`` times the 99th percentile of those values when given.
+    3. Opening with a ball of ``opening_mm``: cuts bridges thinner than about 2*opening_mm
+       (vessels, dura) between brain and scalp.
+    4. The 6-connected component holding the deepest voxel (farthest from the background):
+       the brain is the thickest structure of the head, whereas a scalp shell can hold more
+       voxels than the brain and eyes are smaller. This is the "largest component" step with
+       size measured by the largest inscribed ball rather than by voxel count.
+    5. Closing with a ball of ``closing_mm`` and filling of enclosed holes (ventricles, dark
+       iron-rich nuclei, signal voids), with :func:`scipy.ndimage.binary_fill_holes`.
+
+    Parameters
+    ----------
+    magnitude : array_like, 3-D
+        Magnitude image; NaN/inf voxels are treated as 0.
+    voxel_size : sequence of 3 floats
+        Voxel edge lengths (mm); every ball is built in mm.
+    threshold : float, optional
+        Fraction (> 0) of the 99th percentile of the smoothed non-zero magnitude; ``None``
+        (default) uses Otsu's automatic threshold.
+    smoothing_mm, opening_mm, closing_mm : float
+        Gaussian standard deviation and ball radii, in mm (0 skips the step).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+
+    Raises
+    ------
+    BadDataError
+        When the image is all zero or constant, or the mask comes out empty.
+    """
+    magnitude = np.abs(np.nan_to_num(np.asarray(magnitude, dtype=np.float32),
+                                     nan=0.0, posinf=0.0, neginf=0.0))
+    if magnitude.ndim != 3:
+        raise ValueError(f"magnitude must be 3-D, got shape {magnitude.shape}")
+    signal = magnitude > 0
+    if not signal.any() or magnitude[signal].min() == magnitude[signal].max():
+        raise BadDataError("the magnitude image is all zero or constant: "
+                           "no brain mask can be computed from it")
+    sigma_voxels = [smoothing_mm / h for h in voxel_size]
+    smoothed = ndimage.gaussian_filter(magnitude, sigma_voxels, mode="nearest")
+
+    if threshold is None:
+        level = otsu_threshold(smoothed[signal])
+    elif threshold > 0:
+        level = float(threshold) * float(np.percentile(smoothed[signal], 99))
+    else:
+        raise ValueError(f"threshold must be > 0 (a fraction of the 99th percentile), "
+                         f"got {threshold}")
+    mask = _open(smoothed > level, opening_mm, voxel_size)
+
+    if not mask.any():
+        raise BadDataError(f"no voxel of the magnitude image is above the mask threshold "
+                           f"{level:.4g} (threshold option: {threshold})")
+    labels, _ = ndimage.label(mask)
+    deepest_voxel = np.argmax(distance_to_background_mm(mask, voxel_size))
+    mask = labels == labels.flat[deepest_voxel]
+
+    mask = _close(mask, closing_mm, voxel_size)
+    return ndimage.binary_fill_holes(mask)

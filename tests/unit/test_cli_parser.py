@@ -1,0 +1,103 @@
+"""The command line: validation before any work, options into one saved configuration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qsmprep.cli.parser import parse_args
+from qsmprep.config import Config
+from qsmprep.errors import MissingInputError, UsageError
+
+
+@pytest.fixture
+def bids_dir(tmp_path):
+    folder = tmp_path / "bids"
+    folder.mkdir()
+    (folder / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
+    return folder
+
+
+def test_labels_accept_prefixes_and_deduplicate(bids_dir, tmp_path):
+    config = parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                         "--participant-label", "01", "sub-02", "sub-01",
+                         "--session-label", "ses-1", "2"])
+    assert config.execution.participant_labels == ["01", "02"]
+    assert config.execution.session_labels == ["1", "2"]
+
+
+def test_invalid_label_is_usage_error(bids_dir, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                    "--participant-label", "sub-0_1"])
+    assert exit_info.value.code == 64
+
+
+def test_unknown_level_choice_exits_64(bids_dir, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([str(bids_dir), str(tmp_path / "out"), "session"])
+    assert exit_info.value.code == 64
+
+
+def test_missing_bids_dir(tmp_path):
+    with pytest.raises(MissingInputError, match="nowhere"):
+        parse_args([str(tmp_path / "nowhere"), str(tmp_path / "out"), "participant"])
+
+
+@pytest.mark.parametrize("inside", ["out", "derivatives/qsmprep"])
+def test_output_inside_input_refused(bids_dir, inside):
+    with pytest.raises(UsageError, match="inside the BIDS input"):
+        parse_args([str(bids_dir), str(bids_dir / inside), "participant"])
+
+
+def test_work_dir_inside_input_refused(bids_dir, tmp_path):
+    with pytest.raises(UsageError, match="work folder"):
+        parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                    "-w", str(bids_dir / "work")])
+
+
+def test_plugin_file(bids_dir, tmp_path):
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: SLURMGraph\nplugin_args:\n  sbatch_args: '--time=1:00:00'\n")
+    config = parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                         "--use-plugin", str(plugin)])
+    assert config.nipype.plugin == "SLURMGraph"
+    assert config.nipype.plugin_args == {"sbatch_args": "--time=1:00:00"}
+    plugin.write_text("plugin_args: {}\n")
+    with pytest.raises(UsageError, match="plugin:"):
+        parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                    "--use-plugin", str(plugin)])
+
+
+def test_threads_cannot_exceed_processes(bids_dir, tmp_path):
+    with pytest.raises(UsageError, match="omp-nthreads"):
+        parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                    "--nprocs", "1", "--omp-nthreads", "4"])
+
+
+def test_bids_filter_file(bids_dir, tmp_path):
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"megre": {"acquisition": "highres"}}))
+    config = parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                         "--bids-filter-file", str(filters)])
+    assert config.execution.bids_filters == {"megre": {"acquisition": "highres"}}
+    filters.write_text("{not json")
+    with pytest.raises(UsageError, match="filters.json"):
+        parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                    "--bids-filter-file", str(filters)])
+
+
+def test_stage_options_reach_the_config_and_survive_a_round_trip(bids_dir, tmp_path):
+    config = parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                         "--inversion", "tkd", "--tkd-threshold", "0.15",
+                         "--vsharp-max-radius", "8", "--field-strength", "7"])
+    assert config.workflow.inversion == "tkd"
+    assert config.workflow.stage_parameters()["DipoleInversion"] == {
+        "Algorithm": "tkd", "Threshold": 0.15}
+    assert config.workflow.vsharp_radii_mm() == [8, 7, 6, 5, 4, 3, 2, 1]
+    assert config.workflow.field_strength_t == 7.0
+    saved = config.save(tmp_path / "logs")
+    loaded = Config.load(saved)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.environment["numpy"] == config.environment["numpy"]

@@ -1,0 +1,1 @@
+"""Nipype workflow factories of qsmprep (installed as ``qsmprep.workflows``)."""

@@ -1,0 +1,148 @@
+"""The QSM reconstruction graph of one run: from echoes on disk to a referenced Chimap.
+
+Only computation happens here; :mod:`qsmprep.workflows.outputs` writes the derivatives.
+"""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from qsmprep.interfaces.bids import LoadMultiEcho
+from qsmprep.interfaces.qsm import (
+    BrainMask,
+    FitEchoes,
+    FitR2star,
+    InvertDipole,
+    ReferenceSusceptibility,
+    RemoveBackground,
+    UnwrapPhase,
+)
+
+#: Nodes hold about this many float32 copies of one 3-D volume per echo (measured peak / size).
+_COPIES_PER_ECHO_VOLUME = 6
+#: Dipole inversion works on a grid padded to about twice the size along each axis.
+_INVERSION_COPIES = 40
+
+
+def _memory_gb(voxel_count: int, copies: float) -> float:
+    return round(0.2 + voxel_count * 4 * copies / 1024**3, 2)
+
+
+def merge_metadata(loading: dict, reference: dict) -> dict:
+    """Sidecar fields computed while running, merged for the derivatives writers."""
+    return {**loading, **reference}
+
+
+def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, voxel_count,
+                use_user_mask=False, name="qsm_wf"):
+    """Build the reconstruction of one multi-echo (or single-echo) GRE run.
+
+    Stages: load and scale -> brain mask -> unwrapping -> echo fit (total field) ->
+    background removal (local field) -> dipole inversion -> referencing, and R2*/T2* from the
+    magnitudes when there are at least two echoes.
+
+    Parameters
+    ----------
+    echo_times : list of float
+        Echo times in seconds, ascending, one per echo of the run.
+    field_strength_t : float
+        Main field strength (T).
+    workflow_config : :class:`qsmprep.config.WorkflowConfig`
+        Algorithm choices and parameters.
+    omp_nthreads : int
+        Threads for FFT-heavy nodes.
+    voxel_count : int
+        Voxels in one 3-D volume, for the nodes' memory hints.
+    use_user_mask : bool
+        Take the brain mask from ``inputnode.user_mask`` instead of computing it.
+
+    Inputs
+    ------
+    magnitude_files, phase_files, real_files, imaginary_files : lists of str
+        Echo images (either magnitude/phase or real/imaginary).
+    phase_units : str
+        'rad', 'arbitrary' or '' (infer).
+    user_mask : str
+        Path of a user-supplied brain mask (when ``use_user_mask``).
+
+    Outputs
+    -------
+    brain_mask, total_field_hz, fit_residual, local_field_hz, local_field_mask, chimap,
+    r2star, t2star : str
+        Images in the run's native space (R2*/T2* undefined for single-echo runs).
+    metadata : dict
+        Values found while running (phase units, B0 direction, reference value).
+    """
+    config = workflow_config
+    echo_count = len(echo_times)
+    volume_mem = _memory_gb(voxel_count, _COPIES_PER_ECHO_VOLUME * echo_count)
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=[
+        "magnitude_files", "phase_files", "real_files", "imaginary_files", "phase_units",
+        "user_mask"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=[
+        "brain_mask", "total_field_hz", "fit_residual", "local_field_hz", "local_field_mask",
+        "chimap", "r2star", "t2star", "metadata"]), name="outputnode")
+
+    load = pe.Node(LoadMultiEcho(), name="load_echoes", mem_gb=volume_mem)
+    mask = pe.Node(BrainMask(threshold=config.mask_threshold), name="brain_mask",
+                   mem_gb=volume_mem)
+    unwrap = pe.Node(UnwrapPhase(method=config.unwrapping, num_threads=omp_nthreads),
+                     name="unwrap_phase", n_procs=omp_nthreads,
+                     mem_gb=_memory_gb(voxel_count, 16 + 2 * echo_count))
+    fit = pe.Node(FitEchoes(echo_times=list(echo_times)), name="fit_echoes", mem_gb=volume_mem)
+    bg_removal = pe.Node(
+        RemoveBackground(radii_mm=config.vsharp_radii_mm(), threshold=config.vsharp_threshold,
+                         num_threads=omp_nthreads),
+        name="remove_background", n_procs=omp_nthreads,
+        mem_gb=_memory_gb(voxel_count, _INVERSION_COPIES))
+    invert = pe.Node(
+        InvertDipole(field_strength_t=field_strength_t, method=config.inversion,
+                     tkd_threshold=config.tkd_threshold,
+                     regularization=config.tikhonov_regularization,
+                     max_iter=config.inversion_max_iter, tolerance=config.inversion_tolerance,
+                     num_threads=omp_nthreads),
+        name="invert_dipole", n_procs=omp_nthreads,
+        mem_gb=_memory_gb(voxel_count, _INVERSION_COPIES))
+    reference = pe.Node(ReferenceSusceptibility(region=config.reference),
+                        name="reference_susceptibility", mem_gb=_memory_gb(voxel_count, 4))
+    metadata = pe.Node(niu.Function(function=merge_metadata, input_names=["loading", "reference"],
+                                    output_names=["metadata"]),
+                       name="merge_metadata", run_without_submitting=True)
+
+    workflow.connect([
+        (inputnode, load, [("magnitude_files", "magnitude_files"), ("phase_files", "phase_files"),
+                           ("real_files", "real_files"), ("imaginary_files", "imaginary_files"),
+                           ("phase_units", "phase_units")]),
+        (load, mask, [("magnitude", "magnitude"), ("invalid_voxels", "invalid_voxels")]),
+        (load, unwrap, [("phase", "phase")]),
+        (load, fit, [("magnitude", "magnitude")]),
+        (unwrap, fit, [("unwrapped_phase", "unwrapped_phase")]),
+        (mask, fit, [("mask", "mask")]),
+        (fit, bg_removal, [("total_field_hz", "total_field_hz")]),
+        (mask, bg_removal, [("mask", "mask")]),
+        (bg_removal, invert, [("local_field_hz", "local_field_hz"), ("mask", "mask")]),
+        (invert, reference, [("susceptibility_ppm", "susceptibility_ppm")]),
+        (bg_removal, reference, [("mask", "reference_mask")]),
+        (load, metadata, [("metadata", "loading")]),
+        (reference, metadata, [("metadata", "reference")]),
+        (mask, outputnode, [("mask", "brain_mask")]),
+        (fit, outputnode, [("total_field_hz", "total_field_hz"), ("residual", "fit_residual")]),
+        (bg_removal, outputnode, [("local_field_hz", "local_field_hz"),
+                                  ("mask", "local_field_mask")]),
+        (reference, outputnode, [("chimap", "chimap")]),
+        (metadata, outputnode, [("metadata", "metadata")]),
+    ])
+    if use_user_mask:
+        workflow.connect(inputnode, "user_mask", mask, "user_mask")
+
+    if echo_count >= 2:
+        r2star = pe.Node(FitR2star(echo_times=list(echo_times)), name="fit_r2star",
+                         mem_gb=volume_mem)
+        workflow.connect([
+            (load, r2star, [("magnitude", "magnitude")]),
+            (mask, r2star, [("mask", "mask")]),
+            (r2star, outputnode, [("r2star", "r2star"), ("t2star", "t2star")]),
+        ])
+    return workflow
