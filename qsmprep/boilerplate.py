@@ -68,7 +68,8 @@ def methods_boilerplate(*, config, runs) -> str:
         inversion = ("an iterative Tikhonov-regularised least-squares inversion with a gradient "
                      f"penalty (lambda = {workflow.tikhonov_regularization:g}, conjugate gradient, "
                      f"at most {workflow.inversion_max_iter} iterations) {cite('tikhonov')}")
-    radii = workflow.vsharp_radii_mm()
+    radii = sorted({radius for run in runs for radius in workflow.vsharp_radii_mm(run.voxel_size)},
+                   reverse=True)
     text = [
         "## Methods",
         "",

@@ -88,8 +88,8 @@ class WorkflowConfig:
     unwrapping: str = ALGORITHMS["unwrapping"][0]
     echo_fit: str = ALGORITHMS["echo_fit"][0]
     background_removal: str = ALGORITHMS["background_removal"][0]
-    vsharp_max_radius_mm: float = 12.0
-    vsharp_min_radius_mm: float = 1.0
+    vsharp_max_radius_mm: float = 0.0  # 0: 12 voxel edges (12 mm at 1 mm)
+    vsharp_min_radius_mm: float = 0.0  # 0: 2 voxel edges
     vsharp_threshold: float = 0.05
     inversion: str = ALGORITHMS["inversion"][0]
     tkd_threshold: float = 0.19
@@ -99,13 +99,16 @@ class WorkflowConfig:
     reference: str = ALGORITHMS["reference"][0]
     r2star: str = ALGORITHMS["r2star"][0]
 
-    def vsharp_radii_mm(self) -> list:
-        """V-SHARP sphere radii (mm), largest first, in 1 mm steps."""
-        count = int(round(self.vsharp_max_radius_mm - self.vsharp_min_radius_mm)) + 1
-        return [float(self.vsharp_max_radius_mm - step) for step in range(max(count, 1))]
+    def vsharp_radii_mm(self, voxel_size) -> list:
+        """V-SHARP sphere radii (mm) for a run with ``voxel_size``, largest first."""
+        from .qsm.background import default_radii_mm
 
-    def stage_parameters(self) -> dict:
-        """The algorithm and parameters of each stage, as written into every sidecar."""
+        return list(default_radii_mm(voxel_size, largest_mm=self.vsharp_max_radius_mm or None,
+                                     smallest_mm=self.vsharp_min_radius_mm or None))
+
+    def stage_parameters(self, voxel_size) -> dict:
+        """The algorithm and parameters of each stage for a run with ``voxel_size``, as written
+        into every sidecar."""
         if self.inversion == "tkd":
             inversion_parameters = {"Threshold": self.tkd_threshold}
         else:
@@ -123,7 +126,7 @@ class WorkflowConfig:
             "EchoCombination": {"Algorithm": self.echo_fit, "Weights": "magnitude squared"},
             "BackgroundFieldRemoval": {
                 "Algorithm": self.background_removal,
-                "RadiiMM": self.vsharp_radii_mm(),
+                "RadiiMM": self.vsharp_radii_mm(voxel_size),
                 "Threshold": self.vsharp_threshold,
             },
             "DipoleInversion": {"Algorithm": self.inversion, **inversion_parameters},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from nipype.pipeline import engine as pe
@@ -64,7 +63,8 @@ def init_run_wf(*, config, run, name=None):
         field_strength_t=run.field_strength_t,
         workflow_config=config.workflow,
         omp_nthreads=config.nipype.omp_nthreads,
-        voxel_count=math.prod(run.shape),
+        shape=run.shape,
+        voxel_size=run.voxel_size,
         use_user_mask=user_mask is not None,
     )
     inputs = qsm_wf.get_node("inputnode").inputs
@@ -77,7 +77,7 @@ def init_run_wf(*, config, run, name=None):
         run=run,
         bids_dir=config.execution.bids_dir,
         output_dir=config.execution.output_dir,
-        stage_parameters=_stage_parameters(config, user_mask),
+        stage_parameters=_stage_parameters(config, run, user_mask),
         has_r2star=len(run.echoes) >= 2,
     )
     fields = ["chimap", "brain_mask", "total_field_hz", "local_field_hz", "metadata"]
@@ -101,8 +101,8 @@ def find_user_mask(mask_dir, run):
         f"--brain-mask-dir: no brain mask for {run.name}; expected {Path(mask_dir) / relative}")
 
 
-def _stage_parameters(config, user_mask):
-    parameters = config.workflow.stage_parameters()
+def _stage_parameters(config, run, user_mask):
+    parameters = config.workflow.stage_parameters(run.voxel_size)
     if user_mask is not None:
         parameters["Masking"] = {"Algorithm": "user-supplied", "File": str(user_mask)}
     return parameters

@@ -5,6 +5,8 @@ Only computation happens here; :mod:`qsmprep.workflows.outputs` writes the deriv
 
 from __future__ import annotations
 
+import math
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -34,8 +36,8 @@ def merge_metadata(loading: dict, reference: dict) -> dict:
     return {**loading, **reference}
 
 
-def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, voxel_count,
-                use_user_mask=False, name="qsm_wf"):
+def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, shape,
+                voxel_size, use_user_mask=False, name="qsm_wf"):
     """Build the reconstruction of one multi-echo (or single-echo) GRE run.
 
     Stages: load and scale -> brain mask -> unwrapping -> echo fit (total field) ->
@@ -52,8 +54,8 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
         Algorithm choices and parameters.
     omp_nthreads : int
         Threads for FFT-heavy nodes.
-    voxel_count : int
-        Voxels in one 3-D volume, for the nodes' memory hints.
+    shape, voxel_size : tuple
+        Matrix and voxel size (mm) of the run, for the V-SHARP radii and memory hints.
     use_user_mask : bool
         Take the brain mask from ``inputnode.user_mask`` instead of computing it.
 
@@ -76,6 +78,7 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
     """
     config = workflow_config
     echo_count = len(echo_times)
+    voxel_count = math.prod(shape)
     volume_mem = _memory_gb(voxel_count, _COPIES_PER_ECHO_VOLUME * echo_count)
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
@@ -88,12 +91,14 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
     load = pe.Node(LoadMultiEcho(), name="load_echoes", mem_gb=volume_mem)
     mask = pe.Node(BrainMask(threshold=config.mask_threshold), name="brain_mask",
                    mem_gb=volume_mem)
-    unwrap = pe.Node(UnwrapPhase(method=config.unwrapping, num_threads=omp_nthreads),
+    unwrap = pe.Node(UnwrapPhase(method=config.unwrapping, echo_times=list(echo_times),
+                                 num_threads=omp_nthreads),
                      name="unwrap_phase", n_procs=omp_nthreads,
                      mem_gb=_memory_gb(voxel_count, 16 + 2 * echo_count))
     fit = pe.Node(FitEchoes(echo_times=list(echo_times)), name="fit_echoes", mem_gb=volume_mem)
     bg_removal = pe.Node(
-        RemoveBackground(radii_mm=config.vsharp_radii_mm(), threshold=config.vsharp_threshold,
+        RemoveBackground(radii_mm=config.vsharp_radii_mm(voxel_size),
+                         threshold=config.vsharp_threshold,
                          num_threads=omp_nthreads),
         name="remove_background", n_procs=omp_nthreads,
         mem_gb=_memory_gb(voxel_count, _INVERSION_COPIES))

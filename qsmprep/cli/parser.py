@@ -110,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="echo combination into the total field (Hz)")
     qsm.add_argument("--bg-removal", choices=ALGORITHMS["background_removal"],
                      default=defaults.background_removal, help="background field removal")
-    qsm.add_argument("--vsharp-max-radius", type=_positive_float,
-                     default=defaults.vsharp_max_radius_mm, metavar="MM",
-                     help="largest V-SHARP sphere radius")
-    qsm.add_argument("--vsharp-min-radius", type=_positive_float,
-                     default=defaults.vsharp_min_radius_mm, metavar="MM",
-                     help="smallest V-SHARP sphere radius (radii step by 1 mm)")
+    qsm.add_argument("--vsharp-max-radius", type=_positive_float, default=None, metavar="MM",
+                     help="largest V-SHARP sphere radius (default: 12 voxel edges, "
+                     "12 mm at 1 mm)")
+    qsm.add_argument("--vsharp-min-radius", type=_positive_float, default=None, metavar="MM",
+                     help="smallest V-SHARP sphere radius (default: 2 voxel edges); radii "
+                     "step by one voxel edge")
     qsm.add_argument("--vsharp-threshold", type=_positive_float,
                      default=defaults.vsharp_threshold,
                      help="truncation threshold of the V-SHARP deconvolution")
@@ -190,7 +190,8 @@ def parse_args(argv=None) -> Config:
         raise UsageError(f"The BIDS input {bids_dir} is inside the output folder {output_dir}.")
     if opts.brain_mask_dir is not None and not opts.brain_mask_dir.is_dir():
         raise MissingInputError(f"--brain-mask-dir: folder not found: {opts.brain_mask_dir}")
-    if opts.vsharp_min_radius > opts.vsharp_max_radius:
+    if (opts.vsharp_min_radius and opts.vsharp_max_radius
+            and opts.vsharp_min_radius > opts.vsharp_max_radius):
         raise UsageError("--vsharp-min-radius must not exceed --vsharp-max-radius")
 
     bids_filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {}
@@ -227,8 +228,8 @@ def parse_args(argv=None) -> Config:
         unwrapping=opts.unwrapping,
         echo_fit=opts.echo_fit,
         background_removal=opts.bg_removal,
-        vsharp_max_radius_mm=opts.vsharp_max_radius,
-        vsharp_min_radius_mm=opts.vsharp_min_radius,
+        vsharp_max_radius_mm=opts.vsharp_max_radius or 0.0,
+        vsharp_min_radius_mm=opts.vsharp_min_radius or 0.0,
         vsharp_threshold=opts.vsharp_threshold,
         inversion=opts.inversion,
         tkd_threshold=opts.tkd_threshold,

@@ -100,6 +100,7 @@ def _execute(workflow, config, logs_dir) -> int:
             "stop_on_first_crash": config.execution.stop_on_first_crash,
             "remove_unnecessary_outputs": False,
             "check_version": False,
+            "poll_sleep_duration": 0.5,
         },
         "monitoring": {"enabled": False},
     })

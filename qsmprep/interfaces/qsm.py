@@ -72,6 +72,7 @@ class BrainMask(SimpleInterface):
 # --- unwrapping ----------------------------------------------------------------------------
 class _UnwrapInputSpec(BaseInterfaceInputSpec):
     phase = File(exists=True, mandatory=True, desc="4-D wrapped phase (rad)")
+    echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
     method = traits.Str("laplacian", usedefault=True)
     num_threads = traits.Int(1, usedefault=True)
 
@@ -81,7 +82,7 @@ class _UnwrapOutputSpec(TraitedSpec):
 
 
 class UnwrapPhase(SimpleInterface):
-    """Spatial phase unwrapping of every echo (:func:`qsmprep.qsm.unwrapping.unwrap_echoes`)."""
+    """Multi-echo phase unwrapping (:func:`qsmprep.qsm.unwrapping.unwrap_echoes`)."""
 
     input_spec = _UnwrapInputSpec
     output_spec = _UnwrapOutputSpec
@@ -89,8 +90,8 @@ class UnwrapPhase(SimpleInterface):
     def _run_interface(self, runtime):
         voxel_size, _ = _geometry(self.inputs.phase)
         unwrapped = unwrapping.unwrap_echoes(
-            load_array(self.inputs.phase), voxel_size, method=self.inputs.method,
-            workers=self.inputs.num_threads)
+            load_array(self.inputs.phase), voxel_size, echo_times_s=self.inputs.echo_times,
+            method=self.inputs.method, workers=self.inputs.num_threads)
         self._results["unwrapped_phase"] = save_like(
             unwrapped, self.inputs.phase, _out(runtime, "unwrapped_phase.nii.gz"))
         return runtime

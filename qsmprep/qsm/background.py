@@ -30,13 +30,22 @@ class BackgroundRemoval(NamedTuple):
     """Where the local field is valid: the brain mask eroded by the smallest radius (bool)."""
 
 
-def default_radii_mm(voxel_size, *, largest_mm: float = 12.0) -> tuple[float, ...]:
-    """V-SHARP radii from ``largest_mm`` down in 1 mm steps, none smaller than the voxel.
+def default_radii_mm(voxel_size, *, largest_mm: float | None = None,
+                     smallest_mm: float | None = None) -> tuple[float, ...]:
+    """V-SHARP radii, largest first, in steps of one (largest) voxel edge.
 
-    The smallest radius is at least the largest voxel edge, so that every sphere reaches a
-    neighbour along each axis.
+    Defaults scale with the voxel: from 12 voxel edges (12 mm at 1 mm, the radius of the 2024
+    consensus example) down to 2 voxel edges. A sphere of one voxel radius holds only the
+    6-neighbourhood and approximates the spherical mean poorly, and a largest kernel of only a
+    few voxels makes the deconvolution unstable (Wu et al. MRM 2012; QSM.jl uses 18 to 2
+    voxels). On the 2 mm head phantom, 24 -> 4 mm halves the local-field error of 12 -> 4 mm.
     """
-    return tuple(float(r) for r in np.arange(largest_mm, 0.0, -1.0) if r >= max(voxel_size))
+    step = float(max(voxel_size))
+    largest = float(largest_mm) if largest_mm else 12.0 * step
+    smallest = float(smallest_mm) if smallest_mm else 2.0 * step
+    smallest = min(smallest, largest)
+    count = int(np.floor((largest - smallest) / step + 1e-6)) + 1
+    return tuple(round(largest - index * step, 6) for index in range(count))
 
 
 def vsharp(total_field_hz, mask, voxel_size, *, radii_mm=None, threshold: float = 0.05,
@@ -61,8 +70,8 @@ def vsharp(total_field_hz, mask, voxel_size, *, radii_mm=None, threshold: float 
     voxel_size : sequence of 3 floats
         Voxel edge lengths (mm).
     radii_mm : sequence of float, optional
-        Sphere radii (mm), any order; default :func:`default_radii_mm` (12 mm down to 1 mm
-        in 1 mm steps, none below the voxel size).
+        Sphere radii (mm), any order; default :func:`default_radii_mm` (12 down to 2 voxel
+        edges). Radii below the largest voxel edge are skipped.
     threshold : float
         Truncation of the deconvolution, 0.05 as in Wu et al. 2012 and the consensus code.
     workers : int

@@ -120,15 +120,30 @@ def dipole_kernel(shape, voxel_size, b0_direction=(0.0, 0.0, 1.0)) -> np.ndarray
 
     D(0) is set to 0, so the mean of the field carries no susceptibility information
     (a susceptibility map is defined up to a constant; see :mod:`qsmprep.qsm.referencing`).
+
+    On an even axis the Nyquist sample stands for both +k_N and -k_N. For an oblique b0 the
+    two signs give different (k.b0)^2, so the kernel is averaged over them: the cross terms
+    involving that axis vanish there. Without this the kernel is not Hermitian, and strong
+    sharp sources (air, bone) leave a non-local checkerboard error along the whole axis.
+
     Returns float32 of shape (n0, n1, n2//2+1).
     """
-    b0 = np.asarray(b0_direction, dtype=np.float32)
+    b0 = np.asarray(b0_direction, dtype=np.float64)
     b0 = b0 / np.linalg.norm(b0)
-    k0, k1, k2 = kspace_coordinates(shape, voxel_size)
-    k_dot_b = k0 * b0[0] + k1 * b0[1] + k2 * b0[2]
-    k_squared = k0**2 + k1**2 + k2**2
+    coordinates = kspace_coordinates(shape, voxel_size)
+    projections = [k * np.float32(b) for k, b in zip(coordinates, b0)]
+    not_nyquist = [
+        (np.abs(k) < np.float32(0.5 / h) * np.float32(1 - 1e-6)).astype(np.float32)
+        if n % 2 == 0 else np.float32(1.0)
+        for k, h, n in zip(coordinates, voxel_size, shape)
+    ]
+    k_dot_b_squared = sum(p**2 for p in projections)
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        k_dot_b_squared = k_dot_b_squared + 2 * projections[i] * projections[j] * (
+            not_nyquist[i] * not_nyquist[j])
+    k_squared = sum(k**2 for k in coordinates)
     with np.errstate(invalid="ignore", divide="ignore"):
-        kernel = np.float32(1.0 / 3.0) - k_dot_b**2 / k_squared
+        kernel = np.float32(1.0 / 3.0) - k_dot_b_squared / k_squared
     kernel[0, 0, 0] = 0.0
     return kernel.astype(np.float32, copy=False)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dipole import irfftn, laplacian_kernel, rfftn
+from .echo_fit import fit_weighted_line
 
 
 def _poisson_unwrap(wrapped_phase, voxel_size, workers):
@@ -40,6 +41,17 @@ def _poisson_unwrap(wrapped_phase, voxel_size, workers):
 
 def _wrap(phase):
     return np.angle(np.exp(1j * phase)).astype(np.float32)
+
+
+def snap_to_wrapped(estimate, wrapped_phase) -> np.ndarray:
+    """The phase congruent with ``wrapped_phase`` (whole turns added) closest to ``estimate``.
+
+    The congruence operation of Ghiglia & Pritt (Two-Dimensional Phase Unwrapping, Wiley 1998).
+    """
+    wrapped_phase = np.asarray(wrapped_phase, dtype=np.float32)
+    turns = np.round((np.asarray(estimate, dtype=np.float32) - wrapped_phase)
+                     / np.float32(2 * np.pi))
+    return wrapped_phase + np.float32(2 * np.pi) * turns
 
 
 def laplacian_unwrap(wrapped_phase, voxel_size, *, refinements: int = 1,
@@ -100,8 +112,7 @@ def laplacian_unwrap(wrapped_phase, voxel_size, *, refinements: int = 1,
     offset = np.angle(np.mean(np.exp(1j * (wrapped_phase - unwrapped))))
     unwrapped += np.float32(offset)
     if congruent:
-        turns = np.round((unwrapped - wrapped_phase) / np.float32(2 * np.pi))
-        unwrapped = wrapped_phase + np.float32(2 * np.pi) * turns
+        unwrapped = snap_to_wrapped(unwrapped, wrapped_phase)
     return unwrapped.astype(np.float32, copy=False)
 
 
@@ -109,18 +120,34 @@ def laplacian_unwrap(wrapped_phase, voxel_size, *, refinements: int = 1,
 METHODS = {"laplacian": laplacian_unwrap}
 
 
-def unwrap_echoes(wrapped_phase_4d, voxel_size, *, method: str = "laplacian",
+def unwrap_echoes(wrapped_phase_4d, voxel_size, *, echo_times_s=None, method: str = "laplacian",
                   workers: int = 1) -> np.ndarray:
-    """Unwrap every echo of a 4-D phase series (echoes on the last axis) independently.
+    """Unwrap a multi-echo phase series (echoes on the last axis).
+
+    Without ``echo_times_s`` (or with one echo) every echo is unwrapped spatially on its own.
+    With echo times and two echoes or more, only what needs spatial unwrapping is unwrapped
+    spatially, and the rest temporally, which keeps the echoes consistent with each other
+    (the multi-echo strategy of ROMEO, Dymerska et al., MRM 2021;85:2294-2308):
+
+    1. the first echo is unwrapped spatially;
+    2. the phase difference of the first two echoes, ``angle(S_2 conj(S_1))``, is unwrapped
+       spatially and added to it: the phase offset cancels in that difference and its range is
+       set by the echo spacing alone, so it has few wraps;
+    3. every later echo gets the whole number of turns that brings it closest to the straight
+       line fitted over time through the echoes already unwrapped (:func:`snap_to_wrapped`).
+
+    Every output echo differs from its input by exact multiples of 2 pi.
 
     Parameters
     ----------
     wrapped_phase_4d : array_like, 4-D (x, y, z, echo); a 3-D array counts as one echo.
     voxel_size : sequence of 3 floats
         Voxel edge lengths (mm).
+    echo_times_s : sequence of float, optional
+        Ascending echo times, one per echo.
     method : str
-        A key of :data:`METHODS`: ``"laplacian"`` (:func:`laplacian_unwrap`, Schofield & Zhu,
-        Opt Lett 2003;28:1194).
+        Spatial unwrapper, a key of :data:`METHODS`: ``"laplacian"`` (:func:`laplacian_unwrap`,
+        Schofield & Zhu, Opt Lett 2003;28:1194).
     workers : int
         FFT threads.
 
@@ -136,8 +163,27 @@ def unwrap_echoes(wrapped_phase_4d, voxel_size, *, method: str = "laplacian",
         phase = phase[..., None]
     if phase.ndim != 4:
         raise ValueError(f"wrapped phase must be 4-D (x, y, z, echo), got shape {phase.shape}")
-    unwrap = METHODS[method]
+    echo_count = phase.shape[-1]
+    if echo_times_s is not None and len(echo_times_s) != echo_count:
+        raise ValueError(f"{len(echo_times_s)} echo times for {echo_count} echoes")
+
+    def unwrap_spatially(volume):
+        return METHODS[method](volume, voxel_size, workers=workers)
+
     unwrapped = np.empty_like(phase)
-    for echo in range(phase.shape[-1]):
-        unwrapped[..., echo] = unwrap(phase[..., echo], voxel_size, workers=workers)
-    return unwrapped.reshape(np.shape(wrapped_phase_4d))
+    if echo_times_s is None or echo_count == 1:
+        for echo in range(echo_count):
+            unwrapped[..., echo] = unwrap_spatially(phase[..., echo])
+        return unwrapped.reshape(np.shape(wrapped_phase_4d))
+
+    echo_times = np.asarray(echo_times_s, dtype=np.float64)
+    unwrapped[..., 0] = unwrap_spatially(phase[..., 0])
+    first_difference = _wrap(phase[..., 1] - phase[..., 0])
+    unwrapped[..., 1] = unwrapped[..., 0] + unwrap_spatially(first_difference)
+    for echo in range(2, echo_count):
+        earlier = unwrapped[..., :echo].reshape(-1, echo)
+        slope, intercept, _ = fit_weighted_line(echo_times[:echo], earlier,
+                                                np.ones_like(earlier))
+        predicted = (intercept + slope * echo_times[echo]).reshape(phase.shape[:3])
+        unwrapped[..., echo] = snap_to_wrapped(predicted, phase[..., echo])
+    return unwrapped

@@ -93,9 +93,10 @@ def test_stage_options_reach_the_config_and_survive_a_round_trip(bids_dir, tmp_p
                          "--inversion", "tkd", "--tkd-threshold", "0.15",
                          "--vsharp-max-radius", "8", "--field-strength", "7"])
     assert config.workflow.inversion == "tkd"
-    assert config.workflow.stage_parameters()["DipoleInversion"] == {
+    assert config.workflow.stage_parameters((1.0, 1.0, 1.0))["DipoleInversion"] == {
         "Algorithm": "tkd", "Threshold": 0.15}
-    assert config.workflow.vsharp_radii_mm() == [8, 7, 6, 5, 4, 3, 2, 1]
+    assert config.workflow.vsharp_radii_mm((1.0, 1.0, 1.0)) == [8, 7, 6, 5, 4, 3, 2]
+    assert config.workflow.vsharp_radii_mm((2.0, 2.0, 2.0)) == [8, 6, 4]
     assert config.workflow.field_strength_t == 7.0
     saved = config.save(tmp_path / "logs")
     loaded = Config.load(saved)
