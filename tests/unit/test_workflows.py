@@ -1,0 +1,66 @@
+"""The nipype graph builds, and can be inspected, without running anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from qsmprep.bids.discovery import discover_runs
+from qsmprep.cli.parser import parse_args
+from qsmprep.phantom.dataset import PhantomSubject, write_phantom_dataset
+from qsmprep.workflows.base import init_qsmprep_wf
+
+GRID = {"shape": (24, 28, 24), "voxel_size": (4.0, 4.0, 4.0)}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    bids_dir = tmp_path_factory.mktemp("graph") / "bids"
+    write_phantom_dataset(bids_dir, [
+        PhantomSubject(subject="01", **GRID),
+        PhantomSubject(subject="01", session="2", **GRID),
+        PhantomSubject(subject="02", suffix="T2starw", echo_times_s=(0.02,), **GRID),
+    ])
+    return bids_dir
+
+
+def _graph(dataset, tmp_path, *options):
+    config = parse_args([str(dataset), str(tmp_path / "out"), "participant",
+                         "-w", str(tmp_path / "work"), *options])
+    runs = discover_runs(dataset)
+    return init_qsmprep_wf(config=config, runs=runs), config
+
+
+def _node_names(workflow):
+    return set(workflow.list_node_names())
+
+
+def test_one_subworkflow_per_participant_and_run(dataset, tmp_path):
+    workflow, config = _graph(dataset, tmp_path)
+    names = _node_names(workflow)
+    assert workflow.base_dir == config.execution.work_dir
+    for run in ("sub_01_wf.run_sub_01_wf", "sub_01_wf.run_sub_01_ses_2_wf",
+                "sub_02_wf.run_sub_02_wf"):
+        for stage in ("load_echoes", "brain_mask", "unwrap_phase", "fit_echoes",
+                      "remove_background", "invert_dipole", "reference_susceptibility"):
+            assert f"{run}.qsm_wf.{stage}" in names
+        assert f"{run}.ds_qsm_wf.ds_chimap" in names
+
+
+def test_single_echo_run_has_no_relaxometry(dataset, tmp_path):
+    names = _node_names(_graph(dataset, tmp_path)[0])
+    assert "sub_01_wf.run_sub_01_wf.qsm_wf.fit_r2star" in names
+    assert not any(name.startswith("sub_02_wf") and ("r2star" in name or "t2star" in name)
+                   for name in names)
+
+
+def test_stage_options_reach_the_nodes(dataset, tmp_path):
+    workflow, _ = _graph(dataset, tmp_path, "--inversion", "tkd", "--tkd-threshold", "0.2",
+                         "--vsharp-max-radius", "16", "--omp-nthreads", "1")
+    inversion = workflow.get_node("sub_01_wf.run_sub_01_wf.qsm_wf.invert_dipole")
+    assert inversion.inputs.method == "tkd" and inversion.inputs.tkd_threshold == 0.2
+    assert inversion.n_procs == 1 and inversion.mem_gb > 0
+    background = workflow.get_node("sub_01_wf.run_sub_01_wf.qsm_wf.remove_background")
+    assert background.inputs.radii_mm == [16.0, 12.0, 8.0]  # 4 mm voxels: steps of 4 mm
+    sink = workflow.get_node("sub_01_wf.run_sub_01_wf.ds_qsm_wf.ds_chimap")
+    stages = sink.inputs.metadata["QSMProcessing"]
+    assert stages["DipoleInversion"] == {"Algorithm": "tkd", "Threshold": 0.2}
