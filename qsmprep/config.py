@@ -93,9 +93,9 @@ class WorkflowConfig:
     vsharp_threshold: float = 0.05
     inversion: str = ALGORITHMS["inversion"][0]
     tkd_threshold: float = 0.19
-    tikhonov_regularization: float = 0.005
+    tikhonov_regularization: float = 0.01
     inversion_max_iter: int = 100
-    inversion_tolerance: float = 1e-3
+    inversion_tolerance: float = 1e-2
     reference: str = ALGORITHMS["reference"][0]
     r2star: str = ALGORITHMS["r2star"][0]
 

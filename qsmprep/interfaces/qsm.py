@@ -170,9 +170,9 @@ class _InvertInputSpec(BaseInterfaceInputSpec):
     field_strength_t = traits.Float(mandatory=True)
     method = traits.Enum("tikhonov", "tkd", usedefault=True)
     tkd_threshold = traits.Float(0.19, usedefault=True)
-    regularization = traits.Float(0.005, usedefault=True)
+    regularization = traits.Float(0.01, usedefault=True)
     max_iter = traits.Int(100, usedefault=True)
-    tolerance = traits.Float(1e-3, usedefault=True)
+    tolerance = traits.Float(1e-2, usedefault=True)
     num_threads = traits.Int(1, usedefault=True)
 
 
