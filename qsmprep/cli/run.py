@@ -10,7 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 
-from ..errors import QSMPrepError, UnknownLevelError  # noqa: E402
+from ..errors import BadDataError, QSMPrepError, UnknownLevelError  # noqa: E402
 
 LOGGER = logging.getLogger("qsmprep")
 
@@ -28,16 +28,16 @@ def run(argv=None) -> int:
     """
     from .parser import parse_args
 
+    _setup_console_logging()
     try:
         config = parse_args(argv)
-        _setup_logging(config)
+        _setup_file_logging(config)
         if config.execution.analysis_level == "group":
             raise UnknownLevelError(
                 "The group level is not yet available in this version of qsmprep; run "
                 "'participant' first.")
         return _run_participant_level(config)
     except QSMPrepError as error:
-        _setup_logging(None)
         LOGGER.critical("%s", error)
         return error.exit_code
     except KeyboardInterrupt:
@@ -90,19 +90,15 @@ def _build_workflow(config, runs):
 
 
 def _execute(workflow, config, logs_dir) -> int:
-    from nipype import config as nipype_config
-
     crash_dir = logs_dir / f"crash-{config.execution.run_uuid}"
-    nipype_config.update_config({
-        "execution": {
-            "crashdump_dir": str(crash_dir),
-            "crashfile_format": "txt",
-            "stop_on_first_crash": config.execution.stop_on_first_crash,
-            "remove_unnecessary_outputs": False,
-            "check_version": False,
-            "poll_sleep_duration": 0.5,
-        },
-        "monitoring": {"enabled": False},
+    # the workflow holds its own copy of nipype's configuration, taken when it was created
+    workflow.config["execution"].update({
+        "crashdump_dir": str(crash_dir),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": str(config.execution.stop_on_first_crash).lower(),
+        "remove_unnecessary_outputs": "false",
+        "check_version": "false",
+        "poll_sleep_duration": "0.5",
     })
     plugin_args = dict(config.nipype.plugin_args)
     if config.nipype.plugin in ("MultiProc", "LegacyMultiProc"):
@@ -112,13 +108,18 @@ def _execute(workflow, config, logs_dir) -> int:
         plugin_args.setdefault("status_callback", _log_node_status)
     try:
         workflow.run(plugin=config.nipype.plugin, plugin_args=plugin_args)
-    except RuntimeError as error:
-        LOGGER.critical("Processing failed: %s", error)
-        for crash_file in sorted(crash_dir.glob("crash-*.txt")):
-            LOGGER.critical("  %s", _summarise_crash(crash_file))
+    except RuntimeError:
+        crash_files = sorted(crash_dir.glob("crash-*.txt"))
+        LOGGER.critical("Processing failed: %d node(s) crashed.", len(crash_files))
+        exit_code = 1
+        for crash_file in crash_files:
+            summary = _summarise_crash(crash_file)
+            LOGGER.critical("  %s", summary)
+            if "BadDataError" in summary:  # a data problem found while loading the images
+                exit_code = BadDataError.exit_code
         LOGGER.critical("Crash reports are in %s; fix the cause and re-run the same command "
                         "to resume.", crash_dir)
-        return 1
+        return exit_code
     return 0
 
 
@@ -139,31 +140,33 @@ def _summarise_crash(crash_file: Path) -> str:
     return f"{node}: {errors[-1] if errors else 'see the crash file'}"
 
 
-def _setup_logging(config) -> None:
-    """Console logging (and a log file in ``<output_dir>/logs`` when the config is known)."""
-    if getattr(_setup_logging, "done", False) and config is None:
-        return
-    verbosity = config.execution.verbosity if config is not None else 0
-    level = logging.DEBUG if verbosity >= 2 else logging.INFO
-    formatter = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%y%m%d-%H:%M:%S")
+_FORMATTER = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%y%m%d-%H:%M:%S")
+
+
+def _setup_console_logging() -> None:
+    """qsmprep's messages to standard error, one line each."""
     LOGGER.handlers.clear()
-    LOGGER.setLevel(level)
+    LOGGER.setLevel(logging.INFO)
     LOGGER.propagate = False
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(formatter)
+    console.setFormatter(_FORMATTER)
     LOGGER.addHandler(console)
-    if config is not None:
-        logs_dir = Path(config.execution.output_dir) / "logs"
-        logs_dir.mkdir(parents=True, exist_ok=True)
-        log_file = logging.FileHandler(logs_dir / f"qsmprep-{config.execution.run_uuid}.log")
-        log_file.setFormatter(formatter)
-        LOGGER.addHandler(log_file)
-        from nipype import logging as nipype_logging
 
-        nipype_level = logging.INFO if verbosity >= 1 else logging.WARNING
-        for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-            nipype_logging.getLogger(name).setLevel(nipype_level)
-    _setup_logging.done = True
+
+def _setup_file_logging(config) -> None:
+    """Also log to ``<output_dir>/logs/qsmprep-<run>.log``; set the verbosity of nipype."""
+    verbosity = config.execution.verbosity
+    LOGGER.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    logs_dir = Path(config.execution.output_dir) / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    log_file = logging.FileHandler(logs_dir / f"qsmprep-{config.execution.run_uuid}.log")
+    log_file.setFormatter(_FORMATTER)
+    LOGGER.addHandler(log_file)
+    from nipype import logging as nipype_logging
+
+    nipype_level = logging.INFO if verbosity >= 1 else logging.WARNING
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        nipype_logging.getLogger(name).setLevel(nipype_level)
 
 
 if __name__ == "__main__":  # pragma: no cover

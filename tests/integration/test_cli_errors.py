@@ -120,3 +120,21 @@ def test_nan_voxels_are_masked_out_not_fatal(tiny_bids, tmp_path):
     chimap = nib.load(tmp_path / "out" / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").get_fdata()
     assert np.isfinite(chimap).all()
     assert "Traceback" not in result.stderr
+
+
+def test_mostly_nan_phase_is_bad_data(tiny_bids, tmp_path):
+    path = _anat(tiny_bids) / "sub-01_echo-2_part-phase_MEGRE.nii.gz"
+    image = nib.load(path)
+    phase = np.full(image.shape, np.nan, dtype=np.float32)
+    nib.save(nib.Nifti1Image(phase, image.affine, image.header), path)
+    result = _run_and_check(tiny_bids, tmp_path, expected_code=65,
+                            expected_words=["load_echoes", "sub-01_echo-2_part-phase_MEGRE"])
+    assert "crash" in result.stderr
+
+
+def test_unreadable_image_is_a_processing_failure(tiny_bids, tmp_path):
+    path = _anat(tiny_bids) / "sub-01_echo-3_part-mag_MEGRE.nii.gz"
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])  # header intact, data truncated
+    _run_and_check(tiny_bids, tmp_path, expected_code=1,
+                   expected_words=["load_echoes", "Crash reports are in"])
