@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -19,6 +18,7 @@ from nipype.interfaces.base import (
 from ..bids.derivatives import write_derivative
 from ..bids.loading import load_multiecho
 from ..qsm.dipole import b0_direction_from_affine, voxel_size_from_affine
+from .images import save_array
 
 
 class _LoadMultiEchoInputSpec(BaseInterfaceInputSpec):
@@ -55,13 +55,7 @@ class LoadMultiEcho(SimpleInterface):
             phase_units=self.inputs.phase_units or None)  # logs its own warnings
 
         def save(array, name, dtype=np.float32):
-            image = nib.Nifti1Image(np.asarray(array, dtype=dtype), data.affine)
-            image.header.set_xyzt_units("mm", "sec")
-            image.set_qform(data.affine, code=1)
-            image.set_sform(data.affine, code=1)
-            path = os.path.join(runtime.cwd, name)
-            nib.save(image, path)
-            return path
+            return save_array(array, data.affine, os.path.join(runtime.cwd, name), dtype=dtype)
 
         self._results["magnitude"] = save(data.magnitude, "magnitude.nii.gz")
         self._results["phase"] = save(data.phase, "phase.nii.gz")

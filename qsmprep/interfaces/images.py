@@ -22,12 +22,16 @@ def load_mask(path) -> np.ndarray:
     return load_array(path) > 0.5
 
 
-def save_like(array, reference_path, out_path, *, dtype=np.float32) -> str:
-    """Write ``array`` with the affine of ``reference_path``; returns the absolute path."""
-    reference = nib.load(os.fspath(reference_path))
-    image = nib.Nifti1Image(np.asarray(array, dtype=dtype), reference.affine)
+def save_array(array, affine, out_path, *, dtype=np.float32) -> str:
+    """Write ``array`` as ``dtype`` with ``affine`` (qform and sform, scanner space)."""
+    image = nib.Nifti1Image(np.asarray(array, dtype=dtype), affine)
     image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(reference.affine, code=1)
-    image.set_sform(reference.affine, code=1)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
     nib.save(image, os.fspath(out_path))
     return os.path.abspath(out_path)
+
+
+def save_like(array, reference_path, out_path, *, dtype=np.float32) -> str:
+    """Write ``array`` with the affine of ``reference_path``; returns the absolute path."""
+    return save_array(array, nib.load(os.fspath(reference_path)).affine, out_path, dtype=dtype)
