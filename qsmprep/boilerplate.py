@@ -5,6 +5,7 @@ Written to ``<output_dir>/logs/CITATION.md`` for every run, ready to paste into 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .__about__ import __version__
@@ -29,6 +30,9 @@ REFERENCES = {
     "sharp": "Schweser F, Deistung A, Lehr BW, Reichenbach JR. Quantitative imaging of intrinsic "
     "magnetic tissue properties using MRI signal phase. NeuroImage. 2011;54:2789-2807. "
     "doi:10.1016/j.neuroimage.2010.10.070",
+    "resharp": "Sun H, Wilman AH. Background field removal using spherical mean value "
+    "filtering and Tikhonov regularization. Magn Reson Med. 2014;71:1151-1157. "
+    "doi:10.1002/mrm.24765",
     "tkd": "Shmueli K, et al. Magnetic susceptibility mapping of brain tissue in vivo using MRI "
     "phase data. Magn Reson Med. 2009;62:1510-1522. doi:10.1002/mrm.22135",
     "tikhonov": "Kressler B, et al. Nonlinear regularization for per voxel estimation of magnetic "
@@ -44,14 +48,11 @@ REFERENCES = {
 def methods_boilerplate(*, config, runs) -> str:
     """Markdown text describing the processing of ``runs`` under ``config``, with references."""
     workflow = config.workflow
-    cited = ["consensus", "nipype", "pybids"]
     echo_counts = sorted({len(run.echoes) for run in runs})
     strengths = sorted({run.field_strength_t for run in runs})
 
     def cite(key):
-        if key not in cited:
-            cited.append(key)
-        return f"[{cited.index(key) + 1}]"
+        return f"[@{key}]"  # numbered in order of first appearance below
 
     if config.execution.brain_mask_dir:
         masking = "Brain masks were supplied by the user."
@@ -59,8 +60,9 @@ def methods_boilerplate(*, config, runs) -> str:
         threshold = (f"a threshold of {workflow.mask_threshold:g} of the 99th percentile"
                      if workflow.mask_threshold else f"Otsu's automatic threshold {cite('otsu')}")
         masking = ("A brain mask was computed from the first-echo magnitude with "
-                   f"{threshold}, morphological opening, selection of the largest connected "
-                   "component and hole filling; voxels with non-finite input were excluded.")
+                   f"{threshold}, morphological opening, selection of the connected component "
+                   "holding the deepest voxel, closing and hole filling; voxels with non-finite "
+                   "input were excluded.")
     if workflow.inversion == "tkd":
         inversion = (f"thresholded k-space division (TKD, threshold {workflow.tkd_threshold:g}) "
                      f"{cite('tkd')}")
@@ -68,8 +70,17 @@ def methods_boilerplate(*, config, runs) -> str:
         inversion = ("an iterative Tikhonov-regularised least-squares inversion with a gradient "
                      f"penalty (lambda = {workflow.tikhonov_regularization:g}, conjugate gradient, "
                      f"at most {workflow.inversion_max_iter} iterations) {cite('tikhonov')}")
-    radii = sorted({radius for run in runs for radius in workflow.vsharp_radii_mm(run.voxel_size)},
-                   reverse=True)
+    if workflow.background_removal == "resharp":
+        radii = sorted({workflow.resharp_radius(run.voxel_size) for run in runs})
+        background = (f"RESHARP {cite('resharp')} (spherical kernel of "
+                      f"{', '.join(f'{radius:g}' for radius in radii)} mm, Tikhonov weight "
+                      f"{workflow.resharp_regularization:g})")
+    else:
+        radii = sorted({radius for run in runs
+                        for radius in workflow.vsharp_radii_mm(run.voxel_size)}, reverse=True)
+        background = (f"V-SHARP {cite('vsharp')}{cite('sharp')} (spherical kernels of "
+                      f"{radii[0]:g} down to {radii[-1]:g} mm, truncation threshold "
+                      f"{workflow.vsharp_threshold:g})")
     text = [
         "## Methods",
         "",
@@ -79,23 +90,27 @@ def methods_boilerplate(*, config, runs) -> str:
         f"{len(runs)} gradient-echo run(s) with {', '.join(map(str, echo_counts))} echo(es) at "
         f"{', '.join(f'{value:g}' for value in strengths)} T were processed.",
         "",
-        f"{masking} The phase of each echo was unwrapped with a Laplacian-based algorithm "
-        f"{cite('laplacian')}. Echoes were combined by a magnitude-weighted least-squares fit "
-        "of the unwrapped phase over echo time, with an intercept absorbing the phase offset, "
-        "giving the total field in Hz and a map of the fit residual. Background fields were "
-        f"removed with V-SHARP {cite('vsharp')}{cite('sharp')} (spherical kernels of "
-        f"{radii[0]:g} down to {radii[-1]:g} mm, truncation threshold "
-        f"{workflow.vsharp_threshold:g}). Susceptibility was obtained by {inversion}, with the "
-        "dipole kernel oriented along the main field in the image's voxel coordinates, and "
-        "referenced to the mean over the whole brain (the V-SHARP mask); the reference value "
+        f"{masking} The phase of the first echo, and the phase difference between the first "
+        f"two echoes, were unwrapped with a Laplacian-based algorithm {cite('laplacian')} "
+        "snapped to the nearest 2-pi-congruent phase; later echoes were unwrapped temporally "
+        "against the line through the earlier ones. Echoes were combined by a "
+        "magnitude-weighted least-squares fit of the unwrapped phase over echo time, with an "
+        "intercept absorbing the phase offset, giving the total field in Hz and a map of the "
+        f"fit residual. Background fields were removed with {background}. Susceptibility was "
+        f"obtained by {inversion}, with the dipole kernel oriented along the main field in the "
+        "image's voxel coordinates, and referenced to the mean over the whole brain (the mask "
+        "of the background removal); the reference value "
         "is recorded in each Chimap sidecar. R2* and T2* were estimated by a magnitude-weighted "
         f"log-linear fit of the magnitude decay {cite('r2star')}.",
         "",
         "### References",
         "",
     ]
-    text += [f"{index}. {REFERENCES[key]}" for index, key in enumerate(cited, start=1)]
-    return "\n".join(text) + "\n"
+    body = "\n".join(text)
+    cited = list(dict.fromkeys(re.findall(r"\[@(\w+)\]", body)))
+    body = re.sub(r"\[@(\w+)\]", lambda match: f"[{cited.index(match.group(1)) + 1}]", body)
+    references = [f"{index}. {REFERENCES[key]}" for index, key in enumerate(cited, start=1)]
+    return body + "\n" + "\n".join(references) + "\n"
 
 
 def write_boilerplate(logs_dir, *, config, runs) -> Path:

@@ -40,7 +40,7 @@ ALGORITHMS = {
     "masking": ("magnitude-threshold",),
     "unwrapping": ("laplacian",),
     "echo_fit": ("weighted-linear",),
-    "background_removal": ("vsharp",),
+    "background_removal": ("vsharp", "resharp"),
     "inversion": ("tikhonov", "tkd"),
     "reference": ("whole-brain",),
     "r2star": ("loglinear",),
@@ -91,6 +91,8 @@ class WorkflowConfig:
     vsharp_max_radius_mm: float = 0.0  # 0: 12 voxel edges (12 mm at 1 mm)
     vsharp_min_radius_mm: float = 0.0  # 0: 2 voxel edges
     vsharp_threshold: float = 0.05
+    resharp_radius_mm: float = 0.0  # 0: 2 voxel edges
+    resharp_regularization: float = 1e-3
     inversion: str = ALGORITHMS["inversion"][0]
     tkd_threshold: float = 0.19
     tikhonov_regularization: float = 0.01
@@ -105,6 +107,17 @@ class WorkflowConfig:
 
         return list(default_radii_mm(voxel_size, largest_mm=self.vsharp_max_radius_mm or None,
                                      smallest_mm=self.vsharp_min_radius_mm or None))
+
+    def resharp_radius(self, voxel_size) -> float:
+        """RESHARP sphere radius (mm) for a run with ``voxel_size``."""
+        return float(self.resharp_radius_mm or 2.0 * max(voxel_size))
+
+    def _background_parameters(self, voxel_size) -> dict:
+        if self.background_removal == "resharp":
+            return {"Algorithm": "resharp", "RadiusMM": self.resharp_radius(voxel_size),
+                    "Regularization": self.resharp_regularization}
+        return {"Algorithm": "vsharp", "RadiiMM": self.vsharp_radii_mm(voxel_size),
+                "Threshold": self.vsharp_threshold}
 
     def stage_parameters(self, voxel_size) -> dict:
         """The algorithm and parameters of each stage for a run with ``voxel_size``, as written
@@ -124,11 +137,7 @@ class WorkflowConfig:
             "Masking": masking,
             "Unwrapping": {"Algorithm": self.unwrapping},
             "EchoCombination": {"Algorithm": self.echo_fit, "Weights": "magnitude squared"},
-            "BackgroundFieldRemoval": {
-                "Algorithm": self.background_removal,
-                "RadiiMM": self.vsharp_radii_mm(voxel_size),
-                "Threshold": self.vsharp_threshold,
-            },
+            "BackgroundFieldRemoval": self._background_parameters(voxel_size),
             "DipoleInversion": {"Algorithm": self.inversion, **inversion_parameters},
             "Referencing": {"Region": self.reference},
             "R2star": {"Algorithm": self.r2star},

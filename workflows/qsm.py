@@ -96,9 +96,12 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
                      name="unwrap_phase", n_procs=omp_nthreads,
                      mem_gb=_memory_gb(voxel_count, 16 + 2 * echo_count))
     fit = pe.Node(FitEchoes(echo_times=list(echo_times)), name="fit_echoes", mem_gb=volume_mem)
+    radii_mm = (config.vsharp_radii_mm(voxel_size) if config.background_removal == "vsharp"
+                else [config.resharp_radius(voxel_size)])
     bg_removal = pe.Node(
-        RemoveBackground(radii_mm=config.vsharp_radii_mm(voxel_size),
+        RemoveBackground(method=config.background_removal, radii_mm=radii_mm,
                          threshold=config.vsharp_threshold,
+                         regularization=config.resharp_regularization,
                          num_threads=omp_nthreads),
         name="remove_background", n_procs=omp_nthreads,
         mem_gb=_memory_gb(voxel_count, _INVERSION_COPIES))

@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     qsm.add_argument("--vsharp-threshold", type=_positive_float,
                      default=defaults.vsharp_threshold,
                      help="truncation threshold of the V-SHARP deconvolution")
+    qsm.add_argument("--resharp-radius", type=_positive_float, default=None, metavar="MM",
+                     help="RESHARP sphere radius (default: 2 voxel edges)")
+    qsm.add_argument("--resharp-lambda", type=_positive_float,
+                     default=defaults.resharp_regularization,
+                     help="RESHARP Tikhonov regularisation weight")
     qsm.add_argument("--inversion", choices=ALGORITHMS["inversion"], default=defaults.inversion,
                      help="dipole inversion algorithm")
     qsm.add_argument("--tkd-threshold", type=_positive_float, default=defaults.tkd_threshold,
@@ -231,6 +236,8 @@ def parse_args(argv=None) -> Config:
         vsharp_max_radius_mm=opts.vsharp_max_radius or 0.0,
         vsharp_min_radius_mm=opts.vsharp_min_radius or 0.0,
         vsharp_threshold=opts.vsharp_threshold,
+        resharp_radius_mm=opts.resharp_radius or 0.0,
+        resharp_regularization=opts.resharp_lambda,
         inversion=opts.inversion,
         tkd_threshold=opts.tkd_threshold,
         tikhonov_regularization=opts.tikhonov_lambda,

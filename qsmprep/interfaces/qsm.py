@@ -133,8 +133,11 @@ class FitEchoes(SimpleInterface):
 class _BackgroundInputSpec(BaseInterfaceInputSpec):
     total_field_hz = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
-    radii_mm = traits.List(traits.Float, mandatory=True)
-    threshold = traits.Float(0.05, usedefault=True)
+    method = traits.Enum("vsharp", "resharp", usedefault=True)
+    radii_mm = traits.List(traits.Float, mandatory=True,
+                           desc="V-SHARP radii, or the one RESHARP radius")
+    threshold = traits.Float(0.05, usedefault=True, desc="V-SHARP deconvolution truncation")
+    regularization = traits.Float(1e-3, usedefault=True, desc="RESHARP Tikhonov weight")
     num_threads = traits.Int(1, usedefault=True)
 
 
@@ -144,17 +147,23 @@ class _BackgroundOutputSpec(TraitedSpec):
 
 
 class RemoveBackground(SimpleInterface):
-    """V-SHARP background field removal (:func:`qsmprep.qsm.background.vsharp`)."""
+    """Background field removal by V-SHARP or RESHARP (:mod:`qsmprep.qsm.background`)."""
 
     input_spec = _BackgroundInputSpec
     output_spec = _BackgroundOutputSpec
 
     def _run_interface(self, runtime):
         voxel_size, _ = _geometry(self.inputs.mask)
-        result = background.vsharp(
-            load_array(self.inputs.total_field_hz), load_mask(self.inputs.mask), voxel_size,
-            radii_mm=tuple(self.inputs.radii_mm), threshold=self.inputs.threshold,
-            workers=self.inputs.num_threads)
+        total_field_hz = load_array(self.inputs.total_field_hz)
+        mask = load_mask(self.inputs.mask)
+        if self.inputs.method == "resharp":
+            result = background.resharp(
+                total_field_hz, mask, voxel_size, radius_mm=self.inputs.radii_mm[0],
+                regularization=self.inputs.regularization, workers=self.inputs.num_threads)
+        else:
+            result = background.vsharp(
+                total_field_hz, mask, voxel_size, radii_mm=tuple(self.inputs.radii_mm),
+                threshold=self.inputs.threshold, workers=self.inputs.num_threads)
         self._results["local_field_hz"] = save_like(
             result.local_field_hz, self.inputs.mask, _out(runtime, "local_field_hz.nii.gz"))
         self._results["mask"] = save_like(

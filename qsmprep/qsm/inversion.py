@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dipole import crop_to, dipole_kernel, irfftn, laplacian_kernel, pad_to, padded_shape, rfftn
+from .solvers import conjugate_gradient
 
 
 def _inversion_grid(shape):
@@ -144,22 +145,8 @@ def tikhonov_cg(local_field_ppm, mask, voxel_size, b0_direction, *,
 
     right_hand_side = irfftn(kernel * rfftn(squared_weight * pad_to(field, shape),
                                             workers=workers), shape, workers=workers)
-    chi = np.zeros(shape, dtype=np.float32)
-    residual = right_hand_side.copy()
-    direction = residual.copy()
-    residual_norm2 = _dot(residual, residual)
-    stop_norm2 = (tolerance**2) * residual_norm2
-    for _ in range(int(max_iter)):
-        if residual_norm2 <= stop_norm2 or residual_norm2 == 0.0:
-            break
-        operator_direction = normal_operator(direction)
-        step = residual_norm2 / _dot(direction, operator_direction)
-        chi += np.float32(step) * direction
-        residual -= np.float32(step) * operator_direction
-        new_norm2 = _dot(residual, residual)
-        direction = residual + np.float32(new_norm2 / residual_norm2) * direction
-        residual_norm2 = new_norm2
-
+    chi = conjugate_gradient(normal_operator, right_hand_side, max_iter=max_iter,
+                             tolerance=tolerance)
     return np.where(mask, crop_to(chi, mask.shape), 0.0).astype(np.float32)
 
 
@@ -170,7 +157,3 @@ def _checked(local_field_ppm, mask):
         raise ValueError(f"local field {field.shape} and mask {mask.shape} must be 3-D arrays "
                          "of the same shape")
     return np.where(mask, field, np.float32(0.0)), mask
-
-
-def _dot(a, b) -> float:
-    return float(np.sum(a * b, dtype=np.float64))
