@@ -29,3 +29,16 @@ def test_resharp_and_tkd(tmp_path):
     inside = chimap != 0
     assert np.corrcoef(chimap[inside], truth[inside])[0, 1] > 0.6
     assert "RESHARP" in (tmp_path / "out" / "logs" / "CITATION.md").read_text()
+
+
+def test_plugin_file_and_version(tmp_path):
+    write_phantom_dataset(tmp_path / "bids", [
+        small_subject(subject="01", shape=(24, 28, 24), voxel_size=(4.0, 4.0, 4.0))])
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: Linear\nplugin_args: {}\n")
+    result = run_cli(tmp_path / "bids", tmp_path / "out", "participant", "-w", tmp_path / "work",
+                     "--use-plugin", plugin, "--qsm-only")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "out" / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").is_file()
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("qsmprep ")
