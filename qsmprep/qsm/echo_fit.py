@@ -5,6 +5,12 @@ recommends combining the echoes before background removal with an SNR-weighted f
 over echo time. Phase noise scales as 1/magnitude, so magnitude**2 weights give the
 minimum-variance (SNR-optimal) estimate of the frequency (Robinson et al., NMR Biomed
 2017;30:e3601; Wu et al., NeuroImage 2012;59:297-305).
+
+The consensus' other option, a nonlinear fit of the complex signal (MEDI's ``Fit_ppm_complex``;
+Liu T et al., MRM 2013;69:467-476), is :func:`nonlinear_complex_fit`. It works on the wrapped
+complex data, so a wrong whole turn in one echo of the unwrapped phase (which moves the linear
+fit) does not move it, and its misfit, in complex signal, stays bounded where the phase is
+random (a good phase-quality measure).
 """
 
 from __future__ import annotations
@@ -15,14 +21,17 @@ import numpy as np
 
 
 class EchoFit(NamedTuple):
-    """Result of :func:`weighted_linear_fit`; float32 3-D arrays, zero outside the mask."""
+    """Result of :func:`weighted_linear_fit` or :func:`nonlinear_complex_fit`; float32 3-D
+    arrays, zero outside the mask."""
 
     total_field_hz: np.ndarray
     """Frequency offset (Hz): the slope of phase over time divided by 2 pi."""
     phase_offset_rad: np.ndarray
     """Phase at TE = 0 (rad), from the transmit/receive chain."""
     residual: np.ndarray
-    """Weighted RMS misfit of the fit (rad); high where the phase is unreliable."""
+    """Weighted RMS misfit of the fit, high where the phase is unreliable: in rad for the
+    linear fit; relative RMS complex misfit for the complex fit (about the same number in rad
+    while the misfit is small)."""
 
 
 def fit_weighted_line(x, values, weights):
@@ -61,6 +70,27 @@ def fit_weighted_line(x, values, weights):
     return slope, intercept, rms_residual
 
 
+def _checked_echo_data(phase, magnitude, echo_times_s, mask):
+    """Phase and magnitude as float32 4-D arrays (a 3-D array is one echo), echo times as
+    float64, mask as bool; ValueError when they do not match or the echo times are not
+    positive and distinct."""
+    phase = np.asarray(phase, dtype=np.float32)
+    magnitude = np.asarray(magnitude, dtype=np.float32)
+    echo_times_s = np.asarray(echo_times_s, dtype=np.float64).ravel()
+    mask = np.asarray(mask, dtype=bool)
+    if phase.ndim == 3:
+        phase, magnitude = phase[..., None], magnitude[..., None]
+    if phase.shape != magnitude.shape or phase.ndim != 4:
+        raise ValueError(f"phase {phase.shape} and magnitude {magnitude.shape} must be 4-D "
+                         "arrays of the same shape")
+    if echo_times_s.size != phase.shape[-1] or mask.shape != phase.shape[:3]:
+        raise ValueError(f"{echo_times_s.size} echo times and a mask of shape {mask.shape} "
+                         f"do not match data of shape {phase.shape}")
+    if np.any(echo_times_s <= 0) or np.unique(echo_times_s).size != echo_times_s.size:
+        raise ValueError(f"echo times must be positive and distinct, got {echo_times_s}")
+    return phase, magnitude, echo_times_s, mask
+
+
 def weighted_linear_fit(unwrapped_phase, magnitude, echo_times_s, mask) -> EchoFit:
     """Magnitude**2-weighted linear fit of unwrapped phase over echo time, per voxel.
 
@@ -86,21 +116,8 @@ def weighted_linear_fit(unwrapped_phase, magnitude, echo_times_s, mask) -> EchoF
     EchoFit
         ``total_field_hz``, ``phase_offset_rad`` and ``residual`` (weighted RMS misfit, rad).
     """
-    phase = np.asarray(unwrapped_phase, dtype=np.float32)
-    magnitude = np.asarray(magnitude, dtype=np.float32)
-    echo_times_s = np.asarray(echo_times_s, dtype=np.float64).ravel()
-    mask = np.asarray(mask, dtype=bool)
-    if phase.ndim == 3:
-        phase, magnitude = phase[..., None], magnitude[..., None]
-    if phase.shape != magnitude.shape or phase.ndim != 4:
-        raise ValueError(f"phase {phase.shape} and magnitude {magnitude.shape} must be 4-D "
-                         "arrays of the same shape")
-    if echo_times_s.size != phase.shape[-1] or mask.shape != phase.shape[:3]:
-        raise ValueError(f"{echo_times_s.size} echo times and a mask of shape {mask.shape} "
-                         f"do not match data of shape {phase.shape}")
-    if np.any(echo_times_s <= 0) or np.unique(echo_times_s).size != echo_times_s.size:
-        raise ValueError(f"echo times must be positive and distinct, got {echo_times_s}")
-
+    phase, magnitude, echo_times_s, mask = _checked_echo_data(unwrapped_phase, magnitude,
+                                                              echo_times_s, mask)
     outputs = [np.zeros(mask.shape, dtype=np.float32) for _ in range(3)]
     total_field_hz, phase_offset_rad, residual = outputs
     phase_in_mask = phase[mask]
@@ -114,4 +131,120 @@ def weighted_linear_fit(unwrapped_phase, magnitude, echo_times_s, mask) -> EchoF
     phase_offset_rad[mask] = intercept
     if echo_times_s.size > 2:  # two points fit exactly: keep 0, not rounding noise
         residual[mask] = rms
+    return EchoFit(*outputs)
+
+
+#: Gauss-Newton stops once no voxel's frequency moves by more than this (Hz).
+CONVERGED_FIELD_STEP_HZ = 1e-4
+
+
+def _temporally_unwrapped_phase(signal):
+    """Phase of each echo, continued from echo to echo by the wrapped successive differences.
+
+    Echo n gets ``angle(S_1) + sum_k angle(S_(k+1) conj(S_k))``: exact while the field moves
+    the phase by less than pi between successive echoes, |f| < 1 / (2 max dTE).
+    """
+    steps = np.angle(signal[:, 1:] * np.conj(signal[:, :-1]))
+    return np.concatenate([np.angle(signal[:, :1]),
+                           np.angle(signal[:, :1]) + np.cumsum(steps, axis=1)], axis=1)
+
+
+def nonlinear_complex_fit(magnitude_4d, phase_4d, echo_times_s, mask, *,
+                          initial_field_hz=None, max_iter: int = 10) -> EchoFit:
+    """Fit ``S_n = |S_n| exp(i (phi0 + 2 pi f TE_n))`` to the complex multi-echo signal.
+
+    The idea of MEDI's ``Fit_ppm_complex`` (Liu T et al., MRM 2013;69:467-476): least squares
+    on the complex signal rather than on the phase, solved for (f, phi0) by Gauss-Newton,
+    vectorised over voxels. With the measured magnitudes as model amplitudes, the cost is
+    ``sum_n |S_n|**2 * 2 (1 - cos(psi_n - theta_n))`` (psi: measured, theta: model phase): the
+    magnitude**2 (SNR-optimal) weights come out of the complex noise model by themselves, and
+    each Gauss-Newton step is the weighted straight-line fit of ``sin(psi_n - theta_n)`` over
+    ``2 pi TE_n``, with a Hessian that does not change between steps.
+
+    Wrapped data and the start. The fit reads the phase only through ``exp(i phase)``, so it
+    needs no unwrapped phase, and a wrong whole turn in one echo cannot move it. But the cost
+    is periodic in f: for equally spaced echoes ``f + k / dTE`` gives the same signal with
+    another phi0, so the fit finds the minimum nearest to its start, and the start chooses the
+    branch (it must lie within about ``1 / (2 dTE)`` of the true field). Pass the field of
+    :func:`weighted_linear_fit` on spatially unwrapped phase as ``initial_field_hz`` for the
+    absolute field. Without it, the start is the weighted linear fit of the *temporally*
+    unwrapped phase (successive echo differences, as MEDI starts from ``angle(S_2 conj(S_1))``),
+    which is right only where ``|f| < 1 / (2 dTE)`` (125 Hz for dTE = 4 ms); elsewhere the
+    returned field is off by whole multiples of ``1 / dTE`` and needs spatial unwrapping, but
+    the phase offset and the residual are still right.
+
+    Parameters
+    ----------
+    magnitude_4d, phase_4d : array_like, 4-D (x, y, z, echo)
+        Magnitude and wrapped (or unwrapped: only ``exp(i phase)`` is used) phase (rad).
+    echo_times_s : sequence of float
+        Echo times in seconds, at least two, distinct and positive.
+    mask : array_like of bool, 3-D
+        Voxels to fit; the outputs are 0 elsewhere.
+    initial_field_hz : array_like, 3-D, optional
+        Starting frequency (Hz), e.g. ``weighted_linear_fit(...).total_field_hz``.
+    max_iter : int
+        Most Gauss-Newton steps; it stops earlier once no frequency moves by more than
+        :data:`CONVERGED_FIELD_STEP_HZ`. The start phase offset is the best one for the start
+        frequency, ``angle(sum_n |S_n| S_n exp(-2 pi i f TE_n))``.
+
+    Returns
+    -------
+    EchoFit
+        ``total_field_hz``, ``phase_offset_rad`` (wrapped to [-pi, pi]) and ``residual``, the
+        relative RMS complex misfit ``sqrt(sum_n |S_n - model_n|**2 / sum_n |S_n|**2)``:
+        about the weighted RMS phase misfit (rad) where it is small, near sqrt(2) where the
+        phase is random, 0 for two echoes (they are fitted exactly).
+
+    Raises
+    ------
+    ValueError
+        For mismatched shapes, fewer than two echoes or non-positive/repeated echo times.
+    """
+    phase, magnitude, echo_times_s, mask = _checked_echo_data(phase_4d, magnitude_4d,
+                                                              echo_times_s, mask)
+    if echo_times_s.size < 2:
+        raise ValueError("the complex fit needs at least two echoes (frequency and phase "
+                         f"offset are two unknowns); got {echo_times_s.size}")
+    signal = magnitude[mask].astype(np.float64) * np.exp(1j * phase[mask].astype(np.float64))
+    del phase, magnitude
+    weights = np.abs(signal) ** 2
+    angular_times = 2 * np.pi * echo_times_s
+
+    if initial_field_hz is None:
+        slope, _, _ = fit_weighted_line(angular_times, _temporally_unwrapped_phase(signal),
+                                        weights)
+        field_hz = slope
+    else:
+        initial_field_hz = np.asarray(initial_field_hz, dtype=np.float64)
+        if initial_field_hz.shape != mask.shape:
+            raise ValueError(f"initial field {initial_field_hz.shape} does not match the mask "
+                             f"{mask.shape}")
+        field_hz = initial_field_hz[mask]
+    demodulated = signal * np.exp(-1j * np.outer(field_hz, angular_times))
+    offset_rad = np.angle((np.abs(signal) * demodulated).sum(axis=1))
+
+    active = np.arange(field_hz.size)
+    for _ in range(max_iter):
+        if active.size == 0:
+            break
+        model_phase = offset_rad[active, None] + np.outer(field_hz[active], angular_times)
+        misfit_sine = np.sin(np.angle(signal[active]) - model_phase)
+        field_step, offset_step, _ = fit_weighted_line(angular_times, misfit_sine,
+                                                       weights[active])
+        field_hz[active] += field_step
+        offset_rad[active] += offset_step
+        active = active[np.abs(field_step) > CONVERGED_FIELD_STEP_HZ]
+
+    model = np.abs(signal) * np.exp(1j * (offset_rad[:, None]
+                                          + np.outer(field_hz, angular_times)))
+    energy = weights.sum(axis=1)
+    outputs = [np.zeros(mask.shape, dtype=np.float32) for _ in range(3)]
+    total_field_hz, phase_offset_rad, residual = outputs
+    total_field_hz[mask] = field_hz
+    phase_offset_rad[mask] = np.angle(np.exp(1j * offset_rad))
+    residual[mask] = np.sqrt(np.divide((np.abs(signal - model) ** 2).sum(axis=1), energy,
+                                       out=np.zeros_like(energy), where=energy > 0))
+    if echo_times_s.size == 2:  # two points fit exactly: keep 0, not rounding noise
+        residual[mask] = 0.0
     return EchoFit(*outputs)
