@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
+
 from nipype.pipeline import engine as pe
 
 from qsmprep.bids.derivatives import derivative_path
-from qsmprep.errors import MissingInputError
+from qsmprep.errors import BadDataError, MissingInputError
 
 from .outputs import init_ds_qsm_wf
 from .qsm import init_qsm_wf
@@ -96,6 +98,11 @@ def find_user_mask(mask_dir, run):
     relative = derivative_path(run.entities, suffix="mask", desc="brain")
     for candidate in (Path(mask_dir) / relative, Path(mask_dir) / relative.replace(".gz", "")):
         if candidate.is_file():
+            mask_shape = nib.load(candidate).shape
+            if tuple(mask_shape[:3]) != tuple(run.shape) or len(mask_shape) > 3:
+                raise BadDataError(
+                    f"--brain-mask-dir: {candidate} has shape {mask_shape}, but {run.name} has "
+                    f"{tuple(run.shape)}; the mask must be on the run's voxel grid")
             return candidate
     raise MissingInputError(
         f"--brain-mask-dir: no brain mask for {run.name}; expected {Path(mask_dir) / relative}")

@@ -64,3 +64,24 @@ def test_stage_options_reach_the_nodes(dataset, tmp_path):
     sink = workflow.get_node("sub_01_wf.run_sub_01_wf.ds_qsm_wf.ds_chimap")
     stages = sink.inputs.metadata["QSMProcessing"]
     assert stages["DipoleInversion"] == {"Algorithm": "tkd", "Threshold": 0.2}
+
+
+def test_user_masks_are_found_and_checked(dataset, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from qsmprep.errors import BadDataError, MissingInputError
+    from qsmprep.workflows.base import find_user_mask
+
+    run = next(run for run in discover_runs(dataset) if run.subject == "01" and not run.session)
+    masks = tmp_path / "masks" / "sub-01" / "anat"
+    masks.mkdir(parents=True)
+    with pytest.raises(MissingInputError, match="sub-01_desc-brain_mask.nii.gz"):
+        find_user_mask(tmp_path / "masks", run)
+    path = masks / "sub-01_desc-brain_mask.nii"
+    nib.save(nib.Nifti1Image(np.ones((5, 5, 5), np.uint8), np.eye(4)), path)
+    with pytest.raises(BadDataError, match="shape"):
+        find_user_mask(tmp_path / "masks", run)
+    nib.save(nib.Nifti1Image(np.ones(run.shape, np.uint8), np.eye(4)), path)
+    assert find_user_mask(tmp_path / "masks", run) == path
+    assert find_user_mask("", run) is None
