@@ -82,7 +82,8 @@ def init_run_wf(*, config, run, name=None):
         stage_parameters=_stage_parameters(config, run, user_mask),
         has_r2star=len(run.echoes) >= 2,
     )
-    fields = ["chimap", "brain_mask", "total_field_hz", "local_field_hz", "metadata"]
+    fields = ["chimap", "brain_mask", "local_field_mask", "total_field_hz", "local_field_hz",
+              "metadata"]
     if len(run.echoes) >= 2:
         fields += ["r2star", "t2star"]
     workflow.connect([

@@ -14,6 +14,8 @@ QSM_DERIVATIVES = (
      "Magnetic susceptibility, referenced as stated in ReferenceRegion/ReferenceValue."),
     ("brain_mask", "mask", "brain", None, True,
      "Brain mask from the magnitude, without voxels whose input was not finite."),
+    ("local_field_mask", "mask", "localfield", None, True,
+     "Mask of the local field and the Chimap: the brain mask after background removal."),
     ("total_field_hz", "fieldmap", "total", "Hz", False,
      "Total field from the echo fit, before background removal."),
     ("local_field_hz", "fieldmap", "local", "Hz", False,
@@ -44,7 +46,7 @@ def init_ds_qsm_wf(*, run, bids_dir, output_dir, stage_parameters, has_r2star=Tr
 
     Inputs
     ------
-    chimap, brain_mask, total_field_hz, local_field_hz, r2star, t2star : str
+    chimap, brain_mask, local_field_mask, total_field_hz, local_field_hz, r2star, t2star : str
         The images to write.
     metadata : dict
         Sidecar fields computed while running.
