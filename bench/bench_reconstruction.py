@@ -82,12 +82,14 @@ def main(argv=None):
     rows = []
     mask = _measure(rows, "brain mask", masking.magnitude_brain_mask,
                     acquisition.magnitude[..., 0], voxel_size)
-    unwrapped = _measure(rows, "unwrapping (Laplacian + temporal)", unwrapping.unwrap_echoes,
+    unwrapped = _measure(rows, "unwrapping (ROMEO + temporal)", unwrapping.unwrap_echoes,
                          acquisition.phase, voxel_size, echo_times_s=echo_times,
-                         workers=workers)
+                         magnitude_4d=acquisition.magnitude, mask=mask, workers=workers)
     fit = _measure(rows, "echo fit", echo_fit.weighted_linear_fit, unwrapped,
                    acquisition.magnitude, np.asarray(echo_times), mask)
-    removal = _measure(rows, "V-SHARP", background.vsharp, fit.total_field_hz, mask,
+    quality = _measure(rows, "phase-quality mask", masking.quality_mask, mask,
+                       masking.residual_quality(fit.residual, mask), voxel_size=voxel_size)
+    removal = _measure(rows, "V-SHARP", background.vsharp, fit.total_field_hz, quality,
                        voxel_size, workers=workers)
     local_field_ppm = hz_to_ppm(removal.local_field_hz, acquisition.field_strength_t)
     tikhonov = _measure(rows, "iterative Tikhonov", inversion.tikhonov_cg, local_field_ppm,

@@ -38,12 +38,12 @@ KEY_DEPENDENCIES = (
 #: Algorithm choices per stage; the first entry of each is the default.
 ALGORITHMS = {
     "masking": ("magnitude-threshold",),
-    "unwrapping": ("laplacian",),
-    "echo_fit": ("weighted-linear",),
+    "unwrapping": ("romeo", "laplacian"),
+    "echo_fit": ("weighted-linear", "nonlinear"),
     "background_removal": ("vsharp", "resharp"),
     "inversion": ("tikhonov", "tkd"),
-    "reference": ("whole-brain",),
-    "r2star": ("loglinear",),
+    "reference": ("whole-brain", "csf"),
+    "r2star": ("loglinear", "arlo"),
 }
 
 
@@ -85,6 +85,7 @@ class WorkflowConfig:
     field_strength_t: float = 0.0
     masking: str = ALGORITHMS["masking"][0]
     mask_threshold: float = 0.0
+    quality_threshold: float = 0.5  # 0 disables the phase-quality refinement of the mask
     unwrapping: str = ALGORITHMS["unwrapping"][0]
     echo_fit: str = ALGORITHMS["echo_fit"][0]
     background_removal: str = ALGORITHMS["background_removal"][0]
@@ -135,6 +136,8 @@ class WorkflowConfig:
             masking["Threshold"] = self.mask_threshold or "automatic (Otsu)"
         return {
             "Masking": masking,
+            "PhaseQualityMasking": {"Quality": "1 - echo-fit residual / (10 x median residual)",
+                                    "Threshold": self.quality_threshold},
             "Unwrapping": {"Algorithm": self.unwrapping},
             "EchoCombination": {"Algorithm": self.echo_fit, "Weights": "magnitude squared"},
             "BackgroundFieldRemoval": self._background_parameters(voxel_size),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -10,9 +12,12 @@ from nipype.pipeline import engine as pe
 
 from qsmprep.bids.derivatives import derivative_path
 from qsmprep.errors import BadDataError, MissingInputError
+from qsmprep.qsm.echo_fit import equally_spaced
 
 from .outputs import init_ds_qsm_wf
 from .qsm import init_qsm_wf
+
+LOGGER = logging.getLogger("qsmprep")
 
 
 def init_qsmprep_wf(*, config, runs):
@@ -60,10 +65,11 @@ def init_run_wf(*, config, run, name=None):
     """
     workflow = pe.Workflow(name=name or f"run_{run.name.replace('-', '_')}_wf")
     user_mask = find_user_mask(config.execution.brain_mask_dir, run)
+    workflow_config = choices_for_run(config.workflow, run)
     qsm_wf = init_qsm_wf(
         echo_times=list(run.echo_times_s),
         field_strength_t=run.field_strength_t,
-        workflow_config=config.workflow,
+        workflow_config=workflow_config,
         omp_nthreads=config.nipype.omp_nthreads,
         shape=run.shape,
         voxel_size=run.voxel_size,
@@ -79,11 +85,14 @@ def init_run_wf(*, config, run, name=None):
         run=run,
         bids_dir=config.execution.bids_dir,
         output_dir=config.execution.output_dir,
-        stage_parameters=_stage_parameters(config, run, user_mask),
+        stage_parameters=_stage_parameters(workflow_config, run, user_mask),
         has_r2star=len(run.echoes) >= 2,
+        has_csf_reference=workflow_config.reference == "csf",
     )
-    fields = ["chimap", "brain_mask", "local_field_mask", "total_field_hz", "local_field_hz",
-              "metadata"]
+    fields = ["chimap", "brain_mask", "quality_mask", "local_field_mask", "total_field_hz",
+              "local_field_hz", "metadata"]
+    if workflow_config.reference == "csf":
+        fields.append("csf_mask")
     if len(run.echoes) >= 2:
         fields += ["r2star", "t2star"]
     workflow.connect([
@@ -109,8 +118,28 @@ def find_user_mask(mask_dir, run):
         f"--brain-mask-dir: no brain mask for {run.name}; expected {Path(mask_dir) / relative}")
 
 
-def _stage_parameters(config, run, user_mask):
-    parameters = config.workflow.stage_parameters(run.voxel_size)
+def choices_for_run(workflow_config, run):
+    """``workflow_config`` with the choices this run cannot use replaced, with a warning.
+
+    ARLO needs three or more equally spaced echoes (else the log-linear R2* fit is used); the
+    CSF reference needs an R2* map, so two echoes or more (else the whole brain is used).
+    """
+    echo_times = run.echo_times_s
+    changes = {}
+    if workflow_config.r2star == "arlo" and not (len(echo_times) >= 3
+                                                  and equally_spaced(echo_times)):
+        LOGGER.warning("%s: ARLO needs 3 or more equally spaced echoes; using the log-linear "
+                       "R2* fit.", run.name)
+        changes["r2star"] = "loglinear"
+    if workflow_config.reference == "csf" and len(echo_times) < 2:
+        LOGGER.warning("%s: the CSF reference needs R2* (two echoes or more); referencing to "
+                       "the whole brain.", run.name)
+        changes["reference"] = "whole-brain"
+    return dataclasses.replace(workflow_config, **changes) if changes else workflow_config
+
+
+def _stage_parameters(workflow_config, run, user_mask):
+    parameters = workflow_config.stage_parameters(run.voxel_size)
     if user_mask is not None:
         parameters["Masking"] = {"Algorithm": "user-supplied", "File": str(user_mask)}
     return parameters

@@ -14,6 +14,11 @@ QSM_DERIVATIVES = (
      "Magnetic susceptibility, referenced as stated in ReferenceRegion/ReferenceValue."),
     ("brain_mask", "mask", "brain", None, True,
      "Brain mask from the magnitude, without voxels whose input was not finite."),
+    ("quality_mask", "mask", "phasequality", None, True,
+     "Brain mask without voxels of poor phase quality (echo-fit residual); used for "
+     "background removal."),
+    ("csf_mask", "mask", "csf", None, True,
+     "CSF reference region: the lateral ventricles, found as deep low-R2* voxels."),
     ("local_field_mask", "mask", "localfield", None, True,
      "Mask of the local field and the Chimap: the brain mask after background removal."),
     ("total_field_hz", "fieldmap", "total", "Hz", False,
@@ -26,7 +31,7 @@ QSM_DERIVATIVES = (
 
 
 def init_ds_qsm_wf(*, run, bids_dir, output_dir, stage_parameters, has_r2star=True,
-                   name="ds_qsm_wf"):
+                   has_csf_reference=False, name="ds_qsm_wf"):
     """Write the QSM derivatives of ``run`` into ``output_dir`` with BIDS names and sidecars.
 
     Every image gets a JSON sidecar with ``Units``, ``SkullStripped``, ``Sources`` (BIDS URIs),
@@ -43,10 +48,13 @@ def init_ds_qsm_wf(*, run, bids_dir, output_dir, stage_parameters, has_r2star=Tr
         From :meth:`qsmprep.config.WorkflowConfig.stage_parameters`.
     has_r2star : bool
         Whether R2*/T2* maps exist (two echoes or more).
+    has_csf_reference : bool
+        Whether the Chimap is referenced to CSF (then its mask is written).
 
     Inputs
     ------
-    chimap, brain_mask, local_field_mask, total_field_hz, local_field_hz, r2star, t2star : str
+    chimap, brain_mask, quality_mask, csf_mask, local_field_mask, total_field_hz,
+    local_field_hz, r2star, t2star : str
         The images to write.
     metadata : dict
         Sidecar fields computed while running.
@@ -72,9 +80,12 @@ def init_ds_qsm_wf(*, run, bids_dir, output_dir, stage_parameters, has_r2star=Tr
     for field, suffix, desc, units, is_mask, description in QSM_DERIVATIVES:
         if field in ("r2star", "t2star") and not has_r2star:
             continue
+        if field == "csf_mask" and not has_csf_reference:
+            continue
         metadata = {**common, "Description": description}
         if is_mask:
-            metadata.update({"Type": "Brain", "Sources": raw_sources})
+            metadata.update({"Type": "ROI" if field == "csf_mask" else "Brain",
+                             "Sources": raw_sources})
         else:
             metadata.update({"Units": units, "SkullStripped": True,
                              "Sources": [*raw_sources, mask_uri]})

@@ -16,6 +16,7 @@ from qsmprep.interfaces.qsm import (
     FitEchoes,
     FitR2star,
     InvertDipole,
+    QualityMask,
     ReferenceSusceptibility,
     RemoveBackground,
     UnwrapPhase,
@@ -70,9 +71,10 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
 
     Outputs
     -------
-    brain_mask, total_field_hz, fit_residual, local_field_hz, local_field_mask, chimap,
-    r2star, t2star : str
-        Images in the run's native space (R2*/T2* undefined for single-echo runs).
+    brain_mask, quality_mask, total_field_hz, fit_residual, local_field_hz, local_field_mask,
+    chimap, csf_mask, r2star, t2star : str
+        Images in the run's native space (R2*/T2* undefined for single-echo runs, the CSF mask
+        only where the ventricles were found).
     metadata : dict
         Values found while running (phase units, B0 direction, reference value).
     """
@@ -85,8 +87,9 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
         "magnitude_files", "phase_files", "real_files", "imaginary_files", "phase_units",
         "user_mask"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
-        "brain_mask", "total_field_hz", "fit_residual", "local_field_hz", "local_field_mask",
-        "chimap", "r2star", "t2star", "metadata"]), name="outputnode")
+        "brain_mask", "quality_mask", "total_field_hz", "fit_residual", "local_field_hz",
+        "local_field_mask", "chimap", "csf_mask", "r2star", "t2star", "metadata"]),
+        name="outputnode")
 
     load = pe.Node(LoadMultiEcho(), name="load_echoes", mem_gb=volume_mem)
     mask = pe.Node(BrainMask(threshold=config.mask_threshold), name="brain_mask",
@@ -95,7 +98,10 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
                                  num_threads=omp_nthreads),
                      name="unwrap_phase", n_procs=omp_nthreads,
                      mem_gb=_memory_gb(voxel_count, 16 + 2 * echo_count))
-    fit = pe.Node(FitEchoes(echo_times=list(echo_times)), name="fit_echoes", mem_gb=volume_mem)
+    fit = pe.Node(FitEchoes(echo_times=list(echo_times), method=config.echo_fit),
+                  name="fit_echoes", mem_gb=volume_mem)
+    quality = pe.Node(QualityMask(threshold=config.quality_threshold), name="quality_mask",
+                      mem_gb=volume_mem)
     radii_mm = (config.vsharp_radii_mm(voxel_size) if config.background_removal == "vsharp"
                 else [config.resharp_radius(voxel_size)])
     bg_removal = pe.Node(
@@ -124,18 +130,23 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
                            ("real_files", "real_files"), ("imaginary_files", "imaginary_files"),
                            ("phase_units", "phase_units")]),
         (load, mask, [("magnitude", "magnitude"), ("invalid_voxels", "invalid_voxels")]),
-        (load, unwrap, [("phase", "phase")]),
-        (load, fit, [("magnitude", "magnitude")]),
+        (load, unwrap, [("phase", "phase"), ("magnitude", "magnitude")]),
+        (mask, unwrap, [("mask", "mask")]),
+        (load, fit, [("magnitude", "magnitude"), ("phase", "phase")]),
         (unwrap, fit, [("unwrapped_phase", "unwrapped_phase")]),
         (mask, fit, [("mask", "mask")]),
+        (mask, quality, [("mask", "brain_mask")]),
+        (fit, quality, [("residual", "residual")]),
         (fit, bg_removal, [("total_field_hz", "total_field_hz")]),
-        (mask, bg_removal, [("mask", "mask")]),
+        (quality, bg_removal, [("mask", "mask")]),
         (bg_removal, invert, [("local_field_hz", "local_field_hz"), ("mask", "mask")]),
         (invert, reference, [("susceptibility_ppm", "susceptibility_ppm")]),
-        (bg_removal, reference, [("mask", "reference_mask")]),
+        (bg_removal, reference, [("mask", "brain_mask")]),
         (load, metadata, [("metadata", "loading")]),
         (reference, metadata, [("metadata", "reference")]),
         (mask, outputnode, [("mask", "brain_mask")]),
+        (quality, outputnode, [("mask", "quality_mask")]),
+        (reference, outputnode, [("csf_mask", "csf_mask")]),
         (fit, outputnode, [("total_field_hz", "total_field_hz"), ("residual", "fit_residual")]),
         (bg_removal, outputnode, [("local_field_hz", "local_field_hz"),
                                   ("mask", "local_field_mask")]),
@@ -146,11 +157,13 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
         workflow.connect(inputnode, "user_mask", mask, "user_mask")
 
     if echo_count >= 2:
-        r2star = pe.Node(FitR2star(echo_times=list(echo_times)), name="fit_r2star",
-                         mem_gb=volume_mem)
+        r2star = pe.Node(FitR2star(echo_times=list(echo_times), method=config.r2star),
+                         name="fit_r2star", mem_gb=volume_mem)
         workflow.connect([
             (load, r2star, [("magnitude", "magnitude")]),
             (mask, r2star, [("mask", "mask")]),
+            (r2star, reference, [("r2star", "r2star")]),
             (r2star, outputnode, [("r2star", "r2star"), ("t2star", "t2star")]),
         ])
     return workflow
+

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     qsm.add_argument("--mask-threshold", type=_positive_float, default=None,
                      help="magnitude threshold as a fraction of the 99th percentile "
                      "(default: automatic, Otsu)")
+    qsm.add_argument("--quality-threshold", type=float, default=defaults.quality_threshold,
+                     metavar="Q", help="drop mask voxels whose phase quality (from the echo-fit "
+                     "residual, in [0, 1]) is below Q; 0 disables it")
     qsm.add_argument("--unwrapping", choices=ALGORITHMS["unwrapping"],
                      default=defaults.unwrapping, help="phase unwrapping algorithm")
     qsm.add_argument("--echo-fit", choices=ALGORITHMS["echo_fit"], default=defaults.echo_fit,
@@ -195,6 +198,8 @@ def parse_args(argv=None) -> Config:
         raise UsageError(f"The BIDS input {bids_dir} is inside the output folder {output_dir}.")
     if opts.brain_mask_dir is not None and not opts.brain_mask_dir.is_dir():
         raise MissingInputError(f"--brain-mask-dir: folder not found: {opts.brain_mask_dir}")
+    if not 0.0 <= opts.quality_threshold < 1.0:
+        raise UsageError(f"--quality-threshold must be in [0, 1), got {opts.quality_threshold}")
     if (opts.vsharp_min_radius and opts.vsharp_max_radius
             and opts.vsharp_min_radius > opts.vsharp_max_radius):
         raise UsageError("--vsharp-min-radius must not exceed --vsharp-max-radius")
@@ -230,6 +235,7 @@ def parse_args(argv=None) -> Config:
         field_strength_t=opts.field_strength or 0.0,
         masking=opts.masking,
         mask_threshold=opts.mask_threshold or 0.0,
+        quality_threshold=opts.quality_threshold,
         unwrapping=opts.unwrapping,
         echo_fit=opts.echo_fit,
         background_removal=opts.bg_removal,

@@ -21,6 +21,7 @@ from nipype.interfaces.base import (
 )
 
 from ..qsm import background, echo_fit, inversion, masking, referencing, relaxometry, unwrapping
+from ..errors import BadDataError
 from ..qsm.dipole import b0_direction_from_affine, hz_to_ppm, voxel_size_from_affine
 from .images import load_array, load_mask, save_like
 
@@ -69,11 +70,43 @@ class BrainMask(SimpleInterface):
         return runtime
 
 
+class _QualityMaskInputSpec(BaseInterfaceInputSpec):
+    brain_mask = File(exists=True, mandatory=True)
+    residual = File(exists=True, mandatory=True, desc="echo-fit residual map")
+    threshold = traits.Float(0.5, usedefault=True, desc="0 keeps the brain mask as it is")
+
+
+class _QualityMaskOutputSpec(TraitedSpec):
+    mask = File(exists=True, desc="brain mask without voxels of poor phase quality")
+
+
+class QualityMask(SimpleInterface):
+    """Refine the brain mask by phase quality from the echo-fit residual
+    (:func:`qsmprep.qsm.masking.quality_mask`, :func:`~qsmprep.qsm.masking.residual_quality`)."""
+
+    input_spec = _QualityMaskInputSpec
+    output_spec = _QualityMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        brain_mask = load_mask(self.inputs.brain_mask)
+        if self.inputs.threshold > 0:
+            voxel_size, _ = _geometry(self.inputs.brain_mask)
+            quality = masking.residual_quality(load_array(self.inputs.residual), brain_mask)
+            brain_mask = masking.quality_mask(brain_mask, quality,
+                                              threshold=self.inputs.threshold,
+                                              voxel_size=voxel_size)
+        self._results["mask"] = save_like(brain_mask, self.inputs.brain_mask,
+                                          _out(runtime, "quality_mask.nii.gz"), dtype=np.uint8)
+        return runtime
+
+
 # --- unwrapping ----------------------------------------------------------------------------
 class _UnwrapInputSpec(BaseInterfaceInputSpec):
     phase = File(exists=True, mandatory=True, desc="4-D wrapped phase (rad)")
+    magnitude = File(exists=True, desc="4-D magnitude, for ROMEO's edge weights")
+    mask = File(exists=True, desc="brain mask, where ROMEO grows")
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
-    method = traits.Str("laplacian", usedefault=True)
+    method = traits.Str("romeo", usedefault=True)
     num_threads = traits.Int(1, usedefault=True)
 
 
@@ -91,7 +124,11 @@ class UnwrapPhase(SimpleInterface):
         voxel_size, _ = _geometry(self.inputs.phase)
         unwrapped = unwrapping.unwrap_echoes(
             load_array(self.inputs.phase), voxel_size, echo_times_s=self.inputs.echo_times,
-            method=self.inputs.method, workers=self.inputs.num_threads)
+            method=self.inputs.method,
+            magnitude_4d=(load_array(self.inputs.magnitude)
+                          if isdefined(self.inputs.magnitude) else None),
+            mask=load_mask(self.inputs.mask) if isdefined(self.inputs.mask) else None,
+            workers=self.inputs.num_threads)
         self._results["unwrapped_phase"] = save_like(
             unwrapped, self.inputs.phase, _out(runtime, "unwrapped_phase.nii.gz"))
         return runtime
@@ -103,6 +140,8 @@ class _FitEchoesInputSpec(BaseInterfaceInputSpec):
     magnitude = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
+    method = traits.Enum("weighted-linear", "nonlinear", usedefault=True)
+    phase = File(exists=True, desc="wrapped phase (rad), for the nonlinear complex fit")
 
 
 class _FitEchoesOutputSpec(TraitedSpec):
@@ -112,16 +151,24 @@ class _FitEchoesOutputSpec(TraitedSpec):
 
 
 class FitEchoes(SimpleInterface):
-    """Magnitude-weighted linear fit of phase over echo time
-    (:func:`qsmprep.qsm.echo_fit.weighted_linear_fit`)."""
+    """Echo combination into the total field: magnitude-weighted linear fit of unwrapped phase
+    over echo time (:func:`qsmprep.qsm.echo_fit.weighted_linear_fit`), optionally refined by
+    the nonlinear complex fit started from it
+    (:func:`qsmprep.qsm.echo_fit.nonlinear_complex_fit`)."""
 
     input_spec = _FitEchoesInputSpec
     output_spec = _FitEchoesOutputSpec
 
     def _run_interface(self, runtime):
-        fit = echo_fit.weighted_linear_fit(
-            load_array(self.inputs.unwrapped_phase), load_array(self.inputs.magnitude),
-            np.asarray(self.inputs.echo_times), load_mask(self.inputs.mask))
+        magnitude = load_array(self.inputs.magnitude)
+        echo_times = np.asarray(self.inputs.echo_times)
+        mask = load_mask(self.inputs.mask)
+        fit = echo_fit.weighted_linear_fit(load_array(self.inputs.unwrapped_phase), magnitude,
+                                           echo_times, mask)
+        if self.inputs.method == "nonlinear" and len(echo_times) >= 2:
+            fit = echo_fit.nonlinear_complex_fit(magnitude, load_array(self.inputs.phase),
+                                                 echo_times, mask,
+                                                 initial_field_hz=fit.total_field_hz)
         for name in ("total_field_hz", "phase_offset", "residual"):
             value = fit.phase_offset_rad if name == "phase_offset" else getattr(fit, name)
             self._results[name] = save_like(value, self.inputs.mask,
@@ -217,29 +264,57 @@ class InvertDipole(SimpleInterface):
 # --- referencing ---------------------------------------------------------------------------
 class _ReferenceInputSpec(BaseInterfaceInputSpec):
     susceptibility_ppm = File(exists=True, mandatory=True)
-    reference_mask = File(exists=True, mandatory=True, desc="region whose mean becomes zero")
-    region = traits.Str("whole-brain", usedefault=True, desc="name of the reference region")
+    brain_mask = File(exists=True, mandatory=True,
+                      desc="where the map is defined: the whole-brain reference region")
+    r2star = File(exists=True, desc="R2* map (1/s), to find the lateral ventricles (CSF)")
+    region = traits.Enum("whole-brain", "csf", usedefault=True, desc="the reference region")
 
 
 class _ReferenceOutputSpec(TraitedSpec):
     chimap = File(exists=True, desc="referenced susceptibility (ppm)")
-    metadata = traits.Dict(desc="reference region and value, for the sidecars")
+    csf_mask = File(desc="the CSF (lateral ventricle) reference region, when found")
+    metadata = traits.Dict(desc="reference region and values, for the sidecars")
 
 
 class ReferenceSusceptibility(SimpleInterface):
-    """Subtract the mean over the reference region
-    (:func:`qsmprep.qsm.referencing.reference_to_region_mean`)."""
+    """Subtract the mean over the reference region, whole brain or CSF
+    (:mod:`qsmprep.qsm.referencing`). Both are measured and recorded whatever the choice, when
+    an R2* map lets the ventricles be found (2024 QSM consensus)."""
 
     input_spec = _ReferenceInputSpec
     output_spec = _ReferenceOutputSpec
 
     def _run_interface(self, runtime):
-        region_mask = load_mask(self.inputs.reference_mask)
+        susceptibility = load_array(self.inputs.susceptibility_ppm)
+        brain_mask = load_mask(self.inputs.brain_mask)
+        csf_mask, metadata = None, {}
+        if isdefined(self.inputs.r2star):
+            voxel_size, _ = _geometry(self.inputs.brain_mask)
+            try:
+                csf_mask = referencing.csf_reference_mask(load_array(self.inputs.r2star),
+                                                          brain_mask, voxel_size)
+            except BadDataError as error:
+                if self.inputs.region == "csf":
+                    raise
+                LOGGER.warning("No CSF reference region: %s", error)
+        if csf_mask is not None:
+            summary = referencing.reference_summary(susceptibility, brain_mask, csf_mask)
+            metadata["CSFReference"] = {
+                "MeanRelativeToWholeBrainPPM": round(
+                    float(summary["csf_mean_relative_to_whole_brain_ppm"]), 6),
+                "SDPPM": round(float(summary["csf_sd_ppm"]), 6),
+                "Voxels": int(summary["csf_voxels"]),
+            }
+            self._results["csf_mask"] = save_like(csf_mask, self.inputs.brain_mask,
+                                                  _out(runtime, "csf_mask.nii.gz"),
+                                                  dtype=np.uint8)
+        region_mask = csf_mask if self.inputs.region == "csf" else brain_mask
         referenced, reference_value_ppm = referencing.reference_to_region_mean(
-            load_array(self.inputs.susceptibility_ppm), region_mask)
+            susceptibility, region_mask, output_mask=brain_mask)
         self._results["chimap"] = save_like(referenced, self.inputs.susceptibility_ppm,
                                             _out(runtime, "chimap.nii.gz"))
         self._results["metadata"] = {
+            **metadata,
             "ReferenceRegion": self.inputs.region,
             "ReferenceValue": float(reference_value_ppm),
             "ReferenceValueUnits": "ppm",
@@ -253,6 +328,7 @@ class _R2starInputSpec(BaseInterfaceInputSpec):
     magnitude = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
+    method = traits.Enum("loglinear", "arlo", usedefault=True)
 
 
 class _R2starOutputSpec(TraitedSpec):
@@ -261,15 +337,18 @@ class _R2starOutputSpec(TraitedSpec):
 
 
 class FitR2star(SimpleInterface):
-    """R2* and T2* from the magnitudes (:func:`qsmprep.qsm.relaxometry.r2star_loglinear`)."""
+    """R2* and T2* from the magnitudes by weighted log-linear fit or ARLO
+    (:mod:`qsmprep.qsm.relaxometry`)."""
 
     input_spec = _R2starInputSpec
     output_spec = _R2starOutputSpec
 
     def _run_interface(self, runtime):
-        r2star_hz, t2star_s = relaxometry.r2star_loglinear(
-            load_array(self.inputs.magnitude), np.asarray(self.inputs.echo_times),
-            load_mask(self.inputs.mask))
+        estimate = (relaxometry.r2star_arlo if self.inputs.method == "arlo"
+                    else relaxometry.r2star_loglinear)
+        r2star_hz, t2star_s = estimate(load_array(self.inputs.magnitude),
+                                       np.asarray(self.inputs.echo_times),
+                                       load_mask(self.inputs.mask))
         self._results["r2star"] = save_like(r2star_hz, self.inputs.mask,
                                             _out(runtime, "r2star.nii.gz"))
         self._results["t2star"] = save_like(t2star_s, self.inputs.mask,

@@ -70,6 +70,15 @@ def fit_weighted_line(x, values, weights):
     return slope, intercept, rms_residual
 
 
+def equally_spaced(echo_times_s, *, tolerance: float = 0.01) -> bool:
+    """Whether successive echo times differ by the same step, within ``tolerance`` of it.
+
+    The 1 % default lets through echo times rounded to 10 us in BIDS sidecars.
+    """
+    spacing = np.diff(np.asarray(echo_times_s, dtype=np.float64).ravel())
+    return spacing.size > 0 and bool(np.ptp(spacing) <= tolerance * abs(spacing.mean()))
+
+
 def _checked_echo_data(phase, magnitude, echo_times_s, mask):
     """Phase and magnitude as float32 4-D arrays (a 3-D array is one echo), echo times as
     float64, mask as bool; ValueError when they do not match or the echo times are not
@@ -138,17 +147,6 @@ def weighted_linear_fit(unwrapped_phase, magnitude, echo_times_s, mask) -> EchoF
 CONVERGED_FIELD_STEP_HZ = 1e-4
 
 
-def _temporally_unwrapped_phase(signal):
-    """Phase of each echo, continued from echo to echo by the wrapped successive differences.
-
-    Echo n gets ``angle(S_1) + sum_k angle(S_(k+1) conj(S_k))``: exact while the field moves
-    the phase by less than pi between successive echoes, |f| < 1 / (2 max dTE).
-    """
-    steps = np.angle(signal[:, 1:] * np.conj(signal[:, :-1]))
-    return np.concatenate([np.angle(signal[:, :1]),
-                           np.angle(signal[:, :1]) + np.cumsum(steps, axis=1)], axis=1)
-
-
 def nonlinear_complex_fit(magnitude_4d, phase_4d, echo_times_s, mask, *,
                           initial_field_hz=None, max_iter: int = 10) -> EchoFit:
     """Fit ``S_n = |S_n| exp(i (phi0 + 2 pi f TE_n))`` to the complex multi-echo signal.
@@ -165,13 +163,20 @@ def nonlinear_complex_fit(magnitude_4d, phase_4d, echo_times_s, mask, *,
     needs no unwrapped phase, and a wrong whole turn in one echo cannot move it. But the cost
     is periodic in f: for equally spaced echoes ``f + k / dTE`` gives the same signal with
     another phi0, so the fit finds the minimum nearest to its start, and the start chooses the
-    branch (it must lie within about ``1 / (2 dTE)`` of the true field). Pass the field of
-    :func:`weighted_linear_fit` on spatially unwrapped phase as ``initial_field_hz`` for the
-    absolute field. Without it, the start is the weighted linear fit of the *temporally*
-    unwrapped phase (successive echo differences, as MEDI starts from ``angle(S_2 conj(S_1))``),
-    which is right only where ``|f| < 1 / (2 dTE)`` (125 Hz for dTE = 4 ms); elsewhere the
-    returned field is off by whole multiples of ``1 / dTE`` and needs spatial unwrapping, but
-    the phase offset and the residual are still right.
+    branch. The start is the mean phase step between successive echoes,
+    ``angle(sum_n S_(n+1) conj(S_n)) / (2 pi mean(dTE))`` (MEDI starts from the first two
+    echoes), a complex average that does not break where the step nears +-pi, and so lies on
+    the branch with ``|f| < 1 / (2 dTE)`` (100 Hz for dTE = 5 ms). With ``initial_field_hz``
+    (e.g. the field of :func:`weighted_linear_fit` on spatially unwrapped phase) and equally
+    spaced echoes (1 % tolerance), the start moves by the whole number of ``1 / dTE`` that
+    brings it nearest to ``initial_field_hz``: the absolute field is then found wherever the
+    initial field is within ``1 / (2 dTE)`` of the truth, so a wrong turn in one unwrapped echo,
+    which shifts the linear fit by less than that, is corrected. Unequally spaced echoes start
+    from ``initial_field_hz`` itself, which must then lie close to the truth. Without
+    ``initial_field_hz`` the field above ``1 / (2 dTE)`` comes out off by multiples of
+    ``1 / dTE`` and needs spatial unwrapping, while the residual is still right. The start
+    phase offset is the best one for the start frequency,
+    ``angle(sum_n |S_n| S_n exp(-2 pi i f TE_n))``.
 
     Parameters
     ----------
@@ -185,16 +190,15 @@ def nonlinear_complex_fit(magnitude_4d, phase_4d, echo_times_s, mask, *,
         Starting frequency (Hz), e.g. ``weighted_linear_fit(...).total_field_hz``.
     max_iter : int
         Most Gauss-Newton steps; it stops earlier once no frequency moves by more than
-        :data:`CONVERGED_FIELD_STEP_HZ`. The start phase offset is the best one for the start
-        frequency, ``angle(sum_n |S_n| S_n exp(-2 pi i f TE_n))``.
+        :data:`CONVERGED_FIELD_STEP_HZ` (about 3 steps from a start on the right branch).
 
     Returns
     -------
     EchoFit
         ``total_field_hz``, ``phase_offset_rad`` (wrapped to [-pi, pi]) and ``residual``, the
         relative RMS complex misfit ``sqrt(sum_n |S_n - model_n|**2 / sum_n |S_n|**2)``:
-        about the weighted RMS phase misfit (rad) where it is small, near sqrt(2) where the
-        phase is random, 0 for two echoes (they are fitted exactly).
+        about the weighted RMS phase misfit (rad) where it is small, 0.5 or more where the
+        phase is random (four echoes), 0 for two echoes (they are fitted exactly).
 
     Raises
     ------
@@ -211,16 +215,19 @@ def nonlinear_complex_fit(magnitude_4d, phase_4d, echo_times_s, mask, *,
     weights = np.abs(signal) ** 2
     angular_times = 2 * np.pi * echo_times_s
 
-    if initial_field_hz is None:
-        slope, _, _ = fit_weighted_line(angular_times, _temporally_unwrapped_phase(signal),
-                                        weights)
-        field_hz = slope
-    else:
+    echo_spacing_s = float(np.mean(np.diff(echo_times_s)))
+    steps = (signal[:, 1:] * np.conj(signal[:, :-1])).sum(axis=1)
+    field_hz = np.angle(steps) / (2 * np.pi * echo_spacing_s)  # mean step between echoes
+    if initial_field_hz is not None:
         initial_field_hz = np.asarray(initial_field_hz, dtype=np.float64)
         if initial_field_hz.shape != mask.shape:
             raise ValueError(f"initial field {initial_field_hz.shape} does not match the mask "
                              f"{mask.shape}")
-        field_hz = initial_field_hz[mask]
+        if equally_spaced(echo_times_s):  # the branch of the mean step nearest the start
+            field_hz += np.round((initial_field_hz[mask] - field_hz) * echo_spacing_s) \
+                / echo_spacing_s
+        else:
+            field_hz = initial_field_hz[mask]
     demodulated = signal * np.exp(-1j * np.outer(field_hz, angular_times))
     offset_rad = np.angle((np.abs(signal) * demodulated).sum(axis=1))
 

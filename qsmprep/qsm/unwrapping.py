@@ -301,7 +301,7 @@ def romeo_quality(wrapped_phase, voxel_size=None, *, magnitude=None, second_echo
     return np.clip(quality, 0, 1, out=quality)
 
 
-def _grow_regions_py(phase, costs, strides, seeds, turns, labels, last_label, bins):
+def _grow_regions_py(phase, costs, strides, seeds, turns, labels, last_label, bins, following):
     """Quality-guided region growing over a flat volume (compiled with numba, see below).
 
     ``phase``: flat float32 wrapped phase; ``costs``: flat uint8 edge costs, edge
@@ -309,12 +309,12 @@ def _grow_regions_py(phase, costs, strides, seeds, turns, labels, last_label, bi
     Each seed not yet labelled starts a region (label ``last_label + 1``, ...); the region grows
     by always crossing the cheapest queued edge that leads to an unlabelled voxel, whose turns
     become those of the neighbour it is reached from plus ``round((phi_old - phi_new) / 2 pi)``.
-    The queue is one linked stack per cost (a bucket queue); each edge is queued at most once,
-    by the first of its ends to be labelled. Returns the last label used.
+    The queue is one linked stack per cost (a bucket queue) threaded through ``following``
+    (one slot per edge, int32 where the edge count allows, for memory traffic); each edge is
+    queued at most once, by the first of its ends to be labelled. Returns the last label used.
     """
     size = phase.size
-    head = np.full(bins, -1, dtype=np.int64)
-    following = np.empty(costs.size, dtype=np.int64)
+    head = np.full(bins, -1, dtype=following.dtype)
     inverse_two_pi = np.float32(1.0 / (2.0 * np.pi))
     label = last_label
     for seed_index in range(seeds.size):
@@ -451,14 +451,15 @@ def romeo_unwrap(wrapped_phase, voxel_size=None, *, magnitude=None, second_echo_
     score = np.where(growable, total.ravel(), np.float32(-1))
     del total, count
     seed = np.array([np.argmax(score)], dtype=np.int64)
+    following = np.empty(costs.size, dtype=np.int32 if costs.size < 2**31 else np.int64)
     regions = _grow_regions(flat_phase, costs.ravel(), strides, seed, turns, labels, 0,
-                            ROMEO_BINS)
+                            ROMEO_BINS, following)
     left = np.flatnonzero(growable & (labels == 0))
     if left.size:
         seeds = left[np.argsort(-score[left], kind="stable")].astype(np.int64)
         regions = _grow_regions(flat_phase, costs.ravel(), strides, seeds, turns, labels,
-                                regions, ROMEO_BINS)
-    del costs, score, growable
+                                regions, ROMEO_BINS, following)
+    del costs, score, growable, following
 
     if correct_global:
         reached = labels > 0
@@ -478,8 +479,8 @@ def romeo_unwrap(wrapped_phase, voxel_size=None, *, magnitude=None, second_echo_
 METHODS = {"romeo": romeo_unwrap, "laplacian": laplacian_unwrap}
 
 
-def unwrap_echoes(wrapped_phase_4d, voxel_size, *, echo_times_s=None, method: str = "laplacian",
-                  workers: int = 1) -> np.ndarray:
+def unwrap_echoes(wrapped_phase_4d, voxel_size, *, echo_times_s=None, method: str = "romeo",
+                  magnitude_4d=None, mask=None, workers: int = 1) -> np.ndarray:
     """Unwrap a multi-echo phase series (echoes on the last axis).
 
     Without ``echo_times_s`` (or with one echo) every echo is unwrapped spatially on its own.
@@ -487,10 +488,12 @@ def unwrap_echoes(wrapped_phase_4d, voxel_size, *, echo_times_s=None, method: st
     spatially, and the rest temporally, which keeps the echoes consistent with each other
     (the multi-echo strategy of ROMEO, Dymerska et al., MRM 2021;85:2294-2308):
 
-    1. the first echo is unwrapped spatially;
+    1. the first echo (the template) is unwrapped spatially; with ``"romeo"`` the second echo's
+       phase enters its phase-gradient coherence weight;
     2. the phase difference of the first two echoes, ``angle(S_2 conj(S_1))``, is unwrapped
        spatially and added to it: the phase offset cancels in that difference and its range is
-       set by the echo spacing alone, so it has few wraps;
+       set by the echo spacing alone, so it has few wraps (with ``"romeo"`` and three echoes
+       or more, the next difference, ``angle(S_3 conj(S_2))``, gives its gradient coherence);
     3. every later echo gets the whole number of turns that brings it closest to the straight
        line fitted over time through the echoes already unwrapped (:func:`snap_to_wrapped`).
 
@@ -504,8 +507,15 @@ def unwrap_echoes(wrapped_phase_4d, voxel_size, *, echo_times_s=None, method: st
     echo_times_s : sequence of float, optional
         Ascending echo times, one per echo.
     method : str
-        Spatial unwrapper, a key of :data:`METHODS`: ``"laplacian"`` (:func:`laplacian_unwrap`,
-        Schofield & Zhu, Opt Lett 2003;28:1194).
+        Spatial unwrapper, a key of :data:`METHODS`: ``"romeo"`` (:func:`romeo_unwrap`,
+        exact region growing, Dymerska et al. 2021) or ``"laplacian"``
+        (:func:`laplacian_unwrap`, Schofield & Zhu, Opt Lett 2003;28:1194).
+    magnitude_4d : array_like, optional
+        Magnitude, shaped like the phase; used by ``"romeo"`` for its magnitude weights
+        (the template echo's magnitude, and ``sqrt(M_1 M_2)`` for the echo difference).
+    mask : array_like of bool, 3-D, optional
+        Voxels to unwrap with ``"romeo"`` (the others keep their wrapped phase in the first
+        two echoes); ``"laplacian"`` always unwraps the whole volume.
     workers : int
         FFT threads.
 
@@ -524,20 +534,44 @@ def unwrap_echoes(wrapped_phase_4d, voxel_size, *, echo_times_s=None, method: st
     echo_count = phase.shape[-1]
     if echo_times_s is not None and len(echo_times_s) != echo_count:
         raise ValueError(f"{len(echo_times_s)} echo times for {echo_count} echoes")
+    magnitude = None
+    if magnitude_4d is not None:
+        magnitude = np.asarray(magnitude_4d, dtype=np.float32).reshape(
+            np.shape(magnitude_4d)[:3] + (-1,))
+        if magnitude.shape != phase.shape:
+            raise ValueError(f"magnitude {np.shape(magnitude_4d)} does not match phase "
+                             f"{np.shape(wrapped_phase_4d)}")
 
-    def unwrap_spatially(volume):
+    def unwrap_spatially(volume, volume_magnitude=None, second_phase=None, times=None):
+        if method == "romeo":
+            return romeo_unwrap(volume, voxel_size, magnitude=volume_magnitude,
+                                second_echo_phase=second_phase, echo_times_s=times,
+                                mask=mask, workers=workers)
         return METHODS[method](volume, voxel_size, workers=workers)
+
+    def echo_magnitude(echo):
+        return None if magnitude is None else magnitude[..., echo]
 
     unwrapped = np.empty_like(phase)
     if echo_times_s is None or echo_count == 1:
         for echo in range(echo_count):
-            unwrapped[..., echo] = unwrap_spatially(phase[..., echo])
+            unwrapped[..., echo] = unwrap_spatially(phase[..., echo], echo_magnitude(echo))
         return unwrapped.reshape(np.shape(wrapped_phase_4d))
 
     echo_times = np.asarray(echo_times_s, dtype=np.float64)
-    unwrapped[..., 0] = unwrap_spatially(phase[..., 0])
+    unwrapped[..., 0] = unwrap_spatially(phase[..., 0], echo_magnitude(0), phase[..., 1],
+                                         echo_times[:2])
     first_difference = _wrap(phase[..., 1] - phase[..., 0])
-    unwrapped[..., 1] = unwrapped[..., 0] + unwrap_spatially(first_difference)
+    difference_magnitude = None
+    if magnitude is not None:
+        difference_magnitude = np.sqrt(np.abs(magnitude[..., 0] * magnitude[..., 1]))
+    next_difference, spacings = None, None
+    if echo_count > 2:
+        next_difference = _wrap(phase[..., 2] - phase[..., 1])
+        spacings = np.diff(echo_times[:3])
+    unwrapped[..., 1] = unwrapped[..., 0] + unwrap_spatially(
+        first_difference, difference_magnitude, next_difference, spacings)
+    del first_difference, next_difference, difference_magnitude
     for echo in range(2, echo_count):
         earlier = unwrapped[..., :echo].reshape(-1, echo)
         slope, intercept, _ = fit_weighted_line(echo_times[:echo], earlier,

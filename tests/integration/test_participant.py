@@ -14,7 +14,8 @@ from scipy import ndimage
 from qsmprep.config import Config
 
 RUNS = {"sub-01": "sub-01/anat/sub-01", "sub-02": "sub-02/ses-1/anat/sub-02_ses-1"}
-DERIVATIVES = ("Chimap", "desc-brain_mask", "desc-localfield_mask", "desc-total_fieldmap",
+DERIVATIVES = ("Chimap", "desc-brain_mask", "desc-phasequality_mask", "desc-localfield_mask",
+               "desc-total_fieldmap",
                "desc-local_fieldmap", "R2starmap", "T2starmap")
 
 
@@ -75,7 +76,8 @@ def test_sidecars_carry_provenance(participant_run):
                    for uri in chimap["Sources"])
         units = {name: json.loads((output_dir / f"{prefix}_{name}.json").read_text()).get("Units")
                  for name in DERIVATIVES}
-        assert units == {"Chimap": "ppm", "desc-brain_mask": None, "desc-localfield_mask": None,
+        assert units == {"Chimap": "ppm", "desc-brain_mask": None, "desc-phasequality_mask": None,
+                         "desc-localfield_mask": None,
                          "desc-total_fieldmap": "Hz",
                          "desc-local_fieldmap": "Hz", "R2starmap": "1/s", "T2starmap": "s"}
 

@@ -1,11 +1,14 @@
-"""Brain masking and mm-sized morphology on synthetic heads."""
+"""Brain masking, phase-quality refinement and mm-sized morphology on synthetic heads."""
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from qsmprep.errors import BadDataError
+from qsmprep.phantom.head import make_head_phantom
+from qsmprep.phantom.signal import simulate_multiecho_gre
 from qsmprep.qsm import masking
+from qsmprep.qsm.echo_fit import nonlinear_complex_fit
 
 
 def _distance_mm(shape, voxel_size, centre_mm=(0.0, 0.0, 0.0)):
@@ -88,3 +91,58 @@ def test_otsu_splits_two_populations():
     dark, bright = rng.normal(1.0, 0.1, 5000), rng.normal(3.0, 0.2, 2000)
     level = masking.otsu_threshold(np.concatenate([dark, bright]))
     assert (dark < level).mean() > 0.99 and (bright > level).mean() > 0.99
+
+
+# --- phase-quality refinement ----------------------------------------------------------------
+
+def test_residual_quality_scale():
+    residual = np.full((10, 10, 10), 0.02, np.float32)
+    residual[0, 0, :3] = [0.0, 0.1, 1.0]  # perfect, 5 medians, 50 medians
+    residual[0, 1, 0] = np.nan
+    mask = np.ones(residual.shape, bool)
+    mask[9] = False
+    quality = masking.residual_quality(residual, mask)
+    assert quality.dtype == np.float32 and quality.min() >= 0 and quality.max() <= 1
+    assert quality[0, 0, :3] == pytest.approx([1.0, 0.5, 0.0])
+    assert quality[0, 1, 0] == 0 and np.all(quality[~mask] == 0)
+    assert quality[5, 5, 5] == pytest.approx(0.9)
+    exact = masking.residual_quality(np.zeros((4, 4, 4)), np.ones((4, 4, 4), bool))
+    assert np.all(exact == 1)  # two echoes: the fit is exact everywhere
+
+
+def test_quality_mask_removes_corrupted_edge_patch():
+    voxel_size, echo_times = (2.5, 2.5, 2.5), (0.004, 0.009, 0.014, 0.019)
+    phantom = make_head_phantom(shape=(64, 76, 64), voxel_size=voxel_size)
+    acquisition = simulate_multiecho_gre(phantom, echo_times_s=echo_times, snr=50, seed=0)
+    brain = acquisition.brain_mask
+    # random phase in a 25 mm ball centred on the right edge of the brain
+    brain_voxels = np.argwhere(brain)
+    edge = brain_voxels[np.argmax(brain_voxels[:, 0])]
+    offsets_mm = (np.indices(brain.shape).transpose(1, 2, 3, 0) - edge) * np.asarray(voxel_size)
+    patch = np.linalg.norm(offsets_mm, axis=-1) <= 25.0
+    phase = acquisition.phase.copy()
+    phase[patch] = np.random.default_rng(1).uniform(-np.pi, np.pi, phase[patch].shape)
+
+    fit = nonlinear_complex_fit(acquisition.magnitude, phase, echo_times, brain)
+    quality = masking.residual_quality(fit.residual, brain)
+    refined = masking.quality_mask(brain, quality, voxel_size=voxel_size)
+    assert not (refined & ~brain).any()
+    assert (refined & patch).sum() < 0.05 * (brain & patch).sum()
+    assert (brain & ~patch & ~refined).sum() < 0.01 * brain.sum()  # interior stays
+    assert _dice(refined, brain) > 0.9
+
+
+def test_quality_mask_fills_holes_and_never_grows():
+    distance = _distance_mm((40, 40, 40), (1.0, 1.0, 1.0))
+    brain = distance <= 15.0
+    rng = np.random.default_rng(0)
+    quality = np.where(rng.random(brain.shape) < 0.05, 0.1, 0.9).astype(np.float32)
+    quality[distance <= 4.0] = np.nan  # a poor core (e.g. a vein or dark nucleus)
+    quality[~brain] = 1.0  # good quality outside the brain mask is not taken
+    refined = masking.quality_mask(brain, quality, voxel_size=(1.0, 1.0, 1.0))
+    assert refined[distance <= 12.0].all()
+    assert not (refined & ~brain).any()
+    holey = masking.quality_mask(brain, quality, voxel_size=(1.0, 1.0, 1.0), fill_holes=False)
+    assert not holey[distance <= 4.0].any()
+    with pytest.raises(BadDataError, match="phase quality"):
+        masking.quality_mask(brain, np.zeros(brain.shape), voxel_size=(1.0, 1.0, 1.0))
