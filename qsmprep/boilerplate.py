@@ -33,6 +33,18 @@ REFERENCES = {
     "resharp": "Sun H, Wilman AH. Background field removal using spherical mean value "
     "filtering and Tikhonov regularization. Magn Reson Med. 2014;71:1151-1157. "
     "doi:10.1002/mrm.24765",
+    "romeo": "Dymerska B, Eckstein K, Bachrata B, et al. Phase unwrapping with a rapid "
+    "opensource minimum spanning tree algorithm (ROMEO). Magn Reson Med. 2021;85:2294-2308. "
+    "doi:10.1002/mrm.28563",
+    "complexfit": "Liu T, Wisnieff C, Lou M, et al. Nonlinear formulation of the magnetic field "
+    "to source relationship for robust quantitative susceptibility mapping. Magn Reson Med. "
+    "2013;69:467-476. doi:10.1002/mrm.24272",
+    "csf": "Straub S, Schneider TM, Emmerich J, et al. Suitable reference tissues for "
+    "quantitative susceptibility mapping of the brain. Magn Reson Med. 2017;78:204-214. "
+    "doi:10.1002/mrm.26369",
+    "arlo": "Pei M, Nguyen TD, Thimmappa ND, et al. Algorithm for fast monoexponential fitting "
+    "based on Auto-Regression on Linear Operations (ARLO) of data. Magn Reson Med. "
+    "2015;73:843-850. doi:10.1002/mrm.25137",
     "tkd": "Shmueli K, et al. Magnetic susceptibility mapping of brain tissue in vivo using MRI "
     "phase data. Magn Reson Med. 2009;62:1510-1522. doi:10.1002/mrm.22135",
     "tikhonov": "Kressler B, et al. Nonlinear regularization for per voxel estimation of magnetic "
@@ -45,72 +57,109 @@ REFERENCES = {
 }
 
 
+def _cite(key):
+    return f"[@{key}]"  # numbered in order of first appearance, see methods_boilerplate
+
+
+def _unwrapping_text(workflow):
+    spatial = {
+        "romeo": f"a ROMEO-style quality-guided region-growing algorithm {_cite('romeo')}",
+        "laplacian": f"a Laplacian-based algorithm {_cite('laplacian')} snapped to the nearest "
+                     "2-pi-congruent phase",
+    }[workflow.unwrapping]
+    return (f"The phase of the first echo, and the phase difference between the first two "
+            f"echoes, were unwrapped spatially with {spatial}; later echoes were unwrapped "
+            "temporally against the line through the earlier ones.")
+
+
+def _echo_fit_text(workflow):
+    text = ("Echoes were combined by a magnitude-weighted least-squares fit of the unwrapped "
+            "phase over echo time, with an intercept absorbing the phase offset")
+    if workflow.echo_fit == "nonlinear":
+        text += (f", refined by a nonlinear fit of the complex signal {_cite('complexfit')} "
+                 "started from it")
+    text += ", giving the total field in Hz and a map of the fit residual."
+    if workflow.quality_threshold > 0:
+        text += (" Voxels whose residual exceeded "
+                 f"{10 * (1 - workflow.quality_threshold):g} times the median residual were "
+                 "removed from the mask (phase-quality masking).")
+    return text
+
+
+def _background_text(workflow, runs):
+    if workflow.background_removal == "resharp":
+        radii = sorted({workflow.resharp_radius(run.voxel_size) for run in runs})
+        return (f"RESHARP {_cite('resharp')} (spherical kernel of "
+                f"{', '.join(f'{radius:g}' for radius in radii)} mm, Tikhonov weight "
+                f"{workflow.resharp_regularization:g})")
+    radii = sorted({radius for run in runs for radius in workflow.vsharp_radii_mm(run.voxel_size)},
+                   reverse=True)
+    return (f"V-SHARP {_cite('vsharp')}{_cite('sharp')} (spherical kernels of {radii[0]:g} "
+            f"down to {radii[-1]:g} mm, truncation threshold {workflow.vsharp_threshold:g})")
+
+
+def _inversion_text(workflow):
+    if workflow.inversion == "tkd":
+        return (f"thresholded k-space division (TKD, threshold {workflow.tkd_threshold:g}) "
+                f"{_cite('tkd')}")
+    return ("an iterative Tikhonov-regularised least-squares inversion with a gradient penalty "
+            f"(lambda = {workflow.tikhonov_regularization:g}, conjugate gradient, at most "
+            f"{workflow.inversion_max_iter} iterations) {_cite('tikhonov')}")
+
+
+def _reference_text(workflow):
+    if workflow.reference == "csf":
+        region = ("the mean over the lateral ventricles (deep voxels of low R2*) "
+                  f"{_cite('csf')}; the whole-brain mean is recorded beside it")
+    else:
+        region = ("the mean over the whole brain (the mask of the background removal); the "
+                  "mean of the lateral ventricles (CSF) relative to it is recorded when found")
+    return f"referenced to {region}, in each Chimap sidecar."
+
+
+def _r2star_text(workflow):
+    if workflow.r2star == "arlo":
+        return (f"R2* and T2* were estimated with ARLO {_cite('arlo')} (log-linear fit where "
+                "the echoes are not equally spaced).")
+    return ("R2* and T2* were estimated by a magnitude-weighted log-linear fit of the "
+            f"magnitude decay {_cite('r2star')}.")
+
+
 def methods_boilerplate(*, config, runs) -> str:
-    """Markdown text describing the processing of ``runs`` under ``config``, with references."""
+    """Markdown text describing the processing of ``runs`` under ``config``, with references
+    numbered in order of first appearance."""
     workflow = config.workflow
     echo_counts = sorted({len(run.echoes) for run in runs})
     strengths = sorted({run.field_strength_t for run in runs})
-
-    def cite(key):
-        return f"[@{key}]"  # numbered in order of first appearance below
-
     if config.execution.brain_mask_dir:
         masking = "Brain masks were supplied by the user."
     else:
         threshold = (f"a threshold of {workflow.mask_threshold:g} of the 99th percentile"
-                     if workflow.mask_threshold else f"Otsu's automatic threshold {cite('otsu')}")
+                     if workflow.mask_threshold else f"Otsu's automatic threshold {_cite('otsu')}")
         masking = ("A brain mask was computed from the first-echo magnitude with "
                    f"{threshold}, morphological opening, selection of the connected component "
                    "holding the deepest voxel, closing and hole filling; voxels with non-finite "
                    "input were excluded.")
-    if workflow.inversion == "tkd":
-        inversion = (f"thresholded k-space division (TKD, threshold {workflow.tkd_threshold:g}) "
-                     f"{cite('tkd')}")
-    else:
-        inversion = ("an iterative Tikhonov-regularised least-squares inversion with a gradient "
-                     f"penalty (lambda = {workflow.tikhonov_regularization:g}, conjugate gradient, "
-                     f"at most {workflow.inversion_max_iter} iterations) {cite('tikhonov')}")
-    if workflow.background_removal == "resharp":
-        radii = sorted({workflow.resharp_radius(run.voxel_size) for run in runs})
-        background = (f"RESHARP {cite('resharp')} (spherical kernel of "
-                      f"{', '.join(f'{radius:g}' for radius in radii)} mm, Tikhonov weight "
-                      f"{workflow.resharp_regularization:g})")
-    else:
-        radii = sorted({radius for run in runs
-                        for radius in workflow.vsharp_radii_mm(run.voxel_size)}, reverse=True)
-        background = (f"V-SHARP {cite('vsharp')}{cite('sharp')} (spherical kernels of "
-                      f"{radii[0]:g} down to {radii[-1]:g} mm, truncation threshold "
-                      f"{workflow.vsharp_threshold:g})")
-    text = [
+    paragraphs = [
         "## Methods",
-        "",
         f"Quantitative susceptibility maps were reconstructed with qsmprep {__version__}, which "
-        f"follows the 2024 ISMRM consensus recommendations {cite('consensus')} and is built on "
-        f"Nipype {cite('nipype')}; input data were found with PyBIDS {cite('pybids')}. "
+        f"follows the 2024 ISMRM consensus recommendations {_cite('consensus')} and is built on "
+        f"Nipype {_cite('nipype')}; input data were found with PyBIDS {_cite('pybids')}. "
         f"{len(runs)} gradient-echo run(s) with {', '.join(map(str, echo_counts))} echo(es) at "
         f"{', '.join(f'{value:g}' for value in strengths)} T were processed.",
-        "",
-        f"{masking} The phase of the first echo, and the phase difference between the first "
-        f"two echoes, were unwrapped with a Laplacian-based algorithm {cite('laplacian')} "
-        "snapped to the nearest 2-pi-congruent phase; later echoes were unwrapped temporally "
-        "against the line through the earlier ones. Echoes were combined by a "
-        "magnitude-weighted least-squares fit of the unwrapped phase over echo time, with an "
-        "intercept absorbing the phase offset, giving the total field in Hz and a map of the "
-        f"fit residual. Background fields were removed with {background}. Susceptibility was "
-        f"obtained by {inversion}, with the dipole kernel oriented along the main field in the "
-        "image's voxel coordinates, and referenced to the mean over the whole brain (the mask "
-        "of the background removal); the reference value "
-        "is recorded in each Chimap sidecar. R2* and T2* were estimated by a magnitude-weighted "
-        f"log-linear fit of the magnitude decay {cite('r2star')}.",
-        "",
+        " ".join([
+            masking, _unwrapping_text(workflow), _echo_fit_text(workflow),
+            f"Background fields were removed with {_background_text(workflow, runs)}.",
+            f"Susceptibility was obtained by {_inversion_text(workflow)}, with the dipole kernel "
+            "oriented along the main field in the image's voxel coordinates, and "
+            + _reference_text(workflow), _r2star_text(workflow)]),
         "### References",
-        "",
     ]
-    body = "\n".join(text)
+    body = "\n\n".join(paragraphs)
     cited = list(dict.fromkeys(re.findall(r"\[@(\w+)\]", body)))
     body = re.sub(r"\[@(\w+)\]", lambda match: f"[{cited.index(match.group(1)) + 1}]", body)
     references = [f"{index}. {REFERENCES[key]}" for index, key in enumerate(cited, start=1)]
-    return body + "\n" + "\n".join(references) + "\n"
+    return body + "\n\n" + "\n".join(references) + "\n"
 
 
 def write_boilerplate(logs_dir, *, config, runs) -> Path:

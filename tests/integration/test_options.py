@@ -42,3 +42,28 @@ def test_plugin_file_and_version(tmp_path):
     assert (tmp_path / "out" / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").is_file()
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("qsmprep ")
+
+
+def test_csf_reference_nonlinear_fit_arlo_and_laplacian(tmp_path):
+    write_phantom_dataset(tmp_path / "bids", [
+        small_subject(subject="01", shape=(60, 72, 60), voxel_size=(2.5, 2.5, 2.5))])
+    result = run_cli(tmp_path / "bids", tmp_path / "out", "participant", "-w", tmp_path / "work",
+                     "--reference", "csf", "--echo-fit", "nonlinear", "--r2star", "arlo",
+                     "--unwrapping", "laplacian", "--qsm-only")
+    assert result.returncode == 0, result.stderr[-4000:]
+    anat = tmp_path / "out" / "sub-01" / "anat"
+    sidecar = json.loads((anat / "sub-01_Chimap.json").read_text())
+    assert sidecar["ReferenceRegion"] == "csf"
+    assert sidecar["CSFReference"]["Voxels"] > 50
+    assert sidecar["QSMProcessing"]["EchoCombination"]["Algorithm"] == "nonlinear"
+    assert sidecar["QSMProcessing"]["R2star"]["Algorithm"] == "arlo"
+    csf = nib.load(anat / "sub-01_desc-csf_mask.nii.gz").get_fdata() > 0
+    labels = nib.load(tmp_path / "bids/derivatives/qsmprep-phantom/sub-01/anat/"
+                      "sub-01_dseg.nii.gz").get_fdata().astype(int)
+    names = dict(line.split("\t") for line in (
+        tmp_path / "bids/derivatives/qsmprep-phantom/sub-01/anat/sub-01_dseg.tsv"
+    ).read_text().splitlines()[1:])
+    ventricles = np.isin(labels, [int(i) for i, n in names.items() if "lateral_ventricle" in n])
+    assert (csf & ventricles).sum() > 0.7 * csf.sum()  # the reference region is ventricle
+    chimap = nib.load(anat / "sub-01_Chimap.nii.gz").get_fdata()
+    assert abs(chimap[csf].mean()) < 1e-3  # referenced to CSF
