@@ -30,6 +30,11 @@ REFERENCES = {
     "sharp": "Schweser F, Deistung A, Lehr BW, Reichenbach JR. Quantitative imaging of intrinsic "
     "magnetic tissue properties using MRI signal phase. NeuroImage. 2011;54:2789-2807. "
     "doi:10.1016/j.neuroimage.2010.10.070",
+    "pdf": "Liu T, Khalidov I, de Rochefort L, et al. A novel background field removal method "
+    "for MRI using projection onto dipole fields (PDF). NMR Biomed. 2011;24:1129-1136. "
+    "doi:10.1002/nbm.1670",
+    "lbv": "Zhou D, Liu T, Spincemaille P, Wang Y. Background field removal by solving the "
+    "Laplacian boundary value problem. NMR Biomed. 2014;27:312-319. doi:10.1002/nbm.3064",
     "resharp": "Sun H, Wilman AH. Background field removal using spherical mean value "
     "filtering and Tikhonov regularization. Magn Reson Med. 2014;71:1151-1157. "
     "doi:10.1002/mrm.24765",
@@ -87,6 +92,12 @@ def _echo_fit_text(workflow):
 
 
 def _background_text(workflow, runs):
+    if workflow.background_removal == "pdf":
+        return (f"projection onto dipole fields (PDF) {_cite('pdf')}, after peeling about 2 mm "
+                "from the mask edge")
+    if workflow.background_removal == "lbv":
+        return (f"the Laplacian boundary value method (LBV) {_cite('lbv')}, after peeling about "
+                "2 mm from the mask edge")
     if workflow.background_removal == "resharp":
         radii = sorted({workflow.resharp_radius(run.voxel_size) for run in runs})
         return (f"RESHARP {_cite('resharp')} (spherical kernel of "

@@ -40,7 +40,7 @@ ALGORITHMS = {
     "masking": ("magnitude-threshold",),
     "unwrapping": ("romeo", "laplacian"),
     "echo_fit": ("weighted-linear", "nonlinear"),
-    "background_removal": ("vsharp", "resharp"),
+    "background_removal": ("vsharp", "pdf", "resharp", "lbv"),
     "inversion": ("tikhonov", "tkd"),
     "reference": ("whole-brain", "csf"),
     "r2star": ("loglinear", "arlo"),
@@ -117,6 +117,11 @@ class WorkflowConfig:
         if self.background_removal == "resharp":
             return {"Algorithm": "resharp", "RadiusMM": self.resharp_radius(voxel_size),
                     "Regularization": self.resharp_regularization}
+        if self.background_removal in ("pdf", "lbv"):
+            from .qsm.background import default_peel_voxels
+
+            return {"Algorithm": self.background_removal,
+                    "PeeledVoxels": default_peel_voxels(voxel_size)}
         return {"Algorithm": "vsharp", "RadiiMM": self.vsharp_radii_mm(voxel_size),
                 "Threshold": self.vsharp_threshold}
 

@@ -180,9 +180,9 @@ class FitEchoes(SimpleInterface):
 class _BackgroundInputSpec(BaseInterfaceInputSpec):
     total_field_hz = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
-    method = traits.Enum("vsharp", "resharp", usedefault=True)
+    method = traits.Enum("vsharp", "pdf", "resharp", "lbv", usedefault=True)
     radii_mm = traits.List(traits.Float, mandatory=True,
-                           desc="V-SHARP radii, or the one RESHARP radius")
+                           desc="V-SHARP radii, or the one RESHARP radius (unused by PDF, LBV)")
     threshold = traits.Float(0.05, usedefault=True, desc="V-SHARP deconvolution truncation")
     regularization = traits.Float(1e-3, usedefault=True, desc="RESHARP Tikhonov weight")
     num_threads = traits.Int(1, usedefault=True)
@@ -194,16 +194,23 @@ class _BackgroundOutputSpec(TraitedSpec):
 
 
 class RemoveBackground(SimpleInterface):
-    """Background field removal by V-SHARP or RESHARP (:mod:`qsmprep.qsm.background`)."""
+    """Background field removal by V-SHARP, PDF, RESHARP or LBV
+    (:mod:`qsmprep.qsm.background`)."""
 
     input_spec = _BackgroundInputSpec
     output_spec = _BackgroundOutputSpec
 
     def _run_interface(self, runtime):
-        voxel_size, _ = _geometry(self.inputs.mask)
+        voxel_size, b0_direction = _geometry(self.inputs.mask)
         total_field_hz = load_array(self.inputs.total_field_hz)
         mask = load_mask(self.inputs.mask)
-        if self.inputs.method == "resharp":
+        if self.inputs.method == "pdf":
+            result = background.pdf(total_field_hz, mask, voxel_size, b0_direction,
+                                    workers=self.inputs.num_threads)
+        elif self.inputs.method == "lbv":
+            result = background.lbv(total_field_hz, mask, voxel_size,
+                                    workers=self.inputs.num_threads)
+        elif self.inputs.method == "resharp":
             result = background.resharp(
                 total_field_hz, mask, voxel_size, radius_mm=self.inputs.radii_mm[0],
                 regularization=self.inputs.regularization, workers=self.inputs.num_threads)

@@ -6,6 +6,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 from cli_helpers import run_cli, small_subject
 
 from qsmprep.phantom.dataset import write_phantom_dataset
@@ -67,3 +68,20 @@ def test_csf_reference_nonlinear_fit_arlo_and_laplacian(tmp_path):
     assert (csf & ventricles).sum() > 0.7 * csf.sum()  # the reference region is ventricle
     chimap = nib.load(anat / "sub-01_Chimap.nii.gz").get_fdata()
     assert abs(chimap[csf].mean()) < 1e-3  # referenced to CSF
+
+
+@pytest.mark.parametrize("method", ["pdf", "lbv"])
+def test_other_background_removal_methods(tmp_path, method):
+    write_phantom_dataset(tmp_path / "bids", [
+        small_subject(subject="01", shape=(48, 56, 48), voxel_size=(3.0, 3.0, 3.0))])
+    result = run_cli(tmp_path / "bids", tmp_path / "out", "participant", "-w", tmp_path / "work",
+                     "--bg-removal", method, "--qsm-only")
+    assert result.returncode == 0, result.stderr[-4000:]
+    anat = tmp_path / "out" / "sub-01" / "anat"
+    stages = json.loads((anat / "sub-01_Chimap.json").read_text())["QSMProcessing"]
+    assert stages["BackgroundFieldRemoval"]["Algorithm"] == method
+    chimap = nib.load(anat / "sub-01_Chimap.nii.gz").get_fdata()
+    truth = nib.load(tmp_path / "bids/derivatives/qsmprep-phantom/sub-01/anat/"
+                     "sub-01_Chimap.nii.gz").get_fdata()
+    inside = (chimap != 0) & (truth != 0)
+    assert np.corrcoef(chimap[inside], truth[inside])[0, 1] > 0.6

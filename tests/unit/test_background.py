@@ -1,9 +1,13 @@
-"""V-SHARP background removal on a spherical brain with outside and inside sources."""
+"""Background field removal (V-SHARP, RESHARP, PDF, LBV) on a spherical brain with outside
+and inside sources."""
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from qsmprep.qsm.background import default_radii_mm, resharp, vsharp
+from qsmprep.errors import BadDataError
+from qsmprep.qsm.background import (default_peel_voxels, default_radii_mm, lbv, pdf, resharp,
+                                    vsharp)
 from qsmprep.qsm.dipole import forward_field_ppm, ppm_to_hz
 
 VOXEL = (1.0, 1.0, 1.0)
@@ -89,3 +93,105 @@ def test_resharp_is_closer_to_the_local_field_than_vsharp_at_the_same_erosion(fi
         return np.linalg.norm(difference - difference.mean())
 
     assert error(via_resharp) < error(via_vsharp)
+
+
+def _residual_fraction(result, background_hz):
+    """RMS of what is left of a pure background field, over its SD, in the result's mask."""
+    valid = result.mask
+    return np.sqrt(np.mean(result.local_field_hz[valid] ** 2)) / background_hz[valid].std()
+
+
+def _check_output(result, brain):
+    assert result.local_field_hz.dtype == np.float32
+    assert result.mask.dtype == bool and result.mask.shape == brain.shape
+    assert not np.any(result.mask & ~brain)
+    assert np.all(result.local_field_hz[~result.mask] == 0)
+
+
+@pytest.mark.parametrize("method", ["pdf", "lbv"])
+def test_pdf_and_lbv_remove_background_and_keep_local_field(fields, method):
+    brain, background_hz, local_hz = fields
+    if method == "pdf":
+        run = lambda field: pdf(field, brain, VOXEL, (0.0, 0.0, 1.0))  # noqa: E731
+    else:
+        run = lambda field: lbv(field, brain, VOXEL)  # noqa: E731
+    background_only = run(background_hz)
+    _check_output(background_only, brain)
+    # 2 mm of outer layers (face neighbours) are peeled by default; LBV also drops the
+    # boundary layer on which it imposes the total field
+    layers = 2 if method == "pdf" else 3
+    assert np.array_equal(background_only.mask, ndimage.binary_erosion(brain, iterations=layers))
+    assert _residual_fraction(background_only, background_hz) < 0.03
+    both = run(background_hz + local_hz)
+    _check_output(both, brain)
+    valid = both.mask
+    assert np.corrcoef(both.local_field_hz[valid], local_hz[valid])[0, 1] > 0.9
+
+
+def test_default_peel_is_about_two_millimetres():
+    assert default_peel_voxels((2.0, 2.0, 2.0)) == 1
+    assert default_peel_voxels((1.0, 1.0, 1.0)) == 2
+    assert default_peel_voxels((0.65, 0.65, 0.65)) == 3
+    assert default_peel_voxels((3.0, 3.0, 3.0)) == 1
+
+
+def test_pdf_follows_an_oblique_main_field():
+    shape = (48, 48, 48)
+    b0 = np.array([0.0, np.sqrt(0.5), np.sqrt(0.5)])  # 45 degrees from the z axis
+    brain = _sphere(shape, (0, 0, 0), 16)
+    outside = -9.0 * _sphere(shape, (0, 6, 20), 3.5) + 4.0 * _sphere(shape, (19, -5, -6), 3)
+    inside = 0.2 * _sphere(shape, (4, 3, 2), 4) - 0.1 * _sphere(shape, (-6, -4, -3), 3)
+    background_hz = ppm_to_hz(forward_field_ppm(outside, VOXEL, b0), 3.0)
+    local_hz = ppm_to_hz(forward_field_ppm(inside, VOXEL, b0), 3.0)
+    right = pdf(background_hz, brain, VOXEL, b0, pad_mm=8)  # all sources lie in the grid
+    wrong = pdf(background_hz, brain, VOXEL, (0.0, 0.0, 1.0), pad_mm=8)
+    _check_output(right, brain)
+    assert _residual_fraction(right, background_hz) < 0.02
+    # sources outside can mimic much of any harmonic field, but not all of it with the wrong
+    # kernel: about 3x more background is left with the axial b0
+    assert _residual_fraction(right, background_hz) < 0.5 * _residual_fraction(
+        wrong, background_hz)
+    both = pdf(background_hz + local_hz, brain, VOXEL, b0, pad_mm=8)
+    valid = both.mask
+    assert np.corrcoef(both.local_field_hz[valid], local_hz[valid])[0, 1] > 0.85  # 0.90
+
+
+def test_lbv_ignores_added_harmonic_fields(fields):
+    brain, background_hz, local_hz = fields
+    x, y, z = np.indices(brain.shape)
+    linear_hz = (40.0 + 3.0 * x - 2.0 * y + 1.5 * z).astype(np.float32)
+    total_hz = background_hz + local_hz
+    plain = lbv(total_hz, brain, VOXEL, tolerance=1e-7)
+    shifted = lbv(total_hz + linear_hz, brain, VOXEL, tolerance=1e-7)
+    assert np.array_equal(plain.mask, shifted.mask)
+    difference = shifted.local_field_hz - plain.local_field_hz
+    assert np.abs(difference).max() < 1e-3 * np.abs(linear_hz[brain]).max()
+    assert np.abs(difference).max() < 0.02 * local_hz[plain.mask].std()
+
+
+def test_lbv_weights_anisotropic_axes():
+    voxel_size = (1.0, 1.5, 2.0)
+    shape = (40, 28, 22)
+    x, y, z = (np.indices(shape) - (np.array(shape) - 1)[:, None, None, None] / 2) * np.reshape(
+        voxel_size, (3, 1, 1, 1))  # mm
+    brain = (x / 17) ** 2 + (y / 18) ** 2 + (z / 19) ** 2 <= 1
+    harmonic_hz = (0.02 * (x**2 - z**2) + 0.03 * x * y + 0.5 * z).astype(np.float32)
+    result = lbv(harmonic_hz, brain, voxel_size, peel_voxels=0, tolerance=1e-8)
+    assert result.mask.sum() > 0.5 * brain.sum()
+    assert np.abs(result.local_field_hz).max() < 1e-3 * np.abs(harmonic_hz[brain]).max()
+
+
+def test_pdf_and_lbv_reject_bad_input(fields):
+    brain, background_hz, _ = fields
+    with pytest.raises(ValueError, match="same shape"):
+        pdf(background_hz[:-1], brain, VOXEL, (0.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="same shape"):
+        lbv(background_hz, brain[:-1], VOXEL)
+    tiny = np.zeros(brain.shape, dtype=bool)
+    tiny[10:12, 10:12, 10:12] = True  # two voxels thick: nothing left after peeling
+    with pytest.raises(BadDataError):
+        lbv(background_hz, tiny, VOXEL)
+    with pytest.raises(BadDataError):
+        pdf(background_hz, np.zeros(brain.shape, dtype=bool), VOXEL, (0.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="weight"):
+        pdf(background_hz, brain, VOXEL, (0.0, 0.0, 1.0), weight=np.ones((3, 3, 3)))
