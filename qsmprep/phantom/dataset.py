@@ -24,6 +24,14 @@ TRUTH_PIPELINE = "qsmprep-phantom"
 #: Scanner-style integer range of phase in 'arbitrary' units.
 ARBITRARY_PHASE_RANGE = (-4096, 4095)
 
+#: Demo geometry: 2 mm isotropic, a 144 x 168 x 144 mm field of view (the head is drawn at
+#: 0.875 of its reference size to fit), 4 echoes at 3 T; sub-02 is tilted about left-right.
+DEMO_SHAPE = (72, 84, 72)
+DEMO_VOXEL_SIZE_MM = (2.0, 2.0, 2.0)
+DEMO_ECHO_TIMES_S = (0.004, 0.009, 0.014, 0.019)
+DEMO_FIELD_STRENGTH_T = 3.0
+DEMO_OBLIQUE_ROTATION_DEG = (15.0, 0.0, 0.0)
+
 
 @dataclass(frozen=True)
 class PhantomSubject:
@@ -44,6 +52,19 @@ class PhantomSubject:
     snr: float = 100.0
     seed: int = 0
     susceptibility_overrides_ppm: dict = field(default_factory=dict, hash=False)
+
+    def __post_init__(self):
+        if self.phase_units not in ("rad", "arbitrary", None):
+            raise ValueError("phase_units must be 'rad', 'arbitrary' or None, "
+                             f"not {self.phase_units!r}")
+        if self.suffix not in ("MEGRE", "T2starw"):
+            raise ValueError(f"suffix must be 'MEGRE' or 'T2starw', not {self.suffix!r}")
+        if self.suffix == "T2starw" and len(self.echo_times_s) != 1:
+            raise ValueError("a T2starw scan has exactly one echo")
+        for entity in ("subject", "session", "acquisition", "run"):
+            value = getattr(self, entity)
+            if value is not None and not (isinstance(value, (str, int)) and str(value).isalnum()):
+                raise ValueError(f"BIDS labels are alphanumeric: {entity}={value!r}")
 
     @property
     def entities(self) -> dict:
@@ -96,10 +117,11 @@ def make_demo_dataset(bids_dir, *, seed: int = 0) -> list[PhantomSubject]:
 
     Small enough for the whole participant level to run in about a minute on two cores.
     """
-    grid = {"shape": (72, 84, 72), "voxel_size": (2.0, 2.0, 2.0)}
+    grid = {"shape": DEMO_SHAPE, "voxel_size": DEMO_VOXEL_SIZE_MM,
+            "echo_times_s": DEMO_ECHO_TIMES_S, "field_strength_t": DEMO_FIELD_STRENGTH_T}
     subjects = [
         PhantomSubject(subject="01", seed=seed + 1, **grid),
-        PhantomSubject(subject="02", session="1", rotation_deg=(15.0, 0.0, 0.0),
+        PhantomSubject(subject="02", session="1", rotation_deg=DEMO_OBLIQUE_ROTATION_DEG,
                        seed=seed + 2, **grid),
     ]
     write_phantom_dataset(bids_dir, subjects, name="qsmprep demo")
@@ -116,8 +138,6 @@ def _write_scan(bids_dir: Path, truth_dir: Path, subject: PhantomSubject) -> dic
     acquisition = simulate_multiecho_gre(
         phantom, echo_times_s=subject.echo_times_s, field_strength_t=subject.field_strength_t,
         affine=affine, snr=subject.snr, seed=subject.seed)
-    if subject.suffix == "T2starw" and len(subject.echo_times_s) != 1:
-        raise ValueError("a T2starw scan has exactly one echo")
 
     prefix = entity_prefix(subject.entities)
     anat = Path(bids_dir) / Path(derivative_path(subject.entities, suffix="x")).parent
@@ -198,5 +218,6 @@ def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["ARBITRARY_PHASE_RANGE", "TRUTH_PIPELINE", "PhantomSubject", "make_demo_dataset",
-           "write_phantom_dataset"]
+__all__ = ["ARBITRARY_PHASE_RANGE", "DEMO_ECHO_TIMES_S", "DEMO_FIELD_STRENGTH_T",
+           "DEMO_OBLIQUE_ROTATION_DEG", "DEMO_SHAPE", "DEMO_VOXEL_SIZE_MM", "TRUTH_PIPELINE",
+           "PhantomSubject", "make_demo_dataset", "write_phantom_dataset"]

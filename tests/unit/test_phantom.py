@@ -107,3 +107,31 @@ def test_complex_parts_and_single_echo(tmp_path):
     imaginary = nib.load(anat / "sub-01_echo-1_part-imag_MEGRE.nii.gz").get_fdata()
     assert np.abs(real).max() > 0 and np.abs(imaginary).max() > 0
     assert (tmp_path / "sub-02" / "anat" / "sub-02_part-phase_T2starw.nii.gz").is_file()
+
+
+def test_demo_dataset_has_an_axial_and_an_oblique_session(tmp_path):
+    from qsmprep.phantom.dataset import DEMO_ECHO_TIMES_S, DEMO_SHAPE, make_demo_dataset
+    from qsmprep.qsm.dipole import b0_direction_from_affine
+
+    subjects = make_demo_dataset(tmp_path)
+    assert [(s.subject, s.session) for s in subjects] == [("01", None), ("02", "1")]
+    layout = bids.BIDSLayout(tmp_path, validate=True)
+    for subject, session, tilted in (("01", None, False), ("02", "1", True)):
+        query = {"subject": subject, "suffix": "MEGRE", "part": "mag", "extension": ".nii.gz"}
+        if session:
+            query["session"] = session
+        files = layout.get(**query)
+        assert len(files) == len(DEMO_ECHO_TIMES_S)
+        image = nib.load(files[0].path)
+        assert image.shape == DEMO_SHAPE and image.get_data_dtype() == np.float32
+        assert image.header.get_xyzt_units() == ("mm", "sec")
+        b0 = b0_direction_from_affine(image.affine)
+        assert (abs(b0[2]) < 0.99) == tilted
+
+
+@pytest.mark.parametrize("settings", [{"phase_units": "degrees"}, {"suffix": "T1w"},
+                                      {"suffix": "T2starw", "echo_times_s": (0.01, 0.02)},
+                                      {"subject": "sub_01"}])
+def test_invalid_subjects_are_refused(settings):
+    with pytest.raises(ValueError):
+        PhantomSubject(**settings)
