@@ -118,7 +118,7 @@ STAGE_MODULES = {"masking": masking, "unwrapping": unwrapping, "echo_fit": echo_
 STAGE_TITLES = {"masking": "brain mask", "unwrapping": "unwrapping", "echo_fit": "echo fit",
                 "background_removal": "background removal", "inversion": "dipole inversion"}
 
-#: Targets of the issue for the default chain from raw phase (1 mm, realistic noise) and for the
+#: Accuracy targets for the default chain from raw phase (1 mm, realistic noise) and for the
 #: default dipole inversion alone from the true local field.
 TARGETS = {"nrmse": 45.0, "xsim": 0.75, "slope": (0.9, 1.1), "coverage": 95.0,
            "dipole_nrmse": 30.0}
@@ -738,7 +738,7 @@ def print_summary(datasets, all_results):
                     + metric_cells(results.qmrpy, results.qmrpy_s))
     print(markdown_table(["Data", "Pipeline"] + METRIC_HEADERS, rows))
 
-    print("\n### Targets of the issue\n")
+    print("\n### Accuracy targets\n")
     headers = ["Target"] + [data.name for data in datasets]
 
     def check(ok, text):

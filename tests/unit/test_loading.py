@@ -13,7 +13,7 @@ from qsmprep.bids.discovery import discover_runs
 from qsmprep.bids.loading import load_multiecho
 from qsmprep.errors import BadDataError
 
-ROMEO = Path("/work/shared/data/romeo-small")
+ROMEO = Path(__file__).resolve().parents[3] / "shared" / "data" / "romeo-small"
 PI32 = np.float32(np.pi)
 
 

@@ -15,7 +15,7 @@ from qsmprep.qsm.phase import (
     wrap_to_pi,
 )
 
-ROMEO_PHASE = Path("/work/shared/data/romeo-small/Phase.nii")
+ROMEO_PHASE = Path(__file__).resolve().parents[3] / "shared" / "data" / "romeo-small" / "Phase.nii"
 PI32 = np.float32(np.pi)
 BELOW_PI32 = np.nextafter(PI32, np.float32(0))
 
