@@ -50,6 +50,19 @@ REFERENCES = {
     "arlo": "Pei M, Nguyen TD, Thimmappa ND, et al. Algorithm for fast monoexponential fitting "
     "based on Auto-Regression on Linear Operations (ARLO) of data. Magn Reson Med. "
     "2015;73:843-850. doi:10.1002/mrm.25137",
+    "tvadmm": "Bilgic B, Fan AP, Polimeni JR, et al. Fast quantitative susceptibility mapping "
+    "with L1-regularization and automatic parameter selection. Magn Reson Med. "
+    "2014;72:1444-1459. doi:10.1002/mrm.25029",
+    "fansi": "Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear "
+    "susceptibility inversion with variational regularization. Magn Reson Med. "
+    "2018;80:814-821. doi:10.1002/mrm.27073",
+    "rts": "Kames C, Wiggermann V, Rauscher A. Rapid two-step dipole inversion for "
+    "susceptibility mapping with sparsity priors. NeuroImage. 2018;167:276-283. "
+    "doi:10.1016/j.neuroimage.2017.11.018",
+    "medi": "Liu J, Liu T, de Rochefort L, et al. Morphology enabled dipole inversion for "
+    "quantitative susceptibility mapping using structural consistency between the magnitude "
+    "image and the susceptibility map. NeuroImage. 2012;59:2560-2568. "
+    "doi:10.1016/j.neuroimage.2011.08.082",
     "tkd": "Shmueli K, et al. Magnetic susceptibility mapping of brain tissue in vivo using MRI "
     "phase data. Magn Reson Med. 2009;62:1510-1522. doi:10.1002/mrm.22135",
     "tikhonov": "Kressler B, et al. Nonlinear regularization for per voxel estimation of magnetic "
@@ -110,6 +123,16 @@ def _background_text(workflow, runs):
 
 
 def _inversion_text(workflow):
+    if workflow.inversion == "tv-admm":
+        return ("total-variation regularised inversion solved with ADMM, FANSI-style "
+                f"{_cite('tvadmm')}{_cite('fansi')} (lambda = {workflow.tv_regularization:g}, "
+                "gradient penalty relaxed at the edges of the first-echo magnitude)")
+    if workflow.inversion == "rts":
+        return (f"the rapid two-step method (RTS, delta = {workflow.rts_delta:g}) "
+                f"{_cite('rts')}")
+    if workflow.inversion == "medi-l1":
+        return (f"morphology-enabled dipole inversion (MEDI, lambda = "
+                f"{workflow.medi_regularization:g}) {_cite('medi')}")
     if workflow.inversion == "tkd":
         return (f"thresholded k-space division (TKD, threshold {workflow.tkd_threshold:g}) "
                 f"{_cite('tkd')}")

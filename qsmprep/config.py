@@ -41,7 +41,7 @@ ALGORITHMS = {
     "unwrapping": ("romeo", "laplacian"),
     "echo_fit": ("weighted-linear", "nonlinear"),
     "background_removal": ("vsharp", "pdf", "resharp", "lbv"),
-    "inversion": ("tikhonov", "tkd"),
+    "inversion": ("tv-admm", "tikhonov", "tkd", "rts", "medi-l1"),
     "reference": ("whole-brain", "csf"),
     "r2star": ("loglinear", "arlo"),
 }
@@ -96,6 +96,9 @@ class WorkflowConfig:
     resharp_regularization: float = 1e-3
     inversion: str = ALGORITHMS["inversion"][0]
     tkd_threshold: float = 0.19
+    tv_regularization: float = 1e-3
+    rts_delta: float = 0.15
+    medi_regularization: float = 1e-3
     tikhonov_regularization: float = 0.01
     inversion_max_iter: int = 100
     inversion_tolerance: float = 1e-2
@@ -128,14 +131,17 @@ class WorkflowConfig:
     def stage_parameters(self, voxel_size) -> dict:
         """The algorithm and parameters of each stage for a run with ``voxel_size``, as written
         into every sidecar."""
-        if self.inversion == "tkd":
-            inversion_parameters = {"Threshold": self.tkd_threshold}
-        else:
-            inversion_parameters = {
-                "Regularization": self.tikhonov_regularization,
-                "MaxIterations": self.inversion_max_iter,
-                "Tolerance": self.inversion_tolerance,
-            }
+        inversion_parameters = {
+            "tkd": {"Threshold": self.tkd_threshold},
+            "tikhonov": {"Regularization": self.tikhonov_regularization,
+                         "MaxIterations": self.inversion_max_iter,
+                         "Tolerance": self.inversion_tolerance},
+            "tv-admm": {"Regularization": self.tv_regularization,
+                        "GradientWeights": "first-echo magnitude edges"},
+            "rts": {"Delta": self.rts_delta},
+            "medi-l1": {"Regularization": self.medi_regularization,
+                        "GradientWeights": "first-echo magnitude edges"},
+        }[self.inversion]
         masking = {"Algorithm": self.masking}
         if self.masking == "magnitude-threshold":
             masking["Threshold"] = self.mask_threshold or "automatic (Otsu)"

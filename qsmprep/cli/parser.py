@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dipole inversion algorithm")
     qsm.add_argument("--tkd-threshold", type=_positive_float, default=defaults.tkd_threshold,
                      help="TKD k-space truncation threshold")
+    qsm.add_argument("--tv-lambda", type=_positive_float, default=defaults.tv_regularization,
+                     help="TV-ADMM regularisation weight")
+    qsm.add_argument("--rts-delta", type=_positive_float, default=defaults.rts_delta,
+                     help="RTS threshold of the well-conditioned k-space region")
+    qsm.add_argument("--medi-lambda", type=_positive_float,
+                     default=defaults.medi_regularization, help="MEDI regularisation weight")
     qsm.add_argument("--tikhonov-lambda", type=_positive_float,
                      default=defaults.tikhonov_regularization,
                      help="iterative Tikhonov gradient regularisation weight")
@@ -246,6 +252,9 @@ def parse_args(argv=None) -> Config:
         resharp_regularization=opts.resharp_lambda,
         inversion=opts.inversion,
         tkd_threshold=opts.tkd_threshold,
+        tv_regularization=opts.tv_lambda,
+        rts_delta=opts.rts_delta,
+        medi_regularization=opts.medi_lambda,
         tikhonov_regularization=opts.tikhonov_lambda,
         inversion_max_iter=opts.inversion_max_iter,
         reference=opts.reference,

@@ -22,7 +22,12 @@ from nipype.interfaces.base import (
 
 from ..qsm import background, echo_fit, inversion, masking, referencing, relaxometry, unwrapping
 from ..errors import BadDataError
-from ..qsm.dipole import b0_direction_from_affine, hz_to_ppm, voxel_size_from_affine
+from ..qsm.dipole import (
+    GYROMAGNETIC_RATIO_MHZ_PER_T,
+    b0_direction_from_affine,
+    hz_to_ppm,
+    voxel_size_from_affine,
+)
 from .images import load_array, load_mask, save_like
 
 LOGGER = logging.getLogger("qsmprep")
@@ -231,9 +236,13 @@ class _InvertInputSpec(BaseInterfaceInputSpec):
     local_field_hz = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
     field_strength_t = traits.Float(mandatory=True)
-    method = traits.Enum("tikhonov", "tkd", usedefault=True)
+    echo_times = traits.List(traits.Float, desc="echo times (s): MEDI's phase noise scale")
+    magnitude = File(exists=True, desc="4-D magnitude; the first echo weights TV and MEDI")
+    method = traits.Enum("tv-admm", "tikhonov", "tkd", "rts", "medi-l1", usedefault=True)
     tkd_threshold = traits.Float(0.19, usedefault=True)
-    regularization = traits.Float(0.01, usedefault=True)
+    rts_delta = traits.Float(0.15, usedefault=True)
+    regularization = traits.Float(0.01, usedefault=True,
+                                  desc="lambda of Tikhonov, TV-ADMM or MEDI")
     max_iter = traits.Int(100, usedefault=True)
     tolerance = traits.Float(1e-2, usedefault=True)
     num_threads = traits.Int(1, usedefault=True)
@@ -244,7 +253,8 @@ class _InvertOutputSpec(TraitedSpec):
 
 
 class InvertDipole(SimpleInterface):
-    """Dipole inversion by TKD or iterative Tikhonov (:mod:`qsmprep.qsm.inversion`)."""
+    """Dipole inversion by TV-ADMM, iterative Tikhonov, TKD, RTS or MEDI
+    (:mod:`qsmprep.qsm.inversion`)."""
 
     input_spec = _InvertInputSpec
     output_spec = _InvertOutputSpec
@@ -254,15 +264,33 @@ class InvertDipole(SimpleInterface):
         local_field_ppm = hz_to_ppm(load_array(self.inputs.local_field_hz),
                                     self.inputs.field_strength_t)
         mask = load_mask(self.inputs.mask)
-        if self.inputs.method == "tkd":
-            susceptibility = inversion.tkd(
-                local_field_ppm, mask, voxel_size, b0_direction,
-                threshold=self.inputs.tkd_threshold, workers=self.inputs.num_threads)
-        else:
+        arguments = (local_field_ppm, mask, voxel_size, b0_direction)
+        workers = self.inputs.num_threads
+        magnitude = (load_array(self.inputs.magnitude)[..., 0]
+                     if isdefined(self.inputs.magnitude) else None)
+        method = self.inputs.method
+        if method == "tkd":
+            susceptibility = inversion.tkd(*arguments, threshold=self.inputs.tkd_threshold,
+                                           workers=workers)
+        elif method == "tikhonov":
             susceptibility = inversion.tikhonov_cg(
-                local_field_ppm, mask, voxel_size, b0_direction,
-                regularization=self.inputs.regularization, max_iter=self.inputs.max_iter,
-                tolerance=self.inputs.tolerance, workers=self.inputs.num_threads)
+                *arguments, regularization=self.inputs.regularization,
+                max_iter=self.inputs.max_iter, tolerance=self.inputs.tolerance, workers=workers)
+        elif method == "tv-admm":
+            susceptibility = inversion.tv_admm(*arguments, magnitude=magnitude,
+                                               regularization=self.inputs.regularization,
+                                               workers=workers)
+        elif method == "rts":
+            susceptibility = inversion.rts(*arguments, delta=self.inputs.rts_delta,
+                                           workers=workers)
+        else:
+            echo_times = np.asarray(self.inputs.echo_times)
+            echo_spacing_s = np.diff(echo_times).mean() if echo_times.size > 1 else echo_times[0]
+            radians_per_ppm = (2 * np.pi * GYROMAGNETIC_RATIO_MHZ_PER_T
+                               * self.inputs.field_strength_t * echo_spacing_s)
+            susceptibility = inversion.medi_l1(*arguments, magnitude=magnitude,
+                                               regularization=self.inputs.regularization,
+                                               radians_per_ppm=radians_per_ppm, workers=workers)
         self._results["susceptibility_ppm"] = save_like(
             susceptibility, self.inputs.mask, _out(runtime, "susceptibility_ppm.nii.gz"))
         return runtime

@@ -38,7 +38,7 @@ DEEP_GREY_MATTER = ("caudate", "globus_pallidus", "putamen", "red_nucleus", "den
 FUNCTION_NAMES = {
     "echo_fit": {"weighted-linear": "weighted_linear_fit", "nonlinear": "nonlinear_complex_fit"},
     "background_removal": {},
-    "inversion": {"tikhonov": "tikhonov_cg", "tv-admm": "tv_admm"},
+    "inversion": {"tikhonov": "tikhonov_cg", "tv-admm": "tv_admm", "medi-l1": "medi_l1"},
 }
 MODULES = {"echo_fit": echo_fit, "background_removal": background, "inversion": inversion}
 

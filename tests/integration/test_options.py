@@ -72,14 +72,17 @@ def test_csf_reference_nonlinear_fit_arlo_and_laplacian(tmp_path):
 
 @pytest.mark.parametrize("method", ["pdf", "lbv"])
 def test_other_background_removal_methods(tmp_path, method):
+    """PDF and LBV, each with another inversion (RTS, MEDI) so every choice runs once."""
     write_phantom_dataset(tmp_path / "bids", [
         small_subject(subject="01", shape=(48, 56, 48), voxel_size=(3.0, 3.0, 3.0))])
+    inversion = {"pdf": "medi-l1", "lbv": "rts"}[method]
     result = run_cli(tmp_path / "bids", tmp_path / "out", "participant", "-w", tmp_path / "work",
-                     "--bg-removal", method, "--qsm-only")
+                     "--bg-removal", method, "--inversion", inversion, "--qsm-only")
     assert result.returncode == 0, result.stderr[-4000:]
     anat = tmp_path / "out" / "sub-01" / "anat"
     stages = json.loads((anat / "sub-01_Chimap.json").read_text())["QSMProcessing"]
     assert stages["BackgroundFieldRemoval"]["Algorithm"] == method
+    assert stages["DipoleInversion"]["Algorithm"] == inversion
     chimap = nib.load(anat / "sub-01_Chimap.nii.gz").get_fdata()
     truth = nib.load(tmp_path / "bids/derivatives/qsmprep-phantom/sub-01/anat/"
                      "sub-01_Chimap.nii.gz").get_fdata()

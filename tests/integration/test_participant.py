@@ -66,7 +66,7 @@ def test_sidecars_carry_provenance(participant_run):
         assert isinstance(chimap["ReferenceValue"], float)
         assert len(chimap["B0Direction"]) == 3
         stages = chimap["QSMProcessing"]
-        assert stages["DipoleInversion"]["Algorithm"] == "tikhonov"
+        assert stages["DipoleInversion"]["Algorithm"] == "tv-admm"
         assert stages["BackgroundFieldRemoval"]["Algorithm"] == "vsharp"
         raw = [uri for uri in chimap["Sources"] if uri.startswith("bids:raw:")]
         assert len(raw) == 8  # 4 echoes x (magnitude, phase)

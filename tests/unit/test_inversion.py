@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qsmprep.qsm.dipole import forward_field_ppm
-from qsmprep.qsm.inversion import tikhonov_cg, tkd
+from qsmprep.qsm.inversion import medi_l1, rts, tikhonov_cg, tkd, tv_admm
 
 VOXEL = (1.0, 1.0, 1.0)
 AXIAL = (0.0, 0.0, 1.0)
@@ -106,3 +106,63 @@ def test_invalid_options_rejected():
         tkd(field, brain, VOXEL, AXIAL, threshold=0.5)
     with pytest.raises(ValueError):
         tikhonov_cg(field[:8], brain, VOXEL, AXIAL)
+
+
+# Sparsity-regularised inversions. On this piecewise-constant phantom (oblique b0, 20 % field
+# noise) TKD gives 42 % NRMSE, TV-ADMM 19 %, RTS 18 %, MEDI 5 % (its magnitude edges are the
+# susceptibility edges); a b0 off by 29 degrees gives 76-128 %. Axial, seed 3: TV-ADMM 18 %,
+# 5 % with that magnitude, TKD 45 %.
+
+def edge_magnitude(chi, brain, noise=0.02, seed=2):
+    """Magnitude darker where susceptibility is higher (iron), with mild noise."""
+    rng = np.random.default_rng(seed)
+    magnitude = 1.0 - 2.0 * chi + noise * rng.standard_normal(chi.shape)
+    return np.where(brain, magnitude, 0.0).astype(np.float32)
+
+
+SPARSE_METHODS = {
+    "tv_admm": lambda field, brain, b0, magnitude: tv_admm(field, brain, VOXEL, b0),
+    "medi_l1": lambda field, brain, b0, magnitude: medi_l1(field, brain, VOXEL, b0,
+                                                           magnitude=magnitude),
+    "rts": lambda field, brain, b0, magnitude: rts(field, brain, VOXEL, b0),
+}
+
+
+@pytest.mark.parametrize("method", sorted(SPARSE_METHODS))
+def test_sparse_methods_beat_tkd_and_need_the_right_b0(method):
+    chi, field, brain = head_phantom(OBLIQUE, noise=0.2)
+    magnitude = edge_magnitude(chi, brain)
+    invert = SPARSE_METHODS[method]
+    result = invert(field, brain, OBLIQUE, magnitude)
+    assert result.dtype == np.float32 and result.shape == chi.shape
+    assert np.all(result[~brain] == 0)
+    error = nrmse(result, chi, brain)
+    assert error < 30 and error < nrmse(tkd(field, brain, VOXEL, OBLIQUE), chi, brain) - 10
+    assert 0.75 < slope(result, chi, brain) < 1.1
+    wrong_direction = (0.0, -OBLIQUE[1], OBLIQUE[2])
+    assert nrmse(invert(field, brain, wrong_direction, magnitude), chi, brain) > error + 30
+
+
+def test_tv_admm_magnitude_edges_help_when_they_match():
+    chi, field, brain = head_phantom(noise=0.2, seed=3)
+    plain = nrmse(tv_admm(field, brain, VOXEL, AXIAL), chi, brain)
+    weighted = nrmse(tv_admm(field, brain, VOXEL, AXIAL,
+                             magnitude=edge_magnitude(chi, brain)), chi, brain)
+    assert weighted <= plain
+    assert plain < nrmse(tkd(field, brain, VOXEL, AXIAL), chi, brain) - 10
+
+
+def test_sparse_methods_on_empty_mask_and_invalid_options():
+    chi, field, brain = head_phantom(shape=(16, 16, 16))
+    nothing = np.zeros_like(brain)
+    for method in SPARSE_METHODS.values():
+        result = method(field, nothing, AXIAL, np.ones_like(field))
+        assert result.dtype == np.float32 and not result.any()
+    with pytest.raises(ValueError):
+        medi_l1(field, brain, VOXEL, AXIAL, magnitude=None)
+    with pytest.raises(ValueError):
+        rts(field, brain, VOXEL, AXIAL, delta=0.7)
+    with pytest.raises(ValueError):
+        tv_admm(field, brain, VOXEL, AXIAL, regularization=0.0)
+    with pytest.raises(ValueError):
+        tv_admm(field, brain, VOXEL, AXIAL, magnitude=field[:8])
