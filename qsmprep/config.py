@@ -89,7 +89,7 @@ class WorkflowConfig:
     unwrapping: str = ALGORITHMS["unwrapping"][0]
     echo_fit: str = ALGORITHMS["echo_fit"][0]
     background_removal: str = ALGORITHMS["background_removal"][0]
-    vsharp_max_radius_mm: float = 0.0  # 0: 12 voxel edges (12 mm at 1 mm)
+    vsharp_max_radius_mm: float = 0.0  # 0: 24 mm, or 12 voxel edges if larger
     vsharp_min_radius_mm: float = 0.0  # 0: 2 voxel edges
     vsharp_threshold: float = 0.05
     resharp_radius_mm: float = 0.0  # 0: 2 voxel edges

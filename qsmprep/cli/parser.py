@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     qsm.add_argument("--bg-removal", choices=ALGORITHMS["background_removal"],
                      default=defaults.background_removal, help="background field removal")
     qsm.add_argument("--vsharp-max-radius", type=_positive_float, default=None, metavar="MM",
-                     help="largest V-SHARP sphere radius (default: 12 voxel edges, "
-                     "12 mm at 1 mm)")
+                     help="largest V-SHARP sphere radius (default: 24 mm, or 12 voxel "
+                     "edges if larger)")
     qsm.add_argument("--vsharp-min-radius", type=_positive_float, default=None, metavar="MM",
                      help="smallest V-SHARP sphere radius (default: 2 voxel edges); radii "
                      "step by one voxel edge")

@@ -56,9 +56,10 @@ def test_local_field_from_inside_sources_survives(fields):
 
 def test_anisotropic_voxels_and_radius_selection():
     voxel_size = (1.0, 1.0, 2.0)
-    assert default_radii_mm(VOXEL) == tuple(float(r) for r in range(12, 1, -1))
+    assert default_radii_mm(VOXEL) == tuple(float(r) for r in range(24, 1, -2))
     assert default_radii_mm(voxel_size) == tuple(float(r) for r in range(24, 3, -2))
     assert default_radii_mm((2.0, 2.0, 2.5)) == tuple(30.0 - 2.5 * k for k in range(11))
+    assert default_radii_mm((0.5, 0.5, 0.5)) == tuple(24.0 - 2.0 * k for k in range(12))
     assert default_radii_mm((1.0, 1.0, 1.0), largest_mm=8, smallest_mm=3) == (8, 7, 6, 5, 4, 3)
     shape = (40, 40, 20)
     x, y, z = np.indices(shape)

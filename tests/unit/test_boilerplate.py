@@ -16,7 +16,7 @@ class _Run:
 
 def test_default_methods_text():
     text = methods_boilerplate(config=Config(), runs=[_Run()])
-    assert "V-SHARP" in text and "12 down to 2 mm" in text and "7 T" in text
+    assert "V-SHARP" in text and "24 down to 2 mm" in text and "7 T" in text
     assert "total-variation" in text and "FANSI" in text and "RESHARP" not in text
     numbers = [int(n) for n in re.findall(r"\[(\d+)\]", text.split("### References")[0])]
     assert numbers == sorted(numbers) and numbers[0] == 1
