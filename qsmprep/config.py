@@ -40,7 +40,7 @@ ALGORITHMS = {
     "masking": ("magnitude-threshold",),
     "unwrapping": ("romeo", "laplacian"),
     "echo_fit": ("weighted-linear", "nonlinear"),
-    "background_removal": ("vsharp", "pdf", "resharp", "lbv"),
+    "background_removal": ("pdf", "vsharp", "resharp", "lbv"),
     "inversion": ("tv-admm", "tikhonov", "tkd", "rts", "medi-l1"),
     "reference": ("whole-brain", "csf"),
     "r2star": ("loglinear", "arlo"),

@@ -67,7 +67,7 @@ def test_sidecars_carry_provenance(participant_run):
         assert len(chimap["B0Direction"]) == 3
         stages = chimap["QSMProcessing"]
         assert stages["DipoleInversion"]["Algorithm"] == "tv-admm"
-        assert stages["BackgroundFieldRemoval"]["Algorithm"] == "vsharp"
+        assert stages["BackgroundFieldRemoval"]["Algorithm"] == "pdf"
         raw = [uri for uri in chimap["Sources"] if uri.startswith("bids:raw:")]
         assert len(raw) == 8  # 4 echoes x (magnitude, phase)
         for uri in raw:
@@ -124,7 +124,7 @@ def test_config_saved_with_command_and_versions(participant_run):
     assert config.execution.participant_labels == ["01", "02"]
     assert config.environment["qsmprep"] and config.environment["nipype"]
     citation = (participant_run["output_dir"] / "logs" / "CITATION.md").read_text()
-    assert "V-SHARP" in citation and "doi:" in citation
+    assert "projection onto dipole fields" in citation and "doi:" in citation
 
 
 def test_bids_input_untouched(participant_run):

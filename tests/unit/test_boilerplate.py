@@ -16,7 +16,7 @@ class _Run:
 
 def test_default_methods_text():
     text = methods_boilerplate(config=Config(), runs=[_Run()])
-    assert "V-SHARP" in text and "24 down to 2 mm" in text and "7 T" in text
+    assert "projection onto dipole fields (PDF)" in text and "7 T" in text
     assert "total-variation" in text and "FANSI" in text and "RESHARP" not in text
     numbers = [int(n) for n in re.findall(r"\[(\d+)\]", text.split("### References")[0])]
     assert numbers == sorted(numbers) and numbers[0] == 1
@@ -29,4 +29,7 @@ def test_alternative_algorithms_are_described_and_cited():
     text = methods_boilerplate(config=config, runs=[_Run()])
     assert "RESHARP" in text and "Sun H, Wilman AH" in text
     assert "TKD, threshold 0.19" in text and "Shmueli K" in text
-    assert "V-SHARP" not in text
+    assert "V-SHARP" not in text and "PDF" not in text
+    vsharp = methods_boilerplate(config=Config(workflow=WorkflowConfig(
+        background_removal="vsharp")), runs=[_Run()])
+    assert "V-SHARP" in vsharp and "24 down to 2 mm" in vsharp

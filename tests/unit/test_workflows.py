@@ -55,7 +55,8 @@ def test_single_echo_run_has_no_relaxometry(dataset, tmp_path):
 
 def test_stage_options_reach_the_nodes(dataset, tmp_path):
     workflow, _ = _graph(dataset, tmp_path, "--inversion", "tkd", "--tkd-threshold", "0.2",
-                         "--vsharp-max-radius", "16", "--omp-nthreads", "1")
+                         "--bg-removal", "vsharp", "--vsharp-max-radius", "16",
+                         "--omp-nthreads", "1")
     inversion = workflow.get_node("sub_01_wf.run_sub_01_wf.qsm_wf.invert_dipole")
     assert inversion.inputs.method == "tkd" and inversion.inputs.tkd_threshold == 0.2
     assert inversion.n_procs == 1 and inversion.mem_gb > 0
