@@ -12,14 +12,20 @@ from cli_helpers import run_cli, small_subject
 from qsmprep.phantom.dataset import write_phantom_dataset
 
 
-def test_resharp_and_tkd(tmp_path):
+def _run_on_phantom(tmp_path, shape, voxel_size, *options):
+    """Simulate one small participant, run the CLI with ``options``; returns its anat folder."""
     write_phantom_dataset(tmp_path / "bids", [
-        small_subject(subject="01", shape=(48, 56, 48), voxel_size=(3.0, 3.0, 3.0))])
+        small_subject(subject="01", shape=shape, voxel_size=voxel_size)])
     result = run_cli(tmp_path / "bids", tmp_path / "out", "participant", "-w", tmp_path / "work",
-                     "--bg-removal", "resharp", "--resharp-radius", "6", "--inversion", "tkd",
-                     "--tkd-threshold", "0.2", "--qsm-only")
+                     *options)
     assert result.returncode == 0, result.stderr[-4000:]
-    anat = tmp_path / "out" / "sub-01" / "anat"
+    return tmp_path / "out" / "sub-01" / "anat"
+
+
+def test_resharp_and_tkd(tmp_path):
+    anat = _run_on_phantom(tmp_path, (48, 56, 48), (3.0, 3.0, 3.0),
+                           "--bg-removal", "resharp", "--resharp-radius", "6",
+                           "--inversion", "tkd", "--tkd-threshold", "0.2", "--qsm-only")
     stages = json.loads((anat / "sub-01_Chimap.json").read_text())["QSMProcessing"]
     assert stages["BackgroundFieldRemoval"] == {"Algorithm": "resharp", "RadiusMM": 6.0,
                                                 "Regularization": 0.001}
@@ -46,13 +52,9 @@ def test_plugin_file_and_version(tmp_path):
 
 
 def test_csf_reference_nonlinear_fit_arlo_and_laplacian(tmp_path):
-    write_phantom_dataset(tmp_path / "bids", [
-        small_subject(subject="01", shape=(60, 72, 60), voxel_size=(2.5, 2.5, 2.5))])
-    result = run_cli(tmp_path / "bids", tmp_path / "out", "participant", "-w", tmp_path / "work",
-                     "--reference", "csf", "--echo-fit", "nonlinear", "--r2star", "arlo",
-                     "--unwrapping", "laplacian", "--qsm-only")
-    assert result.returncode == 0, result.stderr[-4000:]
-    anat = tmp_path / "out" / "sub-01" / "anat"
+    anat = _run_on_phantom(tmp_path, (60, 72, 60), (2.5, 2.5, 2.5),
+                           "--reference", "csf", "--echo-fit", "nonlinear", "--r2star", "arlo",
+                           "--unwrapping", "laplacian", "--qsm-only")
     sidecar = json.loads((anat / "sub-01_Chimap.json").read_text())
     assert sidecar["ReferenceRegion"] == "csf"
     assert sidecar["CSFReference"]["Voxels"] > 50
@@ -73,13 +75,9 @@ def test_csf_reference_nonlinear_fit_arlo_and_laplacian(tmp_path):
 @pytest.mark.parametrize("method", ["pdf", "lbv"])
 def test_other_background_removal_methods(tmp_path, method):
     """PDF and LBV, each with another inversion (RTS, MEDI) so every choice runs once."""
-    write_phantom_dataset(tmp_path / "bids", [
-        small_subject(subject="01", shape=(48, 56, 48), voxel_size=(3.0, 3.0, 3.0))])
     inversion = {"pdf": "medi-l1", "lbv": "rts"}[method]
-    result = run_cli(tmp_path / "bids", tmp_path / "out", "participant", "-w", tmp_path / "work",
-                     "--bg-removal", method, "--inversion", inversion, "--qsm-only")
-    assert result.returncode == 0, result.stderr[-4000:]
-    anat = tmp_path / "out" / "sub-01" / "anat"
+    anat = _run_on_phantom(tmp_path, (48, 56, 48), (3.0, 3.0, 3.0),
+                           "--bg-removal", method, "--inversion", inversion, "--qsm-only")
     stages = json.loads((anat / "sub-01_Chimap.json").read_text())["QSMProcessing"]
     assert stages["BackgroundFieldRemoval"]["Algorithm"] == method
     assert stages["DipoleInversion"]["Algorithm"] == inversion
