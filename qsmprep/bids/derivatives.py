@@ -49,7 +49,7 @@ SIDECAR_UNITS = {
     "dseg": None,
 }
 
-#: Suffixes of label images, written as uint8; every other image is written as float32.
+#: Suffixes of label images, written as integers; every other image is written as float32.
 LABEL_SUFFIXES = ("mask", "dseg")
 
 #: NIfTI ``xform`` code of images in scanner space and in a template space.
@@ -103,6 +103,7 @@ def derivative_path(
     space: str | None = None,
     extension: str = ".nii.gz",
     datatype: str = "anat",
+    extra_entities: dict | None = None,
 ) -> str:
     """Relative path (POSIX separators) of a derivative within the output dataset.
 
@@ -112,17 +113,26 @@ def derivative_path(
     'sub-01/ses-1/anat/sub-01_ses-1_run-2_Chimap.nii.gz'
     >>> derivative_path({"subject": "01"}, suffix="mask", desc="brain", space="MNI152Lin")
     'sub-01/anat/sub-01_space-MNI152Lin_desc-brain_mask.nii.gz'
+    >>> derivative_path({"subject": "01"}, suffix="xfm", extension=".h5",
+    ...                 extra_entities={"from": "MEGRE", "to": "MNI152Lin", "mode": "image"})
+    'sub-01/anat/sub-01_from-MEGRE_to-MNI152Lin_mode-image_xfm.h5'
+
+    ``extra_entities`` (e.g. ``from``/``to``/``mode`` of transforms) follow ``desc`` in the
+    order given. Figures (``datatype="figures"``) go to ``sub-<label>/figures/`` for every
+    session, as in fMRIPrep's reports.
     """
     name = entity_prefix(entities)
     if space is not None:
         name += f"_space-{_checked_label(space, 'space')}"
     if desc is not None:
         name += f"_desc-{_checked_label(desc, 'desc')}"
+    for key, value in (extra_entities or {}).items():
+        name += f"_{_checked_label(key, 'entity')}-{_checked_label(value, key)}"
     name += f"_{_checked_label(suffix, 'suffix')}"
     if not re.fullmatch(r"(\.[a-zA-Z0-9]+)+", extension):
         raise ValueError(f"Invalid file extension {extension!r}: expected e.g. '.nii.gz'.")
     folders = [f"sub-{_checked_label(entities['subject'], 'subject')}"]
-    if entities.get("session") is not None:
+    if entities.get("session") is not None and datatype != "figures":
         folders.append(f"ses-{_checked_label(entities['session'], 'session')}")
     folders.append(_checked_label(datatype, "datatype"))
     return "/".join([*folders, name + extension])
@@ -186,15 +196,20 @@ def write_derivative(
     suffix: str,
     desc: str | None = None,
     space: str | None = None,
-    metadata: dict,
-) -> tuple[str, str]:
+    metadata: dict | None,
+    extension: str = ".nii.gz",
+    extra_entities: dict | None = None,
+    datatype: str = "anat",
+) -> tuple[str, str | None]:
     """Write one derivative image and its JSON sidecar into the output dataset.
 
-    The image is re-encoded: float32 for maps, uint8 for label images (``mask``: voxels
-    above 0.5 become 1; ``dseg``: rounded labels in 0..255), the affine kept with qform and
+    A NIfTI image (``extension`` ``.nii.gz``) is re-encoded: float32 for maps, uint8 for label
+    images (``mask``: voxels above 0.5 become 1; ``dseg``: rounded labels, uint16 when a label
+    exceeds 255), the affine kept with qform and
     sform codes set (scanner, or MNI when ``space`` is given), gzip without timestamp, so that
     identical inputs give byte-identical files. ``Units`` is filled in from
-    :data:`SIDECAR_UNITS` when the metadata lacks it.
+    :data:`SIDECAR_UNITS` when the metadata lacks it. Any other file (a table, a transform, a
+    figure) is copied as it is; its sidecar is written only when ``metadata`` is given.
 
     Parameters
     ----------
@@ -206,32 +221,44 @@ def write_derivative(
         Source entities (see :func:`entity_prefix`).
     suffix, desc, space : str
         Naming, see :func:`derivative_path`.
-    metadata : dict
+    metadata : dict or None
         Sidecar content. Images other than masks/segmentations must state ``SkullStripped``
         (required by BIDS); ``Sources`` should hold BIDS URIs (:func:`bids_uri`).
+    extension, extra_entities, datatype
+        See :func:`derivative_path`.
 
     Returns
     -------
     tuple of str
-        Absolute paths of the image and of the sidecar.
+        Absolute paths of the file and of the sidecar (None when no sidecar was written).
 
     Raises
     ------
     ValueError
         A name escaping ``output_dir``, missing ``SkullStripped``, ``Units`` contradicting
-        the suffix, or labels that do not fit uint8.
+        the suffix, or labels that do not fit uint16.
     """
-    relative_image = derivative_path(entities, suffix=suffix, desc=desc, space=space)
+    relative_image = derivative_path(entities, suffix=suffix, desc=desc, space=space,
+                                     extension=extension, extra_entities=extra_entities,
+                                     datatype=datatype)
     output_root = Path(output_dir).absolute()
     image_path = output_root / relative_image
     _relative_inside(image_path, output_root)  # refuse names that escape the dataset
-    sidecar_path = image_path.with_name(image_path.name[: -len(".nii.gz")] + ".json")
+    sidecar_path = image_path.with_name(image_path.name[: -len(extension)] + ".json")
 
-    sidecar = _complete_metadata(metadata, suffix=suffix)
-    image_bytes = _encode_image(nib.load(os.fspath(source_image_path)), suffix=suffix, space=space)
+    if extension == ".nii.gz":
+        sidecar = _complete_metadata(metadata or {}, suffix=suffix)
+        image_bytes = _encode_image(nib.load(os.fspath(source_image_path)), suffix=suffix,
+                                    space=space)
+        content = gzip.compress(image_bytes, compresslevel=_GZIP_LEVEL, mtime=0)
+    else:
+        sidecar = metadata
+        content = Path(source_image_path).read_bytes()
 
     image_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(image_path, gzip.compress(image_bytes, compresslevel=_GZIP_LEVEL, mtime=0))
+    _write_atomically(image_path, content)
+    if sidecar is None:
+        return str(image_path), None
     _write_atomically(sidecar_path, sidecar_text(sidecar).encode("utf-8"))
     return str(image_path), str(sidecar_path)
 
@@ -265,9 +292,9 @@ def _encode_image(image, *, suffix: str, space: str | None) -> bytes:
         data = (data > 0.5).astype(np.uint8)
     elif suffix in LABEL_SUFFIXES:
         labels = np.rint(np.nan_to_num(np.asarray(data, dtype=np.float64)))
-        if labels.size and (np.nanmin(labels) < 0 or np.nanmax(labels) > 255):
-            raise ValueError(f"Labels of a {suffix!r} image must lie in 0..255 to fit uint8.")
-        data = labels.astype(np.uint8)
+        if labels.size and (np.nanmin(labels) < 0 or np.nanmax(labels) > 65535):
+            raise ValueError(f"Labels of a {suffix!r} image must lie in 0..65535.")
+        data = labels.astype(np.uint8 if not labels.size or labels.max() <= 255 else np.uint16)
     else:
         data = np.asarray(image.get_fdata(dtype=np.float32), dtype=np.float32)
 

@@ -77,34 +77,45 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     suffix = traits.Str(mandatory=True)
     desc = traits.Str(desc="desc- entity")
     space = traits.Str(desc="space- entity")
+    extension = traits.Str(".nii.gz", usedefault=True,
+                           desc="file extension; anything but .nii.gz is copied as it is")
+    extra_entities = traits.Dict(desc="entities after desc-, in order (e.g. from/to/mode)")
+    datatype = traits.Str("anat", usedefault=True, desc="folder: anat, or figures")
     metadata = traits.Dict(desc="sidecar fields known when the graph is built")
     extra_metadata = traits.Dict(desc="sidecar fields computed while running")
 
 
 class _DerivativesDataSinkOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="the written image")
-    out_meta = File(exists=True, desc="its JSON sidecar")
+    out_file = File(exists=True, desc="the written file")
+    out_meta = File(desc="its JSON sidecar, when one was written")
 
 
 class DerivativesDataSink(SimpleInterface):
-    """Write one image and its sidecar into the derivatives dataset with its BIDS name
-    (:func:`qsmprep.bids.derivatives.write_derivative`). Always runs, so deleted outputs are
-    restored on a re-run; writes are atomic."""
+    """Write one image (or table, transform, figure) and its sidecar into the derivatives
+    dataset with its BIDS name (:func:`qsmprep.bids.derivatives.write_derivative`). Always runs,
+    so deleted outputs are restored on a re-run; writes are atomic. A non-image file gets a
+    sidecar only when metadata is given."""
 
     input_spec = _DerivativesDataSinkInputSpec
     output_spec = _DerivativesDataSinkOutputSpec
     _always_run = True
 
     def _run_interface(self, runtime):
-        metadata = dict(self.inputs.metadata) if isdefined(self.inputs.metadata) else {}
-        if isdefined(self.inputs.extra_metadata):
-            metadata.update(self.inputs.extra_metadata)
+        metadata = None
+        if isdefined(self.inputs.metadata) or isdefined(self.inputs.extra_metadata):
+            metadata = dict(self.inputs.metadata) if isdefined(self.inputs.metadata) else {}
+            if isdefined(self.inputs.extra_metadata):
+                metadata.update(self.inputs.extra_metadata)
         image_path, sidecar_path = write_derivative(
             self.inputs.in_file, self.inputs.output_dir, dict(self.inputs.entities),
             suffix=self.inputs.suffix,
             desc=self.inputs.desc if isdefined(self.inputs.desc) else None,
             space=self.inputs.space if isdefined(self.inputs.space) else None,
-            metadata=metadata)
+            metadata=metadata, extension=self.inputs.extension,
+            extra_entities=(dict(self.inputs.extra_entities)
+                            if isdefined(self.inputs.extra_entities) else None),
+            datatype=self.inputs.datatype)
         self._results["out_file"] = os.fspath(image_path)
-        self._results["out_meta"] = os.fspath(sidecar_path)
+        if sidecar_path is not None:
+            self._results["out_meta"] = os.fspath(sidecar_path)
         return runtime

@@ -244,3 +244,37 @@ def test_sidecar_units_table():
     assert SIDECAR_UNITS["T2starmap"] == "s"
     assert SIDECAR_UNITS["fieldmap"] == "Hz"
     assert SIDECAR_UNITS["mask"] is None
+
+
+def test_segmentations_beyond_255_labels_are_uint16(tmp_path):
+    labels = np.zeros((4, 4, 4), dtype=np.int32)
+    labels[0, 0, 0], labels[1, 1, 1] = 7, 301
+    source = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(labels, AFFINE), source)
+    image_path, _ = write_derivative(source, tmp_path / "out", {"subject": "01"}, suffix="dseg",
+                                     desc="qsmprep", metadata={})
+    image = nib.load(image_path)
+    assert image.get_data_dtype() == np.uint16
+    np.testing.assert_array_equal(np.asanyarray(image.dataobj), labels)
+
+
+def test_other_files_are_copied_with_extra_entities(tmp_path):
+    source = tmp_path / "transform.h5"
+    source.write_bytes(b"\x89HDF\r\n\x1a\n payload")
+    path, sidecar = write_derivative(
+        source, tmp_path / "out", {"subject": "01", "run": "2"}, suffix="xfm", extension=".h5",
+        extra_entities={"from": "MEGRE", "to": "MNI152NLin2009cAsym", "mode": "image"},
+        metadata=None)
+    assert path.endswith("sub-01/anat/sub-01_run-2_from-MEGRE_to-MNI152NLin2009cAsym_"
+                         "mode-image_xfm.h5")
+    assert Path(path).read_bytes() == source.read_bytes()
+    assert sidecar is None
+    table = tmp_path / "stats.tsv"
+    table.write_text("region\tmean_ppb\nputamen\t50.00\n")
+    path, sidecar = write_derivative(table, tmp_path / "out", {"subject": "01"}, suffix="stats",
+                                     desc="regions", extension=".tsv", metadata={"Atlas": "x"})
+    assert path.endswith("sub-01_desc-regions_stats.tsv")
+    assert json.loads(Path(sidecar).read_text()) == {"Atlas": "x"}
+    with pytest.raises(ValueError, match="Invalid BIDS"):
+        write_derivative(table, tmp_path / "out", {"subject": "01"}, suffix="stats",
+                         extension=".tsv", extra_entities={"from": "a_b"}, metadata=None)

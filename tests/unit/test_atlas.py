@@ -1,0 +1,304 @@
+"""The qsmprep atlas: shipped files, their recipe, the run-time cortex, templates, user atlases."""
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from qsmprep.atlases import (
+    ATLAS_DIR,
+    COMPOSITE_REGIONS,
+    OPEN_LABELS_NAME,
+    OPEN_TABLE_NAME,
+    TEMPLATE,
+    TEMPLATE_MASK_NAME,
+    TEMPLATE_T1W_NAME,
+    infer_hemisphere,
+    load_atlas,
+    load_user_atlas,
+    read_atlas_table,
+    template_files,
+)
+from qsmprep.errors import UsageError
+
+TEMPLATE_SHAPE = (193, 229, 193)
+TEMPLATE_AFFINE = np.array([[1, 0, 0, -96], [0, 1, 0, -132], [0, 0, 1, -78], [0, 0, 0, 1]],
+                           float)
+
+# Plausible volumes per hemisphere (mm^3), generous around MRI and atlas values in the
+# literature (the atlas labels are somewhat larger than individual manual segmentations).
+VOLUME_RANGES_MM3 = {
+    "putamen": (3000, 10000),
+    "caudate": (2500, 9000),
+    "globus_pallidus_externa": (500, 2500),
+    "globus_pallidus_interna": (200, 1500),
+    "subthalamic_nucleus": (50, 300),
+    "red_nucleus": (150, 600),
+    "substantia_nigra_compacta": (150, 800),
+    "substantia_nigra_reticulata": (150, 800),
+    "thalamus": (5000, 15000),
+    "lateral_ventricle": (2000, 30000),
+    "motor_cortex": (3000, 30000),
+    "premotor_cortex": (10000, 60000),
+}
+CORTICAL_REGIONS = ("motor_cortex", "premotor_cortex")
+
+
+@pytest.fixture(scope="module")
+def full_atlas(tmp_path_factory):
+    """The full atlas from load_atlas: (labels path, table path, labels array, table rows)."""
+    labels_path, table_path = load_atlas(tmp_path_factory.mktemp("atlas"))
+    labels = np.asarray(nb.load(labels_path).dataobj)
+    return labels_path, table_path, labels, read_atlas_table(table_path)
+
+
+@pytest.fixture(scope="module")
+def region_geometry(full_atlas):
+    """{(name, hemisphere): (voxel count, centroid in world mm)} of the full atlas."""
+    _, _, labels, rows = full_atlas
+    geometry = {}
+    for row in rows:
+        voxels = np.argwhere(labels == row["index"])
+        centroid = voxels.mean(axis=0) + TEMPLATE_AFFINE[:3, 3] if len(voxels) else None
+        geometry[row["name"], row["hemisphere"]] = (len(voxels), centroid)
+    return geometry
+
+
+def _union_centroid(geometry, names, hemisphere):
+    counts = np.array([geometry[name, hemisphere][0] for name in names], float)
+    centroids = np.array([geometry[name, hemisphere][1] for name in names])
+    return (counts[:, None] * centroids).sum(axis=0) / counts.sum()
+
+
+# --- shipped files and their recipe ---------------------------------------------------------
+
+def test_recipe_reproduces_shipped_files(tmp_path):
+    from qsmprep.atlases.build import main
+
+    assert main(["--output", str(tmp_path)]) == 0
+    for name in (TEMPLATE_T1W_NAME, TEMPLATE_MASK_NAME, OPEN_LABELS_NAME):
+        shipped = nb.load(ATLAS_DIR / name)
+        rebuilt = nb.load(tmp_path / name)
+        assert rebuilt.get_data_dtype() == shipped.get_data_dtype(), name
+        np.testing.assert_array_equal(rebuilt.affine, shipped.affine, err_msg=name)
+        np.testing.assert_array_equal(np.asarray(rebuilt.dataobj), np.asarray(shipped.dataobj),
+                                      err_msg=name)
+    assert (tmp_path / OPEN_TABLE_NAME).read_text() == (ATLAS_DIR / OPEN_TABLE_NAME).read_text()
+
+
+def test_shipped_files_are_on_the_template_grid():
+    for name in (TEMPLATE_T1W_NAME, TEMPLATE_MASK_NAME, OPEN_LABELS_NAME):
+        image = nb.load(ATLAS_DIR / name)
+        assert image.shape == TEMPLATE_SHAPE
+        np.testing.assert_array_equal(image.affine, TEMPLATE_AFFINE)
+    for name in (TEMPLATE_T1W_NAME, TEMPLATE_MASK_NAME, OPEN_LABELS_NAME):
+        with open(ATLAS_DIR / name, "rb") as gzipped:
+            header = gzipped.read(8)
+        assert header[4:8] == b"\0\0\0\0", f"{name}: gzip modification time is not 0"
+
+
+def test_open_table_lists_the_open_regions_and_licences():
+    rows = read_atlas_table(ATLAS_DIR / OPEN_TABLE_NAME)
+    assert [row["index"] for row in rows] == list(range(1, 21))
+    names = {row["name"] for row in rows}
+    assert names == set(VOLUME_RANGES_MM3) - set(CORTICAL_REGIONS)
+    for row in rows:
+        assert row["hemisphere"] == ("L" if row["index"] % 2 else "R")
+        assert row["source"] and row["licence"]
+        assert "non-commercial" not in row["licence"]
+    labels = np.asarray(nb.load(ATLAS_DIR / OPEN_LABELS_NAME).dataobj)
+    assert set(np.unique(labels)) == set(range(21))
+
+
+def test_composite_regions_are_made_of_atlas_regions():
+    names = {row["name"] for row in read_atlas_table(ATLAS_DIR / OPEN_TABLE_NAME)}
+    assert set(COMPOSITE_REGIONS) == {"globus_pallidus", "substantia_nigra"}
+    for parts in COMPOSITE_REGIONS.values():
+        assert set(parts) <= names
+    assert TEMPLATE == "MNI152NLin2009cAsym"
+
+
+# --- the full atlas ---------------------------------------------------------------------------
+
+def test_full_atlas_adds_motor_and_premotor_cortex(full_atlas):
+    labels_path, table_path, labels, rows = full_atlas
+    assert labels_path.parent == table_path.parent
+    assert [row["index"] for row in rows] == list(range(1, 25))
+    cortical = [row for row in rows if row["name"] in CORTICAL_REGIONS]
+    assert {(row["name"], row["hemisphere"]) for row in cortical} == {
+        (name, side) for name in CORTICAL_REGIONS for side in "LR"}
+    assert all("Juelich" in row["source"] for row in cortical)
+    open_labels = np.asarray(nb.load(ATLAS_DIR / OPEN_LABELS_NAME).dataobj)
+    labelled_open = open_labels > 0
+    np.testing.assert_array_equal(labels[labelled_open], open_labels[labelled_open])
+    mask = np.asarray(nb.load(ATLAS_DIR / TEMPLATE_MASK_NAME).dataobj) > 0
+    assert not np.any(labels[~mask])
+
+
+def test_load_atlas_again_leaves_the_files_alone(full_atlas):
+    labels_path, table_path, _, _ = full_atlas
+    modified_before = (labels_path.stat().st_mtime_ns, table_path.stat().st_mtime_ns)
+    assert load_atlas(labels_path.parent) == (labels_path, table_path)
+    assert (labels_path.stat().st_mtime_ns, table_path.stat().st_mtime_ns) == modified_before
+
+
+@pytest.mark.parametrize("name", sorted(VOLUME_RANGES_MM3))
+def test_region_in_both_hemispheres_with_plausible_volume(region_geometry, name):
+    low, high = VOLUME_RANGES_MM3[name]
+    for hemisphere in "LR":
+        count, centroid = region_geometry[name, hemisphere]
+        assert low <= count <= high, f"{name} {hemisphere}: {count} mm^3"
+        assert (centroid[0] < 0) == (hemisphere == "L"), f"{name} {hemisphere} at x={centroid[0]}"
+    left, right = region_geometry[name, "L"][0], region_geometry[name, "R"][0]
+    assert max(left, right) / min(left, right) < 1.5
+
+
+@pytest.mark.parametrize("hemisphere", ["L", "R"])
+def test_regions_are_in_their_anatomical_order(region_geometry, hemisphere):
+    def centroid(name):
+        return region_geometry[name, hemisphere][1]
+
+    pallidum = _union_centroid(region_geometry, COMPOSITE_REGIONS["globus_pallidus"], hemisphere)
+    nigra = _union_centroid(region_geometry, COMPOSITE_REGIONS["substantia_nigra"], hemisphere)
+    assert abs(centroid("putamen")[0]) > abs(pallidum[0])  # putamen lateral to the pallidum
+    assert abs(centroid("globus_pallidus_externa")[0]) > abs(centroid("globus_pallidus_interna")[0])
+    assert nigra[2] < centroid("red_nucleus")[2]  # substantia nigra below the red nucleus
+    assert centroid("subthalamic_nucleus")[2] > nigra[2]
+    assert centroid("motor_cortex")[2] > centroid("putamen")[2] + 30
+    assert centroid("motor_cortex")[1] < centroid("premotor_cortex")[1]  # motor behind premotor
+    assert centroid("lateral_ventricle")[2] > centroid("thalamus")[2]
+    assert abs(centroid("caudate")[0]) < abs(centroid("putamen")[0])
+
+
+# --- templates --------------------------------------------------------------------------------
+
+def _fake_templateflow(home, files=("T1w", "mask")):
+    template_dir = home / f"tpl-{TEMPLATE}"
+    template_dir.mkdir(parents=True)
+    names = {"T1w": TEMPLATE_T1W_NAME, "mask": TEMPLATE_MASK_NAME}
+    for role in files:
+        (template_dir / names[role]).write_bytes(b"not a real image")
+    return {role: template_dir / names[role] for role in files}
+
+
+def test_templateflow_files_are_used_when_present(tmp_path, monkeypatch):
+    fake = _fake_templateflow(tmp_path)
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path))
+    assert template_files() == fake
+
+
+def test_shipped_template_without_complete_templateflow_folder(tmp_path, monkeypatch):
+    shipped = {"T1w": ATLAS_DIR / TEMPLATE_T1W_NAME, "mask": ATLAS_DIR / TEMPLATE_MASK_NAME}
+    monkeypatch.delenv("TEMPLATEFLOW_HOME", raising=False)
+    assert template_files() == shipped
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path))
+    assert template_files() == shipped
+    _fake_templateflow(tmp_path, files=("T1w",))
+    assert template_files() == shipped
+    assert all(path.is_file() for path in shipped.values())
+
+
+def test_unknown_template_names_the_choices():
+    with pytest.raises(UsageError, match="MNI152NLin2009cAsym") as raised:
+        template_files("MNI152NLin6Asym")
+    assert "MNI152NLin6Asym" in str(raised.value)
+
+
+# --- tables and user atlases ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, hemisphere", [
+    ("putamen_L", "L"), ("Putamen_R", "R"), ("Left-Putamen", "L"), ("right_caudate", "R"),
+    ("ctx-lh-precentral", "L"), ("pu_rh", "R"), ("thalamus left", "L"),
+    ("brainstem", "bilateral"), ("vermis_VI", "bilateral"), ("L_and_R", "bilateral"),
+])
+def test_hemisphere_inferred_from_name(name, hemisphere):
+    assert infer_hemisphere(name) == hemisphere
+
+
+def test_table_without_hemisphere_column(tmp_path):
+    table = tmp_path / "atlas.tsv"
+    table.write_text("index\tname\n0\tbackground\n1\tputamen_L\n2\tputamen_R\n3\tpons\n")
+    assert read_atlas_table(table) == [
+        {"index": 1, "name": "putamen_L", "hemisphere": "L"},
+        {"index": 2, "name": "putamen_R", "hemisphere": "R"},
+        {"index": 3, "name": "pons", "hemisphere": "bilateral"},
+    ]
+
+
+def _write_labels(path, data, affine=TEMPLATE_AFFINE):
+    nb.Nifti1Image(data, affine).to_filename(path)
+    return path
+
+
+def _template_grid_labels(*values):
+    data = np.zeros(TEMPLATE_SHAPE, np.int16)
+    for offset, value in enumerate(values):
+        data[90 + offset, 120, 80] = value
+    return data
+
+
+def test_user_atlas_on_the_template_grid_is_accepted():
+    labels = ATLAS_DIR / OPEN_LABELS_NAME
+    table = ATLAS_DIR / OPEN_TABLE_NAME
+    assert load_user_atlas(labels, table) == (labels, table)
+
+
+def test_user_atlas_table_missing_a_column(tmp_path):
+    labels = _write_labels(tmp_path / "labels.nii", _template_grid_labels(1))
+    table = tmp_path / "regions.tsv"
+    table.write_text("index\tregion\n1\tputamen_L\n")
+    with pytest.raises(UsageError, match="regions.tsv.*name"):
+        load_user_atlas(labels, table)
+
+
+def test_user_atlas_label_missing_from_table(tmp_path):
+    labels = _write_labels(tmp_path / "labels.nii", _template_grid_labels(1, 2, 7))
+    table = tmp_path / "regions.tsv"
+    table.write_text("index\tname\n1\tputamen_L\n2\tputamen_R\n")
+    with pytest.raises(UsageError, match=r"labels\.nii.*\b7\b.*no row"):
+        load_user_atlas(labels, table)
+
+
+def test_user_atlas_4d_image(tmp_path):
+    labels = _write_labels(tmp_path / "labels4d.nii", np.zeros((8, 8, 8, 2), np.int16))
+    table = tmp_path / "regions.tsv"
+    table.write_text("index\tname\n1\tputamen_L\n")
+    with pytest.raises(UsageError, match="labels4d.nii.*3D"):
+        load_user_atlas(labels, table)
+
+
+def test_user_atlas_with_fractional_values(tmp_path):
+    data = _template_grid_labels(1).astype(np.float32)
+    data[0, 0, 0] = 0.5
+    labels = _write_labels(tmp_path / "probabilities.nii", data)
+    table = tmp_path / "regions.tsv"
+    table.write_text("index\tname\n1\tputamen_L\n")
+    with pytest.raises(UsageError, match="probabilities.nii.*integer"):
+        load_user_atlas(labels, table)
+
+
+def test_user_atlas_off_the_template_grid(tmp_path):
+    shifted = TEMPLATE_AFFINE.copy()
+    shifted[0, 3] += 2
+    labels = _write_labels(tmp_path / "shifted.nii", _template_grid_labels(1), shifted)
+    table = tmp_path / "regions.tsv"
+    table.write_text("index\tname\n1\tputamen_L\n")
+    with pytest.raises(UsageError, match="shifted.nii.*grid"):
+        load_user_atlas(labels, table)
+
+
+def test_user_atlas_bad_index(tmp_path):
+    labels = _write_labels(tmp_path / "labels.nii", _template_grid_labels(1))
+    table = tmp_path / "regions.tsv"
+    table.write_text("index\tname\none\tputamen_L\n")
+    with pytest.raises(UsageError, match="regions.tsv.*line 2"):
+        load_user_atlas(labels, table)
+
+
+def test_user_atlas_missing_file(tmp_path):
+    table = tmp_path / "regions.tsv"
+    table.write_text("index\tname\n1\tputamen_L\n")
+    with pytest.raises(UsageError, match="absent.nii"):
+        load_user_atlas(tmp_path / "absent.nii", table)
+    with pytest.raises(UsageError, match="absent.tsv"):
+        load_user_atlas(tmp_path / "labels.nii", tmp_path / "absent.tsv")
+
