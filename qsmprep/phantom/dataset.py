@@ -1,6 +1,11 @@
 """Simulated BIDS datasets: the head phantom imaged by the forward model, written as raw BIDS
 with its ground truth as a derivatives dataset beside it.
 
+Two anatomies are available per scan (:attr:`PhantomSubject.anatomy`): the analytic head of
+:mod:`qsmprep.phantom.head`, drawn on the scan's grid, and a digital subject built in MNI template
+space from the template and qsmprep's atlas (:mod:`qsmprep.phantom.template_head`), moved into
+the scanner by a known affine transform and smooth deformation and resampled onto the scan's grid.
+
 Used by the test suite and by ``qsmprep-demo``. Output is deterministic: the same subjects and
 seeds give byte-identical files (gzip without timestamps).
 """
@@ -9,15 +14,23 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from ..bids.derivatives import derivative_path, entity_prefix
-from .head import make_head_phantom
-from .signal import oblique_affine, simulate_multiecho_gre
+from .head import HeadPhantom, make_head_phantom
+from .signal import SimulatedAcquisition, oblique_affine, simulate_multiecho_gre
+from .template_head import (
+    TEMPLATE_SPACE,
+    _template_to_native_matrix,
+    make_template_phantom,
+    native_grid_affine,
+    region_labels,
+    warp_to_native,
+)
 
 #: Where the ground truth goes, inside the raw dataset's ``derivatives/`` folder.
 TRUTH_PIPELINE = "qsmprep-phantom"
@@ -32,10 +45,30 @@ DEMO_ECHO_TIMES_S = (0.004, 0.009, 0.014, 0.019)
 DEMO_FIELD_STRENGTH_T = 3.0
 DEMO_OBLIQUE_ROTATION_DEG = (15.0, 0.0, 0.0)
 
+#: Anatomies of :class:`PhantomSubject`.
+ANATOMIES = ("analytic", "template")
+#: A native grid holding the whole template-sized head at 2 mm (176 x 216 x 176 mm).
+TEMPLATE_NATIVE_SHAPE_2MM = (88, 108, 88)
+#: Air (voxels) kept around the head on the grid where a template subject's field is computed.
+_FIELD_GRID_MARGIN_VOXELS = 3
+
 
 @dataclass(frozen=True)
 class PhantomSubject:
-    """One simulated scan of the head phantom and how it is written to BIDS."""
+    """One simulated scan of the head phantom and how it is written to BIDS.
+
+    ``anatomy`` chooses the head: ``"analytic"`` (:func:`~qsmprep.phantom.head.make_head_phantom`
+    on the scan's grid, regions set by ``susceptibility_overrides_ppm``) or ``"template"`` (the
+    digital subject of :func:`~qsmprep.phantom.template_head.make_template_phantom`, at the scan's
+    finest voxel size, with atlas regions set by ``region_susceptibility_ppb`` such as
+    ``{"putamen": {"L": 40, "R": 60}, "red_nucleus": 90}``, moved into the scanner by
+    ``native_rotation_deg`` / ``native_scale`` / ``native_translation_mm`` and a smooth
+    deformation of at most ``deformation_mm``, see
+    :func:`~qsmprep.phantom.template_head.warp_to_native`). ``rotation_deg`` is always the
+    orientation of the scan's grid in the scanner (an oblique slab); ``shape`` and
+    ``voxel_size`` are the scan's grid (:data:`TEMPLATE_NATIVE_SHAPE_2MM` holds the whole
+    template-sized head at 2 mm).
+    """
 
     subject: str = "01"
     session: str | None = None
@@ -52,8 +85,28 @@ class PhantomSubject:
     snr: float = 100.0
     seed: int = 0
     susceptibility_overrides_ppm: dict = field(default_factory=dict, hash=False)
+    anatomy: str = "analytic"
+    region_susceptibility_ppb: dict = field(default_factory=dict, hash=False)
+    native_rotation_deg: tuple = (0.0, 0.0, 0.0)
+    native_translation_mm: tuple = (0.0, 0.0, 0.0)
+    native_scale: float = 1.0
+    deformation_mm: float = 0.0
 
     def __post_init__(self):
+        if self.anatomy not in ANATOMIES:
+            raise ValueError(f"anatomy must be one of {ANATOMIES}, not {self.anatomy!r}")
+        if self.anatomy == "analytic":
+            native = {"region_susceptibility_ppb": bool(self.region_susceptibility_ppb),
+                      "native_rotation_deg": any(self.native_rotation_deg),
+                      "native_translation_mm": any(self.native_translation_mm),
+                      "native_scale": self.native_scale != 1.0,
+                      "deformation_mm": bool(self.deformation_mm)}
+            given = [name for name, used in native.items() if used]
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to anatomy='template' only")
+        elif self.susceptibility_overrides_ppm:
+            raise ValueError("susceptibility_overrides_ppm applies to anatomy='analytic'; "
+                             "use region_susceptibility_ppb (ppb) with anatomy='template'")
         if self.phase_units not in ("rad", "arbitrary", None):
             raise ValueError("phase_units must be 'rad', 'arbitrary' or None, "
                              f"not {self.phase_units!r}")
@@ -74,7 +127,8 @@ class PhantomSubject:
         return {key: value for key, value in names.items() if value is not None}
 
 
-def write_phantom_dataset(bids_dir, subjects, *, name="qsmprep phantom") -> dict:
+def write_phantom_dataset(bids_dir, subjects, *, name="qsmprep phantom",
+                          workers: int = 1) -> dict:
     """Simulate every scan of ``subjects`` and write a raw BIDS dataset to ``bids_dir``.
 
     Per scan: ``sub-<s>/[ses-<x>/]anat/<entities>_echo-<n>_part-<mag|phase>_MEGRE.nii.gz``
@@ -83,12 +137,20 @@ def write_phantom_dataset(bids_dir, subjects, *, name="qsmprep phantom") -> dict
     phase images, ``Units`` as configured. The ground truth is written under
     ``derivatives/qsmprep-phantom/`` with BIDS derivative names: ``Chimap`` (ppm, brain only),
     ``desc-brain_mask``, ``desc-local_fieldmap``, ``desc-total_fieldmap`` (Hz), ``R2starmap``,
-    ``dseg`` (+ ``dseg.tsv``).
+    ``dseg`` (+ ``dseg.tsv``). Template subjects add ``desc-truth_regions.tsv`` (+ ``.json``,
+    which also records the true template-to-scanner transform): per atlas region and hemisphere
+    the assigned susceptibility ``chi_ppb`` (relative to CSF), ``mean_native_ppb`` (mean of the
+    ``Chimap`` truth over the region's voxels in the scan, after resampling; ``n/a`` when the
+    region lies outside the field of view) and ``n_voxels``.
+
+    ``workers`` is the number of threads of the simulation's FFTs (the files do not depend on
+    it).
 
     Returns
     -------
     dict
-        ``entity prefix`` (e.g. ``sub-02_ses-1``) -> {truth name -> path}.
+        ``entity prefix`` (e.g. ``sub-02_ses-1``) -> {truth name -> path}; template subjects
+        also have ``regions`` (the TSV).
     """
     bids_dir = Path(bids_dir)
     truth_dir = bids_dir / "derivatives" / TRUTH_PIPELINE
@@ -98,8 +160,11 @@ def write_phantom_dataset(bids_dir, subjects, *, name="qsmprep phantom") -> dict
     _write_json(truth_dir / "dataset_description.json", {
         "Name": f"{name}: ground truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "qsmprep phantom"}]})
+    anatomy = ("an analytic head phantom" if all(s.anatomy == "analytic" for s in subjects)
+               else f"head phantoms (analytic, or built in {TEMPLATE_SPACE} space from the\n"
+               "MNI template and qsmprep's atlas and moved into the scanner)")
     (bids_dir / "README").write_text(
-        "Simulated multi-echo gradient-echo data of an analytic head phantom, made by qsmprep's\n"
+        f"Simulated multi-echo gradient-echo data of {anatomy}, made by qsmprep's\n"
         "forward model (dipole convolution, multi-echo signal with M0, R2*, phase offset,\n"
         f"background field and noise). Ground truth: derivatives/{TRUTH_PIPELINE}/.\n")
     participants = sorted({subject.subject for subject in subjects})
@@ -108,7 +173,8 @@ def write_phantom_dataset(bids_dir, subjects, *, name="qsmprep phantom") -> dict
 
     truths = {}
     for subject in subjects:
-        truths[entity_prefix(subject.entities)] = _write_scan(bids_dir, truth_dir, subject)
+        truths[entity_prefix(subject.entities)] = _write_scan(bids_dir, truth_dir, subject,
+                                                             workers=workers)
     return truths
 
 
@@ -128,16 +194,21 @@ def make_demo_dataset(bids_dir, *, seed: int = 0) -> list[PhantomSubject]:
     return subjects
 
 
-def _write_scan(bids_dir: Path, truth_dir: Path, subject: PhantomSubject) -> dict:
-    phantom = make_head_phantom(shape=subject.shape, voxel_size=subject.voxel_size,
-                                seed=subject.seed,
-                                susceptibility_overrides_ppm=subject.susceptibility_overrides_ppm
-                                or None)
-    affine = oblique_affine(shape=subject.shape, voxel_size=subject.voxel_size,
-                            rotation_deg=subject.rotation_deg)
-    acquisition = simulate_multiecho_gre(
-        phantom, echo_times_s=subject.echo_times_s, field_strength_t=subject.field_strength_t,
-        affine=affine, snr=subject.snr, seed=subject.seed)
+def _write_scan(bids_dir: Path, truth_dir: Path, subject: PhantomSubject, *,
+                workers: int = 1) -> dict:
+    transform = None
+    if subject.anatomy == "template":
+        phantom, affine, acquisition, transform = simulate_template_subject(subject,
+                                                                            workers=workers)
+    else:
+        overrides = subject.susceptibility_overrides_ppm or None
+        phantom = make_head_phantom(shape=subject.shape, voxel_size=subject.voxel_size,
+                                    seed=subject.seed, susceptibility_overrides_ppm=overrides)
+        affine = oblique_affine(shape=subject.shape, voxel_size=subject.voxel_size,
+                                rotation_deg=subject.rotation_deg)
+        acquisition = simulate_multiecho_gre(
+            phantom, echo_times_s=subject.echo_times_s, field_strength_t=subject.field_strength_t,
+            affine=affine, snr=subject.snr, seed=subject.seed, workers=workers)
 
     prefix = entity_prefix(subject.entities)
     anat = Path(bids_dir) / Path(derivative_path(subject.entities, suffix="x")).parent
@@ -180,7 +251,117 @@ def _write_scan(bids_dir: Path, truth_dir: Path, subject: PhantomSubject) -> dic
     labels_tsv = paths["dseg"].with_name(paths["dseg"].name.replace(".nii.gz", ".tsv"))
     labels_tsv.write_text("index\tname\n" + "".join(
         f"{index}\t{label}\n" for index, label in sorted(phantom.label_names.items())))
+    if transform is not None:
+        paths["regions"] = _write_region_truth(truth_dir, subject, phantom, acquisition, transform)
     return paths
+
+
+def simulate_template_subject(subject: PhantomSubject, *, workers: int = 1):
+    """Build, move and image the template digital subject of ``subject``.
+
+    The field is computed on a grid that extends the scan's grid (same orientation and voxels)
+    until it holds the whole head with a few voxels of air, then everything is cropped to the
+    scan's grid: tissue cut by the field of view thus still contributes its field, as in a
+    real head, instead of ending at an artificial tissue-air surface on the edge of the image.
+
+    Returns
+    -------
+    phantom : HeadPhantom
+        The subject on the scan's grid.
+    affine : ndarray (4, 4)
+        The scan's voxel-to-world affine.
+    acquisition : SimulatedAcquisition
+        On the scan's grid.
+    transform : NativeTransform
+        Template -> scanner relation, with the displacement field on the scan's grid.
+    """
+    shape = tuple(int(n) for n in subject.shape)
+    voxel_size = tuple(float(v) for v in subject.voxel_size)
+    template, template_affine = make_template_phantom(
+        voxel_size_mm=min(voxel_size),
+        region_susceptibility_ppb=subject.region_susceptibility_ppb or None, seed=subject.seed)
+    motion = {"rotation_deg": subject.native_rotation_deg,
+              "translation_mm": subject.native_translation_mm, "scale": subject.native_scale}
+    affine = native_grid_affine(template, template_affine, native_shape=shape,
+                                native_voxel_size=voxel_size,
+                                grid_rotation_deg=subject.rotation_deg, **motion)
+    low, high = _field_grid_padding(template, template_affine, affine, shape, subject)
+    field_affine = affine.copy()
+    field_affine[:3, 3] = affine[:3, :3] @ -low + affine[:3, 3]
+    field_shape = tuple(int(n) for n in np.asarray(shape) + low + high)
+    native, _, transform = warp_to_native(
+        template, template_affine, deformation_mm=subject.deformation_mm,
+        native_shape=field_shape, native_voxel_size=voxel_size, seed=subject.seed,
+        grid_rotation_deg=subject.rotation_deg, native_affine=field_affine, **motion)
+    del template
+    acquisition = simulate_multiecho_gre(
+        native, echo_times_s=subject.echo_times_s, field_strength_t=subject.field_strength_t,
+        affine=field_affine, snr=subject.snr, seed=subject.seed, workers=workers)
+    box = tuple(slice(int(a), int(a) + n) for a, n in zip(low, shape))
+    phantom = replace(native, **{name: np.ascontiguousarray(getattr(native, name)[box])
+                                 for name in ("susceptibility_ppm", "brain_mask", "head_mask",
+                                              "m0", "r2star_hz", "labels")})
+    acquisition = _crop_acquisition(acquisition, box, affine, phantom)
+    displacement = np.ascontiguousarray(transform.displacement_mm[(slice(None),) + box])
+    transform = replace(transform, native_affine=affine, displacement_mm=displacement)
+    return phantom, affine, acquisition, transform
+
+
+def _field_grid_padding(template: HeadPhantom, template_affine, affine, shape, subject):
+    """Voxels to add below and above each axis of the scan's grid so that it holds the head."""
+    step = 2
+    head = np.argwhere(template.head_mask[::step, ::step, ::step]) * step
+    matrix = _template_to_native_matrix(subject.native_rotation_deg, subject.native_translation_mm,
+                                        subject.native_scale)
+    to_scan = np.linalg.inv(affine) @ matrix @ np.asarray(template_affine, float)
+    index = nib.affines.apply_affine(to_scan, head)
+    margin = _FIELD_GRID_MARGIN_VOXELS + step + np.ceil(
+        float(subject.deformation_mm) / np.asarray(subject.voxel_size, float))
+    low = np.maximum(np.ceil(-index.min(axis=0) + margin), 0).astype(int)
+    high = np.maximum(np.ceil(index.max(axis=0) - (np.asarray(shape) - 1) + margin), 0).astype(int)
+    return low, high
+
+
+def _crop_acquisition(acquisition: SimulatedAcquisition, box, affine, phantom: HeadPhantom):
+    """``acquisition`` restricted to the voxels ``box`` (given the matching affine and phantom)."""
+    spatial = ("total_field_hz", "local_field_hz", "background_field_hz", "susceptibility_ppm",
+               "brain_mask", "head_mask", "m0", "r2star_hz", "phase_offset_rad", "shim_field_hz")
+    cropped = {name: np.ascontiguousarray(getattr(acquisition, name)[box]) for name in spatial}
+    for name in ("magnitude", "phase"):
+        cropped[name] = np.ascontiguousarray(getattr(acquisition, name)[box + (slice(None),)])
+    return replace(acquisition, affine=np.asarray(affine, float), phantom=phantom, **cropped)
+
+
+def _write_region_truth(truth_dir: Path, subject: PhantomSubject, phantom: HeadPhantom,
+                        acquisition: SimulatedAcquisition, transform) -> Path:
+    """The regional truth table of a template subject and its sidecar."""
+    path = truth_dir / derivative_path(subject.entities, suffix="regions", desc="truth",
+                                       extension=".tsv")
+    chi = acquisition.susceptibility_ppm
+    lines = ["region\themisphere\tchi_ppb\tmean_native_ppb\tn_voxels\n"]
+    for (region, side), index in sorted(region_labels(phantom.label_names).items(),
+                                        key=lambda item: item[1]):
+        inside = phantom.labels == index
+        count = int(inside.sum())
+        assigned = 1000.0 * phantom.region_susceptibility_ppm[phantom.label_names[index]]
+        mean = f"{1000.0 * float(chi[inside].mean(dtype=np.float64)):.4f}" if count else "n/a"
+        lines.append(f"{region}\t{side}\t{assigned:.4f}\t{mean}\t{count}\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
+    _write_json(path.with_suffix(".json"), {
+        "Description": "ground truth: susceptibility of the atlas regions of the digital subject",
+        "region": {"Description": "atlas region (qsmprep atlas names)"},
+        "hemisphere": {"Description": "L: left (template x < 0), R: right"},
+        "chi_ppb": {"Description": "susceptibility assigned to the region in template space, "
+                                   "relative to CSF", "Units": "ppb"},
+        "mean_native_ppb": {"Description": "mean of the Chimap ground truth over the region's "
+                                           "voxels on the scan's grid (nearest-neighbour labels, "
+                                           "linearly interpolated susceptibility)",
+                            "Units": "ppb"},
+        "n_voxels": {"Description": "voxels of the region on the scan's grid"},
+        "NativeTransform": transform.describe(),
+    })
+    return path
 
 
 def _phase_scale(units):
@@ -218,6 +399,7 @@ def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["ARBITRARY_PHASE_RANGE", "DEMO_ECHO_TIMES_S", "DEMO_FIELD_STRENGTH_T",
+__all__ = ["ANATOMIES", "ARBITRARY_PHASE_RANGE", "DEMO_ECHO_TIMES_S", "DEMO_FIELD_STRENGTH_T",
            "DEMO_OBLIQUE_ROTATION_DEG", "DEMO_SHAPE", "DEMO_VOXEL_SIZE_MM", "TRUTH_PIPELINE",
-           "PhantomSubject", "make_demo_dataset", "write_phantom_dataset"]
+           "TEMPLATE_NATIVE_SHAPE_2MM", "PhantomSubject", "make_demo_dataset",
+           "simulate_template_subject", "write_phantom_dataset"]
