@@ -72,6 +72,21 @@ REFERENCES = {
     "squares estimation of diffusion MRI parameters: strengths, limitations, and pitfalls. "
     "NeuroImage. 2013;81:335-346 (the weighting used for the log-linear R2* fit). "
     "doi:10.1016/j.neuroimage.2013.05.028",
+    "ants": "Avants BB, Epstein CL, Grossman M, Gee JC. Symmetric diffeomorphic image "
+    "registration with cross-correlation: evaluating automated labeling of elderly and "
+    "neurodegenerative brain. Med Image Anal. 2008;12:26-41. doi:10.1016/j.media.2007.06.004",
+    "n4": "Tustison NJ, Avants BB, Cook PA, et al. N4ITK: improved N3 bias correction. IEEE Trans "
+    "Med Imaging. 2010;29:1310-1320. doi:10.1109/TMI.2010.2046908",
+    "mni2009": "Fonov V, Evans AC, Botteron K, et al. Unbiased average age-appropriate atlases "
+    "for pediatric studies. NeuroImage. 2011;54:313-327. doi:10.1016/j.neuroimage.2010.07.033",
+    "cit168": "Pauli WM, Nili AN, Tyszka JM. A high-resolution probabilistic in vivo atlas of "
+    "human subcortical brain nuclei. Sci Data. 2018;5:180063. doi:10.1038/sdata.2018.63",
+    "hcpthalamus": "Najdenovska E, Aleman-Gomez Y, Battistella G, et al. In-vivo probabilistic "
+    "atlas of human thalamic nuclei based on diffusion-weighted magnetic resonance imaging. Sci "
+    "Data. 2018;5:180270. doi:10.1038/sdata.2018.270",
+    "juelich": "Eickhoff SB, Stephan KE, Mohlberg H, et al. A new SPM toolbox for combining "
+    "probabilistic cytoarchitectonic maps and functional imaging data. NeuroImage. "
+    "2005;25:1325-1335. doi:10.1016/j.neuroimage.2004.12.034",
 }
 
 
@@ -159,6 +174,28 @@ def _r2star_text(workflow):
             f"magnitude decay {_cite('r2star')}.")
 
 
+def _regions_text(config):
+    workflow = config.workflow
+    if workflow.atlas:
+        atlas = f"a user-supplied atlas ({Path(workflow.atlas).name})"
+    else:
+        atlas = (f"the qsmprep atlas: CIT168 subcortical nuclei {_cite('cit168')}, the "
+                 f"thalamus of the HCP thalamic nuclei atlas {_cite('hcpthalamus')}, lateral "
+                 "ventricles from the template, and primary motor and premotor cortex from the "
+                 f"Juelich cytoarchitectonic maps {_cite('juelich')}")
+    return (
+        "The bias-corrected (N4 " + _cite("n4") + "), brain-extracted magnitude was registered "
+        f"to the {workflow.template} template {_cite('mni2009')} with ANTs {_cite('ants')} "
+        "(rigid, affine and symmetric normalisation, mutual information, random seed "
+        f"{workflow.random_seed}). The regions of {atlas} were brought to each run's native grid "
+        "with the inverse transform and generic-label interpolation, keeping small nuclei. "
+        "Regional susceptibility statistics (mean, median, SD, 5th and 95th percentiles, in "
+        "ppb) were computed in native space inside the reconstruction mask, relative to the "
+        "whole brain and to the lateral ventricles (CSF), for each hemisphere and both, with the "
+        "asymmetry index 200 (R - L) / (R + L) and its absolute-value form "
+        "200 (R - L) / (|R| + |L|).")
+
+
 def methods_boilerplate(*, config, runs) -> str:
     """Markdown text describing the processing of ``runs`` under ``config``, with references
     numbered in order of first appearance."""
@@ -187,6 +224,7 @@ def methods_boilerplate(*, config, runs) -> str:
             f"Susceptibility was obtained by {_inversion_text(workflow)}, with the dipole kernel "
             "oriented along the main field in the image's voxel coordinates, and "
             + _reference_text(workflow), _r2star_text(workflow)]),
+        *([] if workflow.qsm_only else [_regions_text(config)]),
         "### References",
     ]
     body = "\n\n".join(paragraphs)

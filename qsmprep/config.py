@@ -82,6 +82,11 @@ class WorkflowConfig:
     """Every processing choice. Defaults follow the 2024 ISMRM QSM consensus where it applies."""
 
     qsm_only: bool = False
+    template: str = "MNI152NLin2009cAsym"
+    atlas: str = ""  # user atlas label image in template space ("" = the qsmprep atlas)
+    atlas_table: str = ""  # its TSV
+    template_stats: bool = False  # also measure regions on the template-space Chimap
+    random_seed: int = 0  # seeds ANTs and every other random choice
     field_strength_t: float = 0.0
     masking: str = ALGORITHMS["masking"][0]
     mask_threshold: float = 0.0

@@ -14,8 +14,9 @@ from qsmprep.bids.derivatives import derivative_path
 from qsmprep.errors import BadDataError, MissingInputError
 from qsmprep.qsm.echo_fit import equally_spaced
 
-from .outputs import init_ds_qsm_wf
+from .outputs import init_ds_qsm_wf, init_ds_regions_wf
 from .qsm import init_qsm_wf
+from .registration import init_registration_wf, init_regions_wf
 
 LOGGER = logging.getLogger("qsmprep")
 
@@ -36,30 +37,58 @@ def init_qsmprep_wf(*, config, runs):
     ``sub_<label>_wf`` per participant.
     """
     workflow = pe.Workflow(name="qsmprep_wf", base_dir=config.execution.work_dir)
+    anatomy = None if config.workflow.qsm_only else resolve_anatomy(config)
     for subject in sorted({run.subject for run in runs}):
         subject_runs = [run for run in runs if run.subject == subject]
         workflow.add_nodes([init_participant_wf(config=config, subject=subject,
-                                                runs=subject_runs)])
+                                                runs=subject_runs, anatomy=anatomy)])
     return workflow
 
 
-def init_participant_wf(*, config, subject, runs, name=None):
+def resolve_anatomy(config) -> dict:
+    """The template and atlas files of this run (embedded or the user's), found once.
+
+    Returns a dict with ``template`` (name), ``template_t1w``, ``template_mask``,
+    ``atlas_labels``, ``atlas_table``, ``atlas_name`` (``qsmprep`` or ``custom``) and
+    ``composites`` (unions of regions reported as regions).
+    """
+    from qsmprep import atlases
+
+    template = atlases.template_files(config.workflow.template)
+    if config.workflow.atlas:
+        labels, table = config.workflow.atlas, config.workflow.atlas_table
+        atlas_name = "custom"
+    else:
+        labels, table = atlases.load_atlas(Path(config.execution.work_dir) / "atlas")
+        atlas_name = "qsmprep"
+    LOGGER.info("Template %s: %s; atlas: %s", config.workflow.template, template["T1w"], labels)
+    return {"template": config.workflow.template, "template_t1w": str(template["T1w"]),
+            "template_mask": str(template["mask"]), "atlas_labels": str(labels),
+            "atlas_table": str(table), "atlas_name": atlas_name,
+            "composites": {name: list(parts)
+                           for name, parts in atlases.COMPOSITE_REGIONS.items()}}
+
+
+def init_participant_wf(*, config, subject, runs, anatomy=None, name=None):
     """All runs of one participant (every session), each in its own ``init_run_wf``.
 
     Inputs / Outputs: none; every run is self-contained and writes its own derivatives.
     """
     workflow = pe.Workflow(name=name or f"sub_{subject}_wf")
-    workflow.add_nodes([init_run_wf(config=config, run=run) for run in runs])
+    workflow.add_nodes([init_run_wf(config=config, run=run, anatomy=anatomy) for run in runs])
     return workflow
 
 
-def init_run_wf(*, config, run, name=None):
-    """Reconstruct one run and write its derivatives.
+def init_run_wf(*, config, run, anatomy=None, name=None):
+    """Reconstruct one run and write its derivatives; then, given ``anatomy``
+    (:func:`resolve_anatomy`), register it to the template and measure the atlas regions.
 
     Parameters
     ----------
     config : :class:`qsmprep.config.Config`
     run : :class:`qsmprep.bids.discovery.Run`
+    anatomy : dict, optional
+        Template and atlas files; None stops after the QSM derivatives.
 
     The run's files and metadata are set as node inputs here, so the graph has no inputs.
     """
@@ -98,7 +127,48 @@ def init_run_wf(*, config, run, name=None):
     workflow.connect([
         (qsm_wf, ds_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in fields]),
     ])
+    if anatomy is not None:
+        _connect_regions(workflow, qsm_wf, config=config, run=run, anatomy=anatomy)
     return workflow
+
+
+def _connect_regions(workflow, qsm_wf, *, config, run, anatomy):
+    """Registration, atlas propagation, regional statistics and their outputs."""
+    registration_wf = init_registration_wf(
+        template_t1w=anatomy["template_t1w"], template_mask=anatomy["template_mask"],
+        seed=config.workflow.random_seed, omp_nthreads=config.nipype.omp_nthreads)
+    regions_wf = init_regions_wf(
+        template_t1w=anatomy["template_t1w"], atlas_labels=anatomy["atlas_labels"],
+        atlas_table=anatomy["atlas_table"], composites=anatomy["composites"],
+        template_stats=config.workflow.template_stats)
+    ds_wf = init_ds_regions_wf(
+        run=run, output_dir=config.execution.output_dir, template=anatomy["template"],
+        atlas_name=anatomy["atlas_name"],
+        atlas_sources={"Atlas": anatomy["atlas_labels"], "AtlasTable": anatomy["atlas_table"],
+                       "Template": anatomy["template"],
+                       "TemplateImage": anatomy["template_t1w"]},
+        template_stats=config.workflow.template_stats)
+    transforms = [("outputnode.forward_transform", "inputnode.forward_transform"),
+                  ("outputnode.inverse_transform", "inputnode.inverse_transform")]
+    regional = [("outputnode.native_labels", "inputnode.native_labels"),
+                ("outputnode.template_chimap", "inputnode.template_chimap"),
+                ("outputnode.regional_table", "inputnode.regional_table"),
+                ("outputnode.regional_metadata", "inputnode.regional_metadata")]
+    if config.workflow.template_stats:
+        regional += [("outputnode.template_regional_table", "inputnode.template_regional_table"),
+                     ("outputnode.template_regional_metadata",
+                      "inputnode.template_regional_metadata")]
+    workflow.connect([
+        (qsm_wf, registration_wf, [("outputnode.magnitude", "inputnode.magnitude"),
+                                   ("outputnode.brain_mask", "inputnode.brain_mask")]),
+        (qsm_wf, regions_wf, [("outputnode.chimap", "inputnode.chimap"),
+                              ("outputnode.local_field_mask", "inputnode.local_field_mask")]),
+        (registration_wf, regions_wf, transforms),
+        (registration_wf, ds_wf, [*transforms,
+                                  ("outputnode.quality", "inputnode.quality"),
+                                  ("outputnode.figure", "inputnode.figure")]),
+        (regions_wf, ds_wf, regional),
+    ])
 
 
 def find_user_mask(mask_dir, run):

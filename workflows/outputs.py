@@ -97,3 +97,146 @@ def init_ds_qsm_wf(*, run, bids_dir, output_dir, stage_parameters, has_r2star=Tr
         if field == "chimap":
             workflow.connect(node, "out_file", outputnode, "chimap")
     return workflow
+
+
+def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_sources,
+                       template_stats=False, name="ds_regions_wf"):
+    """Write the registration and regional outputs of ``run``.
+
+    Files (``<prefix>`` = the run's entities; ``<native>`` = its suffix, e.g. ``MEGRE``):
+    ``<prefix>_from-<native>_to-<template>_mode-image_xfm.h5`` and its inverse,
+    ``<prefix>_space-<template>_Chimap.nii.gz``, ``<prefix>_desc-<atlas>_dseg.nii.gz`` + ``.tsv``
+    (the atlas on the native grid), ``<prefix>_desc-regions_stats.tsv`` + ``.json`` (and
+    ``<prefix>_space-<template>_desc-regions_stats.tsv`` with ``template_stats``), and the
+    figure ``sub-<label>/figures/<prefix>_desc-registration_T1w.svg``.
+
+    Parameters
+    ----------
+    run : :class:`qsmprep.bids.discovery.Run`
+    output_dir : str
+    template : str
+        Template name (the ``space``/``to`` label).
+    atlas_name : str
+        ``desc`` label of the native atlas (e.g. ``qsmprep``).
+    atlas_sources : dict
+        ``{"Atlas": ..., "AtlasTable": ..., "Template": ...}`` paths or names for the sidecars.
+    template_stats : bool
+        Whether template-space statistics exist.
+
+    Inputs
+    ------
+    forward_transform, inverse_transform, template_chimap, native_labels, regional_table,
+    template_regional_table, figure : str
+    quality, regional_metadata, template_regional_metadata : dict
+    """
+    workflow = pe.Workflow(name=name)
+    fields = ["forward_transform", "inverse_transform", "template_chimap", "native_labels",
+              "regional_table", "template_regional_table", "figure", "quality",
+              "regional_metadata", "template_regional_metadata"]
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    native = run.suffix
+    chimap_uri = bids_uri(derivative_path(run.entities, suffix="Chimap"), output_dir, "")
+    forward_relative = derivative_path(
+        run.entities, suffix="xfm", extension=".h5",
+        extra_entities={"from": native, "to": template, "mode": "image"})
+    inverse_relative = derivative_path(
+        run.entities, suffix="xfm", extension=".h5",
+        extra_entities={"from": template, "to": native, "mode": "image"})
+    dseg_relative = derivative_path(run.entities, suffix="dseg", desc=atlas_name)
+    provenance = {
+        **atlas_sources,
+        "Transforms": {"NativeToTemplate": bids_uri(forward_relative, output_dir, ""),
+                       "TemplateToNative": bids_uri(inverse_relative, output_dir, "")},
+        "Sources": [chimap_uri, bids_uri(dseg_relative, output_dir, "")],
+    }
+
+    def sink(node_name, field, *, suffix, extension=".nii.gz", desc=None, space=None,
+             extra_entities=None, metadata=None, extra_metadata_field=None, datatype_figures=False):
+        options = {"extension": extension}
+        if desc:
+            options["desc"] = desc
+        if space:
+            options["space"] = space
+        if extra_entities:
+            options["extra_entities"] = extra_entities
+        if metadata is not None:
+            options["metadata"] = metadata
+        if datatype_figures:
+            options["datatype"] = "figures"
+        interface = DerivativesDataSink(output_dir=str(output_dir), entities=run.entities,
+                                        suffix=suffix, **options)
+        node = pe.Node(interface, name=node_name, run_without_submitting=True, mem_gb=0.2)
+        workflow.connect(inputnode, field, node, "in_file")
+        if extra_metadata_field:
+            workflow.connect(inputnode, extra_metadata_field, node, "extra_metadata")
+        return node
+
+    sink("ds_forward_transform", "forward_transform", suffix="xfm", extension=".h5",
+         extra_entities={"from": native, "to": template, "mode": "image"})
+    sink("ds_inverse_transform", "inverse_transform", suffix="xfm", extension=".h5",
+         extra_entities={"from": template, "to": native, "mode": "image"})
+    sink("ds_template_chimap", "template_chimap", suffix="Chimap", space=template,
+         metadata={"Units": "ppm", "SkullStripped": True,
+                   "Sources": [chimap_uri, bids_uri(forward_relative, output_dir, "")],
+                   "Description": "The Chimap resampled into template space (linear)."})
+    quality_metadata = pe.Node(niu.Function(function=_quality_metadata, input_names=["quality"],
+                                            output_names=["metadata"]),
+                               name="quality_metadata", run_without_submitting=True)
+    workflow.connect([
+        (inputnode, quality_metadata, [("quality", "quality")]),
+        (quality_metadata, workflow.get_node("ds_template_chimap"), [("metadata",
+                                                                      "extra_metadata")]),
+    ])
+    sink("ds_native_dseg", "native_labels", suffix="dseg", desc=atlas_name,
+         metadata={**atlas_sources, "Description": "The atlas on the run's native grid "
+                   "(inverse transform, generic-label interpolation, small nuclei kept).",
+                   "Sources": [bids_uri(inverse_relative, output_dir, "")]})
+    table = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="atlas_table")
+    table.inputs.in_file = atlas_sources["AtlasTable"]
+    dseg_table = pe.Node(DerivativesDataSink(
+        output_dir=str(output_dir), entities=run.entities, suffix="dseg", desc=atlas_name,
+        extension=".tsv"), name="ds_native_dseg_table", run_without_submitting=True, mem_gb=0.2)
+    workflow.connect(table, "in_file", dseg_table, "in_file")
+
+    merge = pe.Node(niu.Function(function=_stats_metadata,
+                                 input_names=["provenance", "quality", "regional"],
+                                 output_names=["metadata"]),
+                    name="stats_metadata", run_without_submitting=True)
+    merge.inputs.provenance = provenance
+    workflow.connect([(inputnode, merge, [("quality", "quality"),
+                                          ("regional_metadata", "regional")])])
+    stats = sink("ds_regional_table", "regional_table", suffix="stats", desc="regions",
+                 extension=".tsv", metadata={})
+    workflow.connect(merge, "metadata", stats, "extra_metadata")
+    if template_stats:
+        template_merge = pe.Node(niu.Function(function=_stats_metadata,
+                                              input_names=["provenance", "quality", "regional"],
+                                              output_names=["metadata"]),
+                                 name="template_stats_metadata", run_without_submitting=True)
+        template_merge.inputs.provenance = {**provenance, "Space": template}
+        workflow.connect([(inputnode, template_merge,
+                           [("quality", "quality"), ("template_regional_metadata", "regional")])])
+        template_table = sink("ds_template_regional_table", "template_regional_table",
+                              suffix="stats", desc="regions", space=template, extension=".tsv",
+                              metadata={})
+        workflow.connect(template_merge, "metadata", template_table, "extra_metadata")
+    sink("ds_registration_figure", "figure", suffix="T1w", desc="registration",
+         extension=".svg", datatype_figures=True)
+    return workflow
+
+
+def _quality_metadata(quality):
+    """Sidecar fields holding the registration quality scores."""
+    return {"RegistrationQuality": quality}
+
+
+def _stats_metadata(provenance, quality, regional):
+    """Sidecar of a regional statistics table."""
+    return {
+        "Description": "Regional magnetic susceptibility (ppb) per region, hemisphere and "
+                       "reference region; ai_pct = 200 (R - L) / (R + L), ai_abs_pct = "
+                       "200 (R - L) / (|R| + |L|), on bilateral rows.",
+        **provenance,
+        "RegistrationQuality": quality,
+        **regional,
+    }

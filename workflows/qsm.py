@@ -75,6 +75,8 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
     chimap, csf_mask, r2star, t2star : str
         Images in the run's native space (R2*/T2* undefined for single-echo runs, the CSF mask
         only where the ventricles were found).
+    magnitude : str
+        The echo magnitudes (4D, scaled as loaded), for registration.
     metadata : dict
         Values found while running (phase units, B0 direction, reference value).
     """
@@ -88,7 +90,7 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
         "user_mask"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "brain_mask", "quality_mask", "total_field_hz", "fit_residual", "local_field_hz",
-        "local_field_mask", "chimap", "csf_mask", "r2star", "t2star", "metadata"]),
+        "local_field_mask", "chimap", "csf_mask", "r2star", "t2star", "magnitude", "metadata"]),
         name="outputnode")
 
     load = pe.Node(LoadMultiEcho(), name="load_echoes", mem_gb=volume_mem)
@@ -148,6 +150,7 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
         (bg_removal, reference, [("mask", "brain_mask")]),
         (load, metadata, [("metadata", "loading")]),
         (reference, metadata, [("metadata", "reference")]),
+        (load, outputnode, [("magnitude", "magnitude")]),
         (mask, outputnode, [("mask", "brain_mask")]),
         (quality, outputnode, [("mask", "quality_mask")]),
         (reference, outputnode, [("csf_mask", "csf_mask")]),

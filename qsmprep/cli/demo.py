@@ -7,6 +7,7 @@ Everything happens offline: the dataset comes from the package's forward model
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def run(argv=None) -> int:
     bids_dir, output_dir, work_dir = out_dir / "bids", out_dir / "qsmprep", out_dir / "work"
     if not (bids_dir / "dataset_description.json").exists():
         print(f"Simulating the demo dataset in {bids_dir} ...", flush=True)
-        make_demo_dataset(bids_dir)
+        make_demo_dataset(bids_dir, workers=min(2, os.cpu_count() or 1))
     extra = [arg for arg in opts.qsmprep_args if arg != "--"]
     exit_code = run_qsmprep([str(bids_dir), str(output_dir), "participant",
                              "-w", str(work_dir), *extra])
@@ -39,6 +40,8 @@ def run(argv=None) -> int:
         print(f"\nDemo finished.\n  input (simulated BIDS): {bids_dir}\n"
               f"  ground truth:           {bids_dir / 'derivatives' / 'qsmprep-phantom'}\n"
               f"  qsmprep derivatives:    {output_dir}\n"
+              f"  regional iron (ppb):    {output_dir}/sub-*/**/anat/*_desc-regions_stats.tsv\n"
+              f"  registration figures:   {output_dir}/sub-*/figures/\n"
               f"  methods boilerplate:    {output_dir / 'logs' / 'CITATION.md'}")
     return exit_code
 

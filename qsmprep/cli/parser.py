@@ -92,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "and overrides them otherwise")
     wf.add_argument("--qsm-only", action="store_true",
                     help="stop after the QSM derivatives (no registration or regions)")
+    wf.add_argument("--template", default=WorkflowConfig().template,
+                    choices=["MNI152NLin2009cAsym"],
+                    help="registration template (embedded; taken from TEMPLATEFLOW_HOME when "
+                    "that folder already holds it)")
+    wf.add_argument("--atlas", type=Path, metavar="LABELS",
+                    help="your own atlas: a label image in template space (needs --atlas-table)")
+    wf.add_argument("--atlas-table", type=Path, metavar="TSV",
+                    help="the TSV of --atlas: columns index, name and optionally hemisphere "
+                    "(L, R or bilateral)")
+    wf.add_argument("--template-stats", action="store_true",
+                    help="also write regional statistics measured on the template-space Chimap")
+    wf.add_argument("--random-seed", type=int, default=0, metavar="SEED",
+                    help="seed of ANTs registration (results are reproducible for a given seed "
+                    "and --omp-nthreads)")
     wf.add_argument("--brain-mask-dir", type=Path, metavar="DIR",
                     help="a derivatives folder with your own brain masks "
                     "(sub-*/[ses-*/]anat/*_desc-brain_mask.nii[.gz], same entities as the run); "
@@ -210,6 +224,8 @@ def parse_args(argv=None) -> Config:
             and opts.vsharp_min_radius > opts.vsharp_max_radius):
         raise UsageError("--vsharp-min-radius must not exceed --vsharp-max-radius")
 
+    atlas, atlas_table = _validated_atlas(opts)
+
     bids_filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {}
     plugin, plugin_args = "MultiProc", {}
     if opts.use_plugin is not None:
@@ -238,6 +254,11 @@ def parse_args(argv=None) -> Config:
                           omp_nthreads=omp_nthreads, mem_gb=round(mem_gb, 2))
     workflow = WorkflowConfig(
         qsm_only=opts.qsm_only,
+        template=opts.template,
+        atlas=atlas,
+        atlas_table=atlas_table,
+        template_stats=opts.template_stats,
+        random_seed=opts.random_seed,
         field_strength_t=opts.field_strength or 0.0,
         masking=opts.masking,
         mask_threshold=opts.mask_threshold or 0.0,
@@ -261,6 +282,23 @@ def parse_args(argv=None) -> Config:
         r2star=opts.r2star,
     )
     return Config(execution=execution, nipype=nipype, workflow=workflow)
+
+
+def _validated_atlas(opts) -> tuple[str, str]:
+    """Absolute paths of the user's atlas and its table, checked now ("" when not given)."""
+    if (opts.atlas is None) != (opts.atlas_table is None):
+        raise UsageError("--atlas and --atlas-table go together: give both or neither")
+    if opts.atlas is None:
+        return "", ""
+    if opts.qsm_only:
+        raise UsageError("--atlas has no effect with --qsm-only (no registration or regions)")
+    for option, path in (("--atlas", opts.atlas), ("--atlas-table", opts.atlas_table)):
+        if not path.is_file():
+            raise MissingInputError(f"{option}: file not found: {path}")
+    from qsmprep.atlases import load_user_atlas
+
+    labels, table = load_user_atlas(opts.atlas.resolve(), opts.atlas_table.resolve())
+    return str(labels), str(table)
 
 
 def _available_memory_gb() -> float:

@@ -39,7 +39,6 @@ ARBITRARY_PHASE_RANGE = (-4096, 4095)
 
 #: Demo geometry: 2 mm isotropic, a 144 x 168 x 144 mm field of view (the head is drawn at
 #: 0.875 of its reference size to fit), 4 echoes at 3 T; sub-02 is tilted about left-right.
-DEMO_SHAPE = (72, 84, 72)
 DEMO_VOXEL_SIZE_MM = (2.0, 2.0, 2.0)
 DEMO_ECHO_TIMES_S = (0.004, 0.009, 0.014, 0.019)
 DEMO_FIELD_STRENGTH_T = 3.0
@@ -178,19 +177,26 @@ def write_phantom_dataset(bids_dir, subjects, *, name="qsmprep phantom",
     return truths
 
 
-def make_demo_dataset(bids_dir, *, seed: int = 0) -> list[PhantomSubject]:
-    """The demo: two participants at 2 mm, 4 echoes at 3 T; sub-02 (session 1) is oblique.
+def make_demo_dataset(bids_dir, *, seed: int = 0, workers: int = 1) -> list[PhantomSubject]:
+    """The demo: two digital subjects made in template space, 2 mm, 4 echoes at 3 T.
 
-    Small enough for the whole participant level to run in about a minute on two cores.
+    sub-01 is scanned axially; sub-02 (session 1) has its head moved and deformed and is scanned
+    on an oblique slab. Regional iron differs left and right (putamen, motor cortex), so the
+    regional tables show asymmetry. Small enough for the whole participant level, registration
+    included, to run in a few minutes on two cores.
     """
-    grid = {"shape": DEMO_SHAPE, "voxel_size": DEMO_VOXEL_SIZE_MM,
-            "echo_times_s": DEMO_ECHO_TIMES_S, "field_strength_t": DEMO_FIELD_STRENGTH_T}
+    grid = {"shape": TEMPLATE_NATIVE_SHAPE_2MM, "voxel_size": DEMO_VOXEL_SIZE_MM,
+            "echo_times_s": DEMO_ECHO_TIMES_S, "field_strength_t": DEMO_FIELD_STRENGTH_T,
+            "anatomy": "template"}
     subjects = [
-        PhantomSubject(subject="01", seed=seed + 1, **grid),
+        PhantomSubject(subject="01", seed=seed + 1,
+                       region_susceptibility_ppb={"putamen": {"L": 30, "R": 50}}, **grid),
         PhantomSubject(subject="02", session="1", rotation_deg=DEMO_OBLIQUE_ROTATION_DEG,
-                       seed=seed + 2, **grid),
+                       native_rotation_deg=(5.0, -3.0, 4.0), native_translation_mm=(2.0, -4.0, 3.0),
+                       deformation_mm=2.0, seed=seed + 2,
+                       region_susceptibility_ppb={"motor_cortex": {"L": 70, "R": 25}}, **grid),
     ]
-    write_phantom_dataset(bids_dir, subjects, name="qsmprep demo")
+    write_phantom_dataset(bids_dir, subjects, name="qsmprep demo", workers=workers)
     return subjects
 
 
@@ -400,6 +406,6 @@ def _write_json(path: Path, content: dict) -> None:
 
 
 __all__ = ["ANATOMIES", "ARBITRARY_PHASE_RANGE", "DEMO_ECHO_TIMES_S", "DEMO_FIELD_STRENGTH_T",
-           "DEMO_OBLIQUE_ROTATION_DEG", "DEMO_SHAPE", "DEMO_VOXEL_SIZE_MM", "TRUTH_PIPELINE",
+           "DEMO_OBLIQUE_ROTATION_DEG", "DEMO_VOXEL_SIZE_MM", "TRUTH_PIPELINE",
            "TEMPLATE_NATIVE_SHAPE_2MM", "PhantomSubject", "make_demo_dataset",
            "simulate_template_subject", "write_phantom_dataset"]

@@ -21,12 +21,14 @@ def phantom_bids(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def participant_run(phantom_bids, tmp_path_factory):
-    """One participant-level run of the CLI on :func:`phantom_bids` (shared by several tests)."""
+    """One participant-level run of the CLI on :func:`phantom_bids` (shared by several tests);
+    QSM only: registration and regions are tested on the template-space digital subject."""
     base = tmp_path_factory.mktemp("participant")
     output_dir, work_dir = base / "out", base / "work"
     checksum_before = tree_checksum(phantom_bids)
     result = run_cli(phantom_bids, output_dir, "participant", "--participant-label", "01",
-                     "sub-02", "-w", work_dir, "--nprocs", "2", "--omp-nthreads", "1")
+                     "sub-02", "-w", work_dir, "--nprocs", "2", "--omp-nthreads", "1",
+                     "--qsm-only")
     return {
         "result": result, "bids_dir": phantom_bids, "output_dir": output_dir,
         "work_dir": work_dir, "checksum_before": checksum_before,

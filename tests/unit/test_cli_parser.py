@@ -102,3 +102,29 @@ def test_stage_options_reach_the_config_and_survive_a_round_trip(bids_dir, tmp_p
     loaded = Config.load(saved)
     assert loaded.to_dict() == config.to_dict()
     assert loaded.environment["numpy"] == config.environment["numpy"]
+
+
+def test_atlas_options_go_together_and_must_exist(bids_dir, tmp_path):
+    base = [str(bids_dir), str(tmp_path / "out"), "participant"]
+    with pytest.raises(UsageError, match="--atlas and --atlas-table go together"):
+        parse_args([*base, "--atlas", str(tmp_path / "labels.nii.gz")])
+    with pytest.raises(MissingInputError, match="--atlas: file not found"):
+        parse_args([*base, "--atlas", str(tmp_path / "labels.nii.gz"),
+                    "--atlas-table", str(tmp_path / "labels.tsv")])
+    (tmp_path / "labels.nii.gz").write_bytes(b"")
+    (tmp_path / "labels.tsv").write_text("index\tname\n1\tputamen_L\n")
+    with pytest.raises(UsageError, match="--qsm-only"):
+        parse_args([*base, "--qsm-only", "--atlas", str(tmp_path / "labels.nii.gz"),
+                    "--atlas-table", str(tmp_path / "labels.tsv")])
+
+
+def test_registration_options_in_config(bids_dir, tmp_path):
+    config = parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                         "--random-seed", "7", "--template-stats"])
+    assert config.workflow.random_seed == 7
+    assert config.workflow.template_stats
+    assert config.workflow.template == "MNI152NLin2009cAsym"
+    assert config.workflow.atlas == ""
+    with pytest.raises(SystemExit):
+        parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
+                    "--template", "Colin27"])

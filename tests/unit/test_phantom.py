@@ -110,7 +110,8 @@ def test_complex_parts_and_single_echo(tmp_path):
 
 
 def test_demo_dataset_has_an_axial_and_an_oblique_session(tmp_path):
-    from qsmprep.phantom.dataset import DEMO_ECHO_TIMES_S, DEMO_SHAPE, make_demo_dataset
+    from qsmprep.phantom.dataset import (DEMO_ECHO_TIMES_S, TEMPLATE_NATIVE_SHAPE_2MM,
+                                         make_demo_dataset)
     from qsmprep.qsm.dipole import b0_direction_from_affine
 
     subjects = make_demo_dataset(tmp_path)
@@ -123,7 +124,7 @@ def test_demo_dataset_has_an_axial_and_an_oblique_session(tmp_path):
         files = layout.get(**query)
         assert len(files) == len(DEMO_ECHO_TIMES_S)
         image = nib.load(files[0].path)
-        assert image.shape == DEMO_SHAPE and image.get_data_dtype() == np.float32
+        assert image.shape == TEMPLATE_NATIVE_SHAPE_2MM and image.get_data_dtype() == np.float32
         assert image.header.get_xyzt_units() == ("mm", "sec")
         b0 = b0_direction_from_affine(image.affine)
         assert (abs(b0[2]) < 0.99) == tilted

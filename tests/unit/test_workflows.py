@@ -86,3 +86,35 @@ def test_user_masks_are_found_and_checked(dataset, tmp_path):
     nib.save(nib.Nifti1Image(np.ones(run.shape, np.uint8), np.eye(4)), path)
     assert find_user_mask(tmp_path / "masks", run) == path
     assert find_user_mask("", run) is None
+
+
+def test_registration_and_regions_follow_the_reconstruction(dataset, tmp_path):
+    workflow, config = _graph(dataset, tmp_path, "--random-seed", "5", "--omp-nthreads", "1",
+                              "--template-stats")
+    names = _node_names(workflow)
+    run = "sub_01_wf.run_sub_01_ses_2_wf"
+    for node in ("registration_wf.prepare_magnitude", "registration_wf.register_to_template",
+                 "registration_wf.registration_quality", "registration_wf.plot_registration",
+                 "regions_wf.atlas_to_native", "regions_wf.chimap_to_template",
+                 "regions_wf.regional_statistics", "regions_wf.template_regional_statistics",
+                 "ds_regions_wf.ds_forward_transform", "ds_regions_wf.ds_inverse_transform",
+                 "ds_regions_wf.ds_template_chimap", "ds_regions_wf.ds_native_dseg",
+                 "ds_regions_wf.ds_regional_table", "ds_regions_wf.ds_template_regional_table",
+                 "ds_regions_wf.ds_registration_figure"):
+        assert f"{run}.{node}" in names
+    register = workflow.get_node(f"{run}.registration_wf.register_to_template")
+    assert register.inputs.seed == 5 and register.inputs.num_threads == 1
+    assert register.n_procs == 1
+    forward = workflow.get_node(f"{run}.ds_regions_wf.ds_forward_transform")
+    assert forward.inputs.extra_entities == {"from": "MEGRE", "to": "MNI152NLin2009cAsym",
+                                             "mode": "image"}
+    stats = workflow.get_node(f"{run}.regions_wf.regional_statistics")
+    assert stats.inputs.composites["globus_pallidus"] == ["globus_pallidus_externa",
+                                                          "globus_pallidus_interna"]
+    # The atlas is built once for the whole run, in the work folder.
+    assert stats.inputs.atlas_table.startswith(config.execution.work_dir)
+
+
+def test_qsm_only_builds_no_registration(dataset, tmp_path):
+    names = _node_names(_graph(dataset, tmp_path, "--qsm-only")[0])
+    assert not any("registration" in name or "regions" in name for name in names)

@@ -1,0 +1,316 @@
+"""Figures for the visual quality control of the processing (SVG, deterministic).
+
+Figures are drawn with matplotlib's object interface on an Agg canvas (no pyplot state, safe
+in parallel nipype workers) and written as SVG with fixed element identifiers and no date, so
+the same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import nibabel as nib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import ndimage
+
+from ..qsm.masking import otsu_threshold
+
+_SVG_SETTINGS = {"svg.hashsalt": "qsmprep", "svg.fonttype": "path", "svg.image_inline": True,
+                 "path.simplify": True}
+_EDGE_COLOUR = "#ff4040"  # grey/white-matter boundary of the template
+_OUTLINE_COLOUR = "#40c0ff"  # brain outline of the template
+_VIEWS = (("sagittal", 0, "x"), ("coronal", 1, "y"), ("axial", 2, "z"))
+
+
+def _canonical(path):
+    image = nib.as_closest_canonical(nib.load(os.fspath(path)))
+    data = np.asarray(image.get_fdata(dtype=np.float32))
+    if data.ndim == 4:
+        data = data[..., 0]
+    return np.nan_to_num(data), image.affine
+
+
+def _slice(volume, axis, index):
+    """2-D cut, oriented for display: rows go up (superior or anterior), columns to the right
+    of the viewer (anterior for sagittal, the subject's right for coronal and axial:
+    neurological convention)."""
+    return np.take(volume, index, axis=axis).T
+
+
+def plot_registration(template_path, warped_moving_path, out_path, *, cuts_per_view: int = 5,
+                      dpi: int = 96) -> str:
+    """SVG of the registered image with the template's edges drawn over it.
+
+    Sagittal, coronal and axial cuts (``cuts_per_view`` each, evenly spread over the middle 70 %
+    of the template brain) of the image registered to the template (ANTs SyN; Avants et al.,
+    Med Image Anal 2008;12:26-41) in grey, overlaid with two contours of the template: its
+    brain outline (blue) and its grey/white-matter boundary (red; the Otsu threshold of the
+    template's brain intensities, IEEE Trans Syst Man Cybern 1979;9:62-66, on the template
+    smoothed by one voxel). A good registration puts the image's own boundaries on the lines.
+    Both images are shown in their closest RAS orientation; they must share the template
+    grid. Returns the absolute path of the SVG.
+    """
+    template, affine = _canonical(template_path)
+    warped, _ = _canonical(warped_moving_path)
+    if warped.shape != template.shape:
+        raise ValueError(f"{warped_moving_path} {warped.shape} is not on the template grid "
+                         f"{template.shape} of {template_path}")
+    smoothed = ndimage.gaussian_filter(template, 1.0)
+    brain = template > 0.05 * float(np.percentile(template[template > 0], 99)) \
+        if np.any(template > 0) else np.ones(template.shape, bool)
+    brain = ndimage.binary_fill_holes(brain)
+    boundary_level = otsu_threshold(smoothed[brain]) if brain.any() else 0.5
+    outline = ndimage.gaussian_filter(brain.astype(np.float32), 1.0)
+    inside = warped[brain]
+    vmin, vmax = (np.percentile(inside, [1, 99]) if inside.size else (0.0, 1.0))
+    if not vmax > vmin:
+        vmax = vmin + 1.0
+    voxel_size = np.linalg.norm(affine[:3, :3], axis=0)
+    bounds = np.argwhere(brain)
+    margin = np.ceil(4.0 / voxel_size).astype(int)  # show the brain and 4 mm around it
+    low = np.maximum(bounds.min(axis=0) - margin, 0)
+    box = tuple(slice(a, b) for a, b in
+                zip(low, np.minimum(bounds.max(axis=0) + margin + 1, template.shape)))
+    template, warped, smoothed, outline, brain = (
+        array[box] for array in (template, warped, smoothed, outline, brain))
+    corner = affine[:3, 3] + affine[:3, :3] @ low
+    bounds = np.argwhere(brain)
+    first, last = bounds.min(axis=0), bounds.max(axis=0)
+
+    figure = Figure(figsize=(1.8 * cuts_per_view, 6.6), facecolor="black")
+    FigureCanvasAgg(figure)
+    grid = figure.add_gridspec(3, cuts_per_view, left=0.01, right=0.99, bottom=0.01, top=0.95,
+                               wspace=0.02, hspace=0.12)
+    for row, (name, axis, letter) in enumerate(_VIEWS):
+        span = last[axis] - first[axis]
+        positions = np.linspace(first[axis] + 0.15 * span, last[axis] - 0.15 * span,
+                                cuts_per_view).round().astype(int)
+        shown = [a for a in range(3) if a != axis]
+        extent = [corner[shown[0]] - voxel_size[shown[0]] / 2,
+                  corner[shown[0]] + (template.shape[shown[0]] - 0.5) * voxel_size[shown[0]],
+                  corner[shown[1]] - voxel_size[shown[1]] / 2,
+                  corner[shown[1]] + (template.shape[shown[1]] - 0.5) * voxel_size[shown[1]]]
+        for column, index in enumerate(positions):
+            ax = figure.add_subplot(grid[row, column])
+            ax.imshow(_slice(warped, axis, index), cmap="gray", vmin=vmin, vmax=vmax,
+                      origin="lower", extent=extent, interpolation="nearest")
+            x = corner[shown[0]] + np.arange(template.shape[shown[0]]) * voxel_size[shown[0]]
+            y = corner[shown[1]] + np.arange(template.shape[shown[1]]) * voxel_size[shown[1]]
+            cut = _slice(smoothed, axis, index)
+            if cut.max() > boundary_level > cut.min():
+                ax.contour(x, y, cut, levels=[boundary_level], colors=_EDGE_COLOUR,
+                           linewidths=0.6)
+            cut = _slice(outline, axis, index)
+            if cut.max() > 0.5 > cut.min():
+                ax.contour(x, y, cut, levels=[0.5], colors=_OUTLINE_COLOUR, linewidths=0.6)
+            ax.set_axis_off()
+            ax.set_aspect("equal")
+            position = corner[axis] + index * voxel_size[axis]
+            ax.set_title(f"{name} {letter} = {position:.0f} mm", color="white", fontsize=7,
+                         pad=2)
+    figure.suptitle("Registered image, template grey/white boundary (red) and brain outline "
+                    "(blue)", color="white", fontsize=8, y=0.995)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context(_SVG_SETTINGS):
+        figure.savefig(os.fspath(out_path), format="svg", dpi=dpi, metadata={"Date": None},
+                       facecolor=figure.get_facecolor())
+    return os.path.abspath(out_path)
+
+
+# ------------------------------------------------------------------ report mosaics and strips
+#: Display window of the susceptibility mosaics (ppb): fixed, so that runs compare by eye.
+QSM_WINDOW_PPB = (-150.0, 250.0)
+#: Display window of the R2* mosaics (1/s).
+R2STAR_WINDOW_HZ = (0.0, 100.0)
+_MASK_COLOUR = "#ff4040"
+
+
+def _save_svg(figure, out_path, *, dpi: int = 96) -> str:
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context(_SVG_SETTINGS):
+        figure.savefig(os.fspath(out_path), format="svg", dpi=dpi, metadata={"Date": None},
+                       facecolor=figure.get_facecolor())
+    return os.path.abspath(out_path)
+
+
+def _axial_cuts(extent_mask, count: int) -> list[int]:
+    """``count`` axial indices evenly spread over the middle 80 % of the slices that
+    ``extent_mask`` touches (of the whole volume when it is empty), without repeats."""
+    touched = np.flatnonzero(np.asarray(extent_mask).any(axis=(0, 1)))
+    first, last = ((int(touched[0]), int(touched[-1])) if touched.size
+                   else (0, np.asarray(extent_mask).shape[2] - 1))
+    span = last - first
+    positions = np.linspace(first + 0.1 * span, last - 0.1 * span, count).round().astype(int)
+    return list(dict.fromkeys(int(position) for position in positions))
+
+
+def _mosaic(count: int, columns: int, *, colorbar: bool, panel_inches: float = 1.9):
+    """A black figure of ``count`` axial panels in rows of ``columns`` (room on the right for
+    a colour bar when asked)."""
+    rows = int(np.ceil(count / columns))
+    width = columns * panel_inches + (0.8 if colorbar else 0.0)
+    figure = Figure(figsize=(width, rows * panel_inches + 0.1), facecolor="black")
+    FigureCanvasAgg(figure)
+    right = columns * panel_inches / width
+    grid = figure.add_gridspec(rows, columns, left=0.005, right=right - 0.005, bottom=0.005,
+                               top=0.995, wspace=0.02, hspace=0.02)
+    axes = [figure.add_subplot(grid[divmod(index, columns)]) for index in range(count)]
+    for ax in axes:
+        ax.set_axis_off()
+    return figure, axes
+
+
+def _show_axial(ax, volume, index, affine, **options):
+    """Axial cut ``index`` of a RAS volume in neurological convention (the subject's left on
+    the left, anterior up), with world-millimetre extent."""
+    voxel_size = np.linalg.norm(affine[:3, :3], axis=0)
+    shape = volume.shape
+    extent = [-voxel_size[0] / 2, (shape[0] - 0.5) * voxel_size[0],
+              -voxel_size[1] / 2, (shape[1] - 0.5) * voxel_size[1]]
+    image = ax.imshow(_slice(volume, 2, index), origin="lower", extent=extent,
+                      interpolation="nearest", **options)
+    ax.set_aspect("equal")
+    return image, voxel_size
+
+
+def _outline(ax, mask_cut, voxel_size, colour, width):
+    if mask_cut.any() and not mask_cut.all():
+        x = np.arange(mask_cut.shape[1]) * voxel_size[0]
+        y = np.arange(mask_cut.shape[0]) * voxel_size[1]
+        ax.contour(x, y, mask_cut.astype(np.float32), levels=[0.5], colors=[colour],
+                   linewidths=width)
+
+
+def _side_labels(ax):
+    for x, letter, align in ((0.03, "L", "left"), (0.97, "R", "right")):
+        ax.text(x, 0.5, letter, color="white", fontsize=7, ha=align, va="center",
+                transform=ax.transAxes)
+
+
+def _colour_bar(figure, image, label, ticks):
+    bar = figure.colorbar(image, cax=figure.add_axes([0.94, 0.2, 0.015, 0.6]), ticks=ticks)
+    bar.set_label(label, color="white", fontsize=7)
+    bar.ax.tick_params(labelsize=6, colors="white")
+    bar.outline.set_edgecolor("white")
+
+
+def plot_qsm_mosaic(chimap_path, labels_path, out_path, *, window_ppb=QSM_WINDOW_PPB,
+                    cuts: int = 8, columns: int = 4) -> str:
+    """SVG mosaic of a susceptibility map with the outline of every labelled region.
+
+    Axial cuts (``cuts``, spread over the labelled extent) of the Chimap (ppm, shown in ppb)
+    in grey at the fixed window ``window_ppb`` (default -150 to +250 ppb, the same for every
+    run), with the boundary of each label of ``labels_path`` (the atlas on the same grid) in
+    its own colour. Both images are shown in their closest RAS orientation. Returns the
+    absolute path of the SVG.
+    """
+    chi_ppb, affine = _canonical(chimap_path)
+    chi_ppb = chi_ppb * 1e3
+    labels = np.rint(_canonical(labels_path)[0]).astype(np.int64)
+    if labels.shape != chi_ppb.shape:
+        raise ValueError(f"{labels_path} {labels.shape} is not on the grid of {chimap_path} "
+                         f"{chi_ppb.shape}")
+    values = [int(value) for value in np.unique(labels) if value > 0]
+    palette = matplotlib.colormaps["tab20"]
+    indices = _axial_cuts(labels > 0, cuts)
+    figure, axes = _mosaic(len(indices), columns, colorbar=True)
+    image = None
+    for ax, index in zip(axes, indices):
+        image, voxel_size = _show_axial(ax, chi_ppb, index, affine, cmap="gray",
+                                        vmin=window_ppb[0], vmax=window_ppb[1])
+        cut = _slice(labels, 2, index)
+        for order, value in enumerate(values):
+            _outline(ax, cut == value, voxel_size, palette(order % 20), 0.6)
+    _side_labels(axes[0])
+    _colour_bar(figure, image, "ppb", [window_ppb[0], 0.0, window_ppb[1]])
+    return _save_svg(figure, out_path)
+
+
+def plot_mask_mosaic(magnitude_path, mask_path, out_path, *, cuts: int = 8,
+                     columns: int = 4) -> str:
+    """SVG mosaic of the brain mask's outline (red) over the magnitude (grey, 1st to 99th
+    percentile), axial cuts spread over the mask. Returns the absolute path of the SVG."""
+    magnitude, affine = _canonical(magnitude_path)
+    mask = _canonical(mask_path)[0] > 0.5
+    if mask.shape != magnitude.shape:
+        raise ValueError(f"{mask_path} {mask.shape} is not on the grid of {magnitude_path} "
+                         f"{magnitude.shape}")
+    inside = magnitude[mask] if mask.any() else magnitude.ravel()
+    vmin, vmax = np.percentile(inside, [1, 99]) if inside.size else (0.0, 1.0)
+    if not vmax > vmin:
+        vmax = vmin + 1.0
+    indices = _axial_cuts(mask, cuts)
+    figure, axes = _mosaic(len(indices), columns, colorbar=False)
+    for ax, index in zip(axes, indices):
+        _, voxel_size = _show_axial(ax, magnitude, index, affine, cmap="gray", vmin=vmin,
+                                    vmax=vmax)
+        _outline(ax, _slice(mask, 2, index), voxel_size, _MASK_COLOUR, 0.9)
+    _side_labels(axes[0])
+    return _save_svg(figure, out_path)
+
+
+def plot_r2star_mosaic(r2star_path, out_path, *, mask_path=None, window_hz=R2STAR_WINDOW_HZ,
+                       cuts: int = 8, columns: int = 4) -> str:
+    """SVG mosaic of an R2* map (1/s) at the fixed ``window_hz`` (default 0-100 /s), axial cuts
+    spread over the mask (or the non-zero voxels). Returns the absolute path of the SVG."""
+    r2star, affine = _canonical(r2star_path)
+    extent = (_canonical(mask_path)[0] > 0.5) if mask_path is not None else r2star != 0
+    indices = _axial_cuts(extent, cuts)
+    figure, axes = _mosaic(len(indices), columns, colorbar=True)
+    image = None
+    for ax, index in zip(axes, indices):
+        image, _ = _show_axial(ax, r2star, index, affine, cmap="magma", vmin=window_hz[0],
+                               vmax=window_hz[1])
+    _side_labels(axes[0])
+    _colour_bar(figure, image, "R2* (1/s)",
+                [window_hz[0], (window_hz[0] + window_hz[1]) / 2, window_hz[1]])
+    return _save_svg(figure, out_path)
+
+
+def plot_range_strip(region: dict, out_path, *, colours: dict) -> str:
+    """SVG strip of one findings row: each pattern's range as a coloured bar on its own lane
+    (named on the left), the subject's left (L) and right (R) means as letters above, and the
+    mean of both hemispheres as a black line.
+
+    ``region`` is a findings entry of :func:`qsmprep.reports.cbs.findings` (``ranges``,
+    ``left_ppb``, ``right_ppb``, ``bilateral_ppb``); ``colours`` maps pattern names to
+    colours. The figure is 3.2 x 0.9 inches (320 x 90 px at 100 dpi). Returns the absolute
+    path of the SVG.
+    """
+    ranges = region["ranges"]
+    left, right, both = region["left_ppb"], region["right_ppb"], region["bilateral_ppb"]
+    values = [value for value in (left, right, both) if value is not None]
+    edges = [item["low_ppb"] for item in ranges] + [item["high_ppb"] for item in ranges] + values
+    low, high = (min(edges), max(edges)) if edges else (0.0, 1.0)
+    pad = 0.08 * max(high - low, 10.0)
+    close = (left is not None and right is not None
+             and abs(left - right) < 0.05 * (high - low + 2 * pad))
+    figure = Figure(figsize=(3.2, 0.9), facecolor="white")
+    FigureCanvasAgg(figure)
+    ax = figure.add_axes([0.11, 0.3, 0.87, 0.68])
+    lanes = max(len(ranges), 1)
+    for lane, item in enumerate(ranges):
+        y = lanes - lane
+        colour = colours.get(item["pattern"], "#777777")
+        ax.plot([item["low_ppb"], item["high_ppb"]], [y, y], linewidth=5,
+                solid_capstyle="butt", color=colour)
+        ax.text(-0.015, y, item["pattern"], transform=ax.get_yaxis_transform(), ha="right",
+                va="center", fontsize=5.5, color=colour, fontweight="bold")
+    if both is not None:
+        ax.plot([both, both], [0.4, lanes + 0.6], color="black", linewidth=1.2)
+    for value, letter, side in ((left, "L", "right"), (right, "R", "left")):
+        if value is not None:
+            ax.text(value, lanes + 0.75, letter, ha=side if close else "center", va="bottom",
+                    fontsize=7, fontweight="bold")
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_ylim(0.3, lanes + 1.6)
+    ax.set_yticks([])
+    for spine in ("left", "right", "top"):
+        ax.spines[spine].set_visible(False)
+    ax.tick_params(axis="x", labelsize=6, length=2, pad=1)
+    ax.set_xlabel("ppb", fontsize=6, labelpad=0)
+    return _save_svg(figure, out_path, dpi=100)

@@ -1,0 +1,144 @@
+"""End to end: a digital subject made in template space, moved into its own native space by a
+known affine and smooth deformation, simulated and run through the CLI with registration and
+regional statistics. The recovered regional means must match the ground truth."""
+
+from __future__ import annotations
+
+import csv
+import json
+import xml.etree.ElementTree as ElementTree
+
+import nibabel as nib
+import numpy as np
+import pytest
+from cli_helpers import ECHO_TIMES_S, run_cli
+
+from qsmprep.phantom.dataset import TEMPLATE_NATIVE_SHAPE_2MM, PhantomSubject, write_phantom_dataset
+from qsmprep.regions import read_regional_table
+
+#: Susceptibility (ppb relative to CSF) of the digital subject; left and right always differ.
+REGION_VALUES_PPB = {
+    "putamen": {"L": 40, "R": 80},
+    "caudate": {"L": 70, "R": 40},
+    "globus_pallidus_externa": {"L": 150, "R": 110},
+    "globus_pallidus_interna": {"L": 120, "R": 170},
+    "subthalamic_nucleus": {"L": 80, "R": 130},
+    "red_nucleus": {"L": 130, "R": 90},
+    "substantia_nigra_compacta": {"L": 100, "R": 150},
+    "substantia_nigra_reticulata": {"L": 160, "R": 110},
+    "thalamus": {"L": 10, "R": 35},
+    "motor_cortex": {"L": 60, "R": 20},
+    "premotor_cortex": {"L": 15, "R": 35},
+}
+PREFIX = "sub-01/anat/sub-01"
+TEMPLATE = "MNI152NLin2009cAsym"
+
+
+@pytest.fixture(scope="module")
+def digital_subject_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("regions")
+    subject = PhantomSubject(
+        subject="01", anatomy="template", shape=TEMPLATE_NATIVE_SHAPE_2MM,
+        voxel_size=(2.0, 2.0, 2.0), echo_times_s=ECHO_TIMES_S, seed=11,
+        region_susceptibility_ppb=REGION_VALUES_PPB, native_rotation_deg=(6.0, -4.0, 5.0),
+        native_translation_mm=(3.0, -5.0, 4.0), deformation_mm=2.0)
+    write_phantom_dataset(base / "bids", [subject], workers=2)
+    result = run_cli(base / "bids", base / "out", "participant", "-w", base / "work",
+                     "--nprocs", "2", "--omp-nthreads", "2", "--template-stats")
+    return {"result": result, "bids": base / "bids", "out": base / "out",
+            "truth": base / "bids" / "derivatives" / "qsmprep-phantom" / "sub-01" / "anat"}
+
+
+def _truth_table(truth_dir):
+    with (truth_dir / "sub-01_desc-truth_regions.tsv").open() as stream:
+        return {(row["region"], row["hemisphere"]): float(row["mean_native_ppb"])
+                for row in csv.DictReader(stream, delimiter="\t")}
+
+
+def _measured(rows, reference):
+    return {(row["region"], row["hemisphere"]): row for row in rows
+            if row["reference"] == reference}
+
+
+def test_cli_succeeds(digital_subject_run):
+    result = digital_subject_run["result"]
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_registration_and_region_outputs_exist(digital_subject_run):
+    out = digital_subject_run["out"]
+    for name in (f"from-MEGRE_to-{TEMPLATE}_mode-image_xfm.h5",
+                 f"from-{TEMPLATE}_to-MEGRE_mode-image_xfm.h5",
+                 f"space-{TEMPLATE}_Chimap.nii.gz", f"space-{TEMPLATE}_Chimap.json",
+                 "desc-qsmprep_dseg.nii.gz", "desc-qsmprep_dseg.tsv", "desc-qsmprep_dseg.json",
+                 "desc-regions_stats.tsv", "desc-regions_stats.json",
+                 f"space-{TEMPLATE}_desc-regions_stats.tsv"):
+        assert (out / f"{PREFIX}_{name}").is_file(), name
+    template_chimap = nib.load(out / f"{PREFIX}_space-{TEMPLATE}_Chimap.nii.gz")
+    assert template_chimap.shape == (193, 229, 193)
+    native_labels = nib.load(out / f"{PREFIX}_desc-qsmprep_dseg.nii.gz")
+    chimap = nib.load(out / f"{PREFIX}_Chimap.nii.gz")
+    assert native_labels.shape == chimap.shape
+    np.testing.assert_allclose(native_labels.affine, chimap.affine, atol=1e-4)
+    figure = out / "sub-01" / "figures" / "sub-01_desc-registration_T1w.svg"
+    assert ElementTree.parse(figure).getroot().tag.endswith("svg")
+
+
+def test_registration_quality_is_recorded_and_good(digital_subject_run):
+    out = digital_subject_run["out"]
+    sidecar = json.loads((out / f"{PREFIX}_desc-regions_stats.json").read_text())
+    quality = sidecar["RegistrationQuality"]
+    assert quality["dice_brain"] > 0.9, quality
+    assert set(sidecar["ReferenceValues"]) == {"whole-brain", "csf"}
+    assert sidecar["Template"] == TEMPLATE
+    assert sidecar["Transforms"]["TemplateToNative"].startswith("bids::sub-01/anat/")
+    chimap_sidecar = json.loads((out / f"{PREFIX}_space-{TEMPLATE}_Chimap.json").read_text())
+    assert chimap_sidecar["RegistrationQuality"] == quality
+
+
+def test_every_region_matches_the_truth(digital_subject_run):
+    """Within 15 ppb or 15 %, for both references, each hemisphere."""
+    out, truth_dir = digital_subject_run["out"], digital_subject_run["truth"]
+    truth_csf = _truth_table(truth_dir)
+    rows = read_regional_table(out / f"{PREFIX}_desc-regions_stats.tsv")
+    # The whole-brain reference is the mean over the reconstruction mask: the truth, referenced
+    # the same way, subtracts the mean of the true map over that mask.
+    mask = nib.load(out / f"{PREFIX}_desc-localfield_mask.nii.gz").get_fdata() > 0.5
+    true_chi = nib.load(truth_dir / "sub-01_Chimap.nii.gz").get_fdata()
+    true_brain_mean_ppb = 1e3 * float(np.mean(true_chi[mask]))
+    errors = []
+    for reference, offset in (("csf", 0.0), ("whole-brain", true_brain_mean_ppb)):
+        measured = _measured(rows, reference)
+        for (region, hemisphere), truth_ppb in truth_csf.items():
+            if region == "lateral_ventricle":
+                continue
+            expected = truth_ppb - offset
+            value = measured[(region, hemisphere)]["mean_ppb"]
+            if abs(value - expected) > max(15.0, 0.15 * abs(expected)):
+                errors.append(f"{reference} {region} {hemisphere}: {value:.1f} vs {expected:.1f}")
+    assert not errors, errors
+
+
+def test_sides_are_not_swapped_and_asymmetry_has_the_right_sign(digital_subject_run):
+    out = digital_subject_run["out"]
+    rows = read_regional_table(out / f"{PREFIX}_desc-regions_stats.tsv")
+    measured = _measured(rows, "csf")
+    for region, values in REGION_VALUES_PPB.items():
+        if abs(values["R"] - values["L"]) < 20:
+            continue
+        expected_sign = np.sign(values["R"] - values["L"])
+        left, right = measured[(region, "L")]["mean_ppb"], measured[(region, "R")]["mean_ppb"]
+        assert np.sign(right - left) == expected_sign, (region, left, right)
+        assert np.sign(measured[(region, "bilateral")]["ai_abs_pct"]) == expected_sign, region
+    # The unions are reported too.
+    assert ("globus_pallidus", "bilateral") in measured
+    assert ("substantia_nigra", "L") in measured
+
+
+def test_small_nuclei_survive_in_native_space(digital_subject_run):
+    out = digital_subject_run["out"]
+    rows = read_regional_table(out / f"{PREFIX}_desc-regions_stats.tsv")
+    for (region, hemisphere), row in _measured(rows, "csf").items():
+        assert row["n_voxels"] > 0, (region, hemisphere)
+    template_rows = read_regional_table(out / f"{PREFIX}_space-{TEMPLATE}_desc-regions_stats.tsv")
+    assert {row["region"] for row in template_rows} == {row["region"] for row in rows}
