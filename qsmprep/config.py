@@ -87,6 +87,7 @@ class WorkflowConfig:
     atlas_table: str = ""  # its TSV
     template_stats: bool = False  # also measure regions on the template-space Chimap
     random_seed: int = 0  # seeds ANTs and every other random choice
+    reference_ranges: str = ""  # user table of CBS/PSP/PD reference ranges ("" = the package's)
     field_strength_t: float = 0.0
     masking: str = ALGORITHMS["masking"][0]
     mask_threshold: float = 0.0

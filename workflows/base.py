@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from qsmprep.qsm.echo_fit import equally_spaced
 from .outputs import init_ds_qsm_wf, init_ds_regions_wf
 from .qsm import init_qsm_wf
 from .registration import init_registration_wf, init_regions_wf
+from .report import init_run_report_wf, init_subject_report_wf
 
 LOGGER = logging.getLogger("qsmprep")
 
@@ -37,7 +39,13 @@ def init_qsmprep_wf(*, config, runs):
     ``sub_<label>_wf`` per participant.
     """
     workflow = pe.Workflow(name="qsmprep_wf", base_dir=config.execution.work_dir)
-    anatomy = None if config.workflow.qsm_only else resolve_anatomy(config)
+    anatomy = None
+    if not config.workflow.qsm_only:
+        from qsmprep.boilerplate import methods_boilerplate
+
+        anatomy = resolve_anatomy(config)
+        anatomy["methods_markdown"] = methods_boilerplate(config=config, runs=runs)
+        anatomy["date"] = datetime.date.today().isoformat()
     for subject in sorted({run.subject for run in runs}):
         subject_runs = [run for run in runs if run.subject == subject]
         workflow.add_nodes([init_participant_wf(config=config, subject=subject,
@@ -75,7 +83,14 @@ def init_participant_wf(*, config, subject, runs, anatomy=None, name=None):
     Inputs / Outputs: none; every run is self-contained and writes its own derivatives.
     """
     workflow = pe.Workflow(name=name or f"sub_{subject}_wf")
-    workflow.add_nodes([init_run_wf(config=config, run=run, anatomy=anatomy) for run in runs])
+    run_wfs = [init_run_wf(config=config, run=run, anatomy=anatomy) for run in runs]
+    workflow.add_nodes(run_wfs)
+    if anatomy is not None:
+        report_wf = init_subject_report_wf(subject=subject, runs=runs,
+                                           output_dir=config.execution.output_dir)
+        for index, run_wf in enumerate(run_wfs, start=1):
+            workflow.connect(run_wf, "report_wf.outputnode.report",
+                             report_wf, f"inputnode.in{index}")
     return workflow
 
 
@@ -128,12 +143,15 @@ def init_run_wf(*, config, run, anatomy=None, name=None):
         (qsm_wf, ds_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in fields]),
     ])
     if anatomy is not None:
-        _connect_regions(workflow, qsm_wf, config=config, run=run, anatomy=anatomy)
+        _connect_regions(workflow, qsm_wf, config=config, run=run, anatomy=anatomy,
+                         workflow_config=workflow_config)
     return workflow
 
 
-def _connect_regions(workflow, qsm_wf, *, config, run, anatomy):
-    """Registration, atlas propagation, regional statistics and their outputs."""
+def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config):
+    """Registration, atlas propagation, regional statistics, the report and their outputs."""
+    from qsmprep.reports.render import acquisition_summary
+
     registration_wf = init_registration_wf(
         template_t1w=anatomy["template_t1w"], template_mask=anatomy["template_mask"],
         seed=config.workflow.random_seed, omp_nthreads=config.nipype.omp_nthreads)
@@ -168,6 +186,29 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy):
                                   ("outputnode.quality", "inputnode.quality"),
                                   ("outputnode.figure", "inputnode.figure")]),
         (regions_wf, ds_wf, regional),
+    ])
+
+    has_r2star = len(run.echoes) >= 2
+    report_wf = init_run_report_wf(
+        run=run, output_dir=config.execution.output_dir,
+        acquisition=acquisition_summary(run),
+        provenance={"date": anatomy["date"], "command": config.execution.command_line,
+                    "processing": workflow_config.stage_parameters(run.voxel_size)},
+        methods_markdown=anatomy["methods_markdown"],
+        reference_ranges=config.workflow.reference_ranges, has_r2star=has_r2star)
+    images = [("outputnode.chimap", "inputnode.chimap"),
+              ("outputnode.magnitude", "inputnode.magnitude"),
+              ("outputnode.brain_mask", "inputnode.brain_mask"),
+              ("outputnode.quality_mask", "inputnode.quality_mask"),
+              ("outputnode.fit_residual", "inputnode.fit_residual")]
+    if has_r2star:
+        images.append(("outputnode.r2star", "inputnode.r2star"))
+    workflow.connect([
+        (qsm_wf, report_wf, images),
+        (regions_wf, report_wf, [("outputnode.native_labels", "inputnode.native_labels")]),
+        (registration_wf, report_wf, [("outputnode.quality", "inputnode.registration_quality")]),
+        (ds_wf, report_wf, [("outputnode.regional_table", "inputnode.regional_table"),
+                            ("outputnode.figure", "inputnode.registration_figure")]),
     ])
 
 

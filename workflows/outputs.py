@@ -128,12 +128,19 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_sources,
     forward_transform, inverse_transform, template_chimap, native_labels, regional_table,
     template_regional_table, figure : str
     quality, regional_metadata, template_regional_metadata : dict
+
+    Outputs
+    -------
+    regional_table, figure : str
+        The written regional table and registration figure (for the report).
     """
     workflow = pe.Workflow(name=name)
     fields = ["forward_transform", "inverse_transform", "template_chimap", "native_labels",
               "regional_table", "template_regional_table", "figure", "quality",
               "regional_metadata", "template_regional_metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["regional_table", "figure"]),
+                         name="outputnode")
     native = run.suffix
     chimap_uri = bids_uri(derivative_path(run.entities, suffix="Chimap"), output_dir, "")
     forward_relative = derivative_path(
@@ -207,7 +214,8 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_sources,
                                           ("regional_metadata", "regional")])])
     stats = sink("ds_regional_table", "regional_table", suffix="stats", desc="regions",
                  extension=".tsv", metadata={})
-    workflow.connect(merge, "metadata", stats, "extra_metadata")
+    workflow.connect([(merge, stats, [("metadata", "extra_metadata")]),
+                      (stats, outputnode, [("out_file", "regional_table")])])
     if template_stats:
         template_merge = pe.Node(niu.Function(function=_stats_metadata,
                                               input_names=["provenance", "quality", "regional"],
@@ -220,8 +228,9 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_sources,
                               suffix="stats", desc="regions", space=template, extension=".tsv",
                               metadata={})
         workflow.connect(template_merge, "metadata", template_table, "extra_metadata")
-    sink("ds_registration_figure", "figure", suffix="T1w", desc="registration",
-         extension=".svg", datatype_figures=True)
+    figure = sink("ds_registration_figure", "figure", suffix="T1w", desc="registration",
+                  extension=".svg", datatype_figures=True)
+    workflow.connect(figure, "out_file", outputnode, "figure")
     return workflow
 
 

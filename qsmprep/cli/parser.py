@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--random-seed", type=int, default=0, metavar="SEED",
                     help="seed of ANTs registration (results are reproducible for a given seed "
                     "and --omp-nthreads)")
+    wf.add_argument("--reference-ranges", type=Path, metavar="TSV",
+                    help="your own CBS/PSP/PD reference ranges for the report (columns as in "
+                    "qsmprep/reports/data/reference_ranges.tsv); calibrate them locally")
     wf.add_argument("--brain-mask-dir", type=Path, metavar="DIR",
                     help="a derivatives folder with your own brain masks "
                     "(sub-*/[ses-*/]anat/*_desc-brain_mask.nii[.gz], same entities as the run); "
@@ -225,6 +228,14 @@ def parse_args(argv=None) -> Config:
         raise UsageError("--vsharp-min-radius must not exceed --vsharp-max-radius")
 
     atlas, atlas_table = _validated_atlas(opts)
+    reference_ranges = ""
+    if opts.reference_ranges is not None:
+        if not opts.reference_ranges.is_file():
+            raise MissingInputError(f"--reference-ranges: file not found: {opts.reference_ranges}")
+        from ..reports.cbs import read_reference_ranges
+
+        read_reference_ranges(opts.reference_ranges)  # a malformed table stops here (exit 64)
+        reference_ranges = str(opts.reference_ranges.resolve())
 
     bids_filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {}
     plugin, plugin_args = "MultiProc", {}
@@ -259,6 +270,7 @@ def parse_args(argv=None) -> Config:
         atlas_table=atlas_table,
         template_stats=opts.template_stats,
         random_seed=opts.random_seed,
+        reference_ranges=reference_ranges,
         field_strength_t=opts.field_strength or 0.0,
         masking=opts.masking,
         mask_threshold=opts.mask_threshold or 0.0,

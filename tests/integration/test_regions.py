@@ -142,3 +142,20 @@ def test_small_nuclei_survive_in_native_space(digital_subject_run):
         assert row["n_voxels"] > 0, (region, hemisphere)
     template_rows = read_regional_table(out / f"{PREFIX}_space-{TEMPLATE}_desc-regions_stats.tsv")
     assert {row["region"] for row in template_rows} == {row["region"] for row in rows}
+
+
+def test_report_is_written_and_valid(digital_subject_run):
+    from qsmprep.reports.render import validate_report
+
+    out = digital_subject_run["out"]
+    html = (out / "sub-01.html").read_text()
+    assert "research aid" in html.lower() and "<table" in html
+    report = json.loads((out / f"{PREFIX}_desc-cbs_report.json").read_text())
+    assert validate_report(report)
+    assert report["subject"] == "01"
+    assert report["qc"]["values"]["registration"]["dice_brain"] > 0.9
+    for name in ("qsm", "mask", "registration", "r2star"):
+        assert report["figures"][name], name
+    figures = out / "sub-01" / "figures"
+    for name in ("desc-mosaic_Chimap.svg", "desc-brain_mask.svg", "desc-mosaic_R2starmap.svg"):
+        assert (figures / f"sub-01_{name}").is_file(), name

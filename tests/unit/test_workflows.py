@@ -100,7 +100,8 @@ def test_registration_and_regions_follow_the_reconstruction(dataset, tmp_path):
                  "ds_regions_wf.ds_forward_transform", "ds_regions_wf.ds_inverse_transform",
                  "ds_regions_wf.ds_template_chimap", "ds_regions_wf.ds_native_dseg",
                  "ds_regions_wf.ds_regional_table", "ds_regions_wf.ds_template_regional_table",
-                 "ds_regions_wf.ds_registration_figure"):
+                 "ds_regions_wf.ds_registration_figure", "report_wf.report_figures",
+                 "report_wf.run_report", "report_wf.ds_qsm_figure"):
         assert f"{run}.{node}" in names
     register = workflow.get_node(f"{run}.registration_wf.register_to_template")
     assert register.inputs.seed == 5 and register.inputs.num_threads == 1
@@ -111,6 +112,11 @@ def test_registration_and_regions_follow_the_reconstruction(dataset, tmp_path):
     stats = workflow.get_node(f"{run}.regions_wf.regional_statistics")
     assert stats.inputs.composites["globus_pallidus"] == ["globus_pallidus_externa",
                                                           "globus_pallidus_interna"]
+    assert "sub_01_wf.subject_report_wf.write_report" in names
+    writer = workflow.get_node("sub_01_wf.subject_report_wf.write_report")
+    assert writer.inputs.html_path.endswith("out/sub-01.html")
+    assert [path.rsplit("/", 1)[1] for path in writer.inputs.json_paths] == [
+        "sub-01_desc-cbs_report.json", "sub-01_ses-2_desc-cbs_report.json"]
     # The atlas is built once for the whole run, in the work folder.
     assert stats.inputs.atlas_table.startswith(config.execution.work_dir)
 
