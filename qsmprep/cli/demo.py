@@ -1,4 +1,5 @@
-"""``qsmprep-demo OUT/``: simulate a small BIDS dataset and run the participant level on it.
+"""``qsmprep-demo OUT/``: simulate four digital participants (a control and CBS, PSP and PD
+patients) and run the participant level on them, reports included.
 
 Everything happens offline: the dataset comes from the package's forward model
 (:func:`qsmprep.phantom.dataset.make_demo_dataset`), with its ground truth beside it.
@@ -37,6 +38,10 @@ def run(argv=None) -> int:
     exit_code = run_qsmprep([str(bids_dir), str(output_dir), "participant",
                              "-w", str(work_dir), *extra])
     if exit_code == 0:
+        reports = sorted(output_dir.glob("sub-*.html"))
+        print("\nCBS differentiation reports (open in a browser):")
+        for report in reports:
+            print(f"  {report}")
         print(f"\nDemo finished.\n  input (simulated BIDS): {bids_dir}\n"
               f"  ground truth:           {bids_dir / 'derivatives' / 'qsmprep-phantom'}\n"
               f"  qsmprep derivatives:    {output_dir}\n"

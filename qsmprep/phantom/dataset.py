@@ -84,6 +84,7 @@ class PhantomSubject:
     snr: float = 100.0
     seed: int = 0
     susceptibility_overrides_ppm: dict = field(default_factory=dict, hash=False)
+    group: str | None = None  # the participant's group in participants.tsv (e.g. a diagnosis)
     anatomy: str = "analytic"
     region_susceptibility_ppb: dict = field(default_factory=dict, hash=False)
     native_rotation_deg: tuple = (0.0, 0.0, 0.0)
@@ -166,9 +167,13 @@ def write_phantom_dataset(bids_dir, subjects, *, name="qsmprep phantom",
         f"Simulated multi-echo gradient-echo data of {anatomy}, made by qsmprep's\n"
         "forward model (dipole convolution, multi-echo signal with M0, R2*, phase offset,\n"
         f"background field and noise). Ground truth: derivatives/{TRUTH_PIPELINE}/.\n")
-    participants = sorted({subject.subject for subject in subjects})
-    (bids_dir / "participants.tsv").write_text(
-        "participant_id\n" + "".join(f"sub-{label}\n" for label in participants))
+    groups = {subject.subject: subject.group for subject in subjects}
+    if any(groups.values()):
+        (bids_dir / "participants.tsv").write_text("participant_id\tgroup\n" + "".join(
+            f"sub-{label}\t{groups[label] or 'n/a'}\n" for label in sorted(groups)))
+    else:
+        (bids_dir / "participants.tsv").write_text(
+            "participant_id\n" + "".join(f"sub-{label}\n" for label in sorted(groups)))
 
     truths = {}
     for subject in subjects:
@@ -177,25 +182,50 @@ def write_phantom_dataset(bids_dir, subjects, *, name="qsmprep phantom",
     return truths
 
 
-def make_demo_dataset(bids_dir, *, seed: int = 0, workers: int = 1) -> list[PhantomSubject]:
-    """The demo: two digital subjects made in template space, 2 mm, 4 echoes at 3 T.
+#: Digital patients of the demo: regional susceptibility (ppb relative to CSF) set on the
+#: healthy head, following the patterns of the clinical reference ranges (CBS: asymmetric
+#: motor and premotor cortex iron, here left-dominant, moderate GPi/STN/RN; PSP: high,
+#: symmetric GPi, STN and RN; PD: nigral iron, asymmetric, low cortex and pallidum).
+DIGITAL_PATIENTS = {
+    "control": {},
+    "cbs": {"motor_cortex": {"L": 110, "R": 45}, "premotor_cortex": {"L": 85, "R": 35},
+            "globus_pallidus_interna": 115, "red_nucleus": 80, "subthalamic_nucleus": 90,
+            "substantia_nigra_compacta": 140, "substantia_nigra_reticulata": 140,
+            "putamen": {"L": 85, "R": 70}, "thalamus": 45},
+    "psp": {"motor_cortex": 25, "globus_pallidus_interna": 230, "globus_pallidus_externa": 180,
+            "red_nucleus": 190, "subthalamic_nucleus": 180, "substantia_nigra_compacta": 190,
+            "substantia_nigra_reticulata": 190, "putamen": 100, "thalamus": 70},
+    "pd": {"motor_cortex": 20, "premotor_cortex": 15, "globus_pallidus_interna": 60,
+           "globus_pallidus_externa": 70, "red_nucleus": 70, "subthalamic_nucleus": 75,
+           "substantia_nigra_compacta": {"L": 250, "R": 340},
+           "substantia_nigra_reticulata": {"L": 230, "R": 320}, "putamen": 45, "thalamus": 30},
+}
 
-    sub-01 is scanned axially; sub-02 (session 1) has its head moved and deformed and is scanned
-    on an oblique slab. Regional iron differs left and right (putamen, motor cortex), so the
-    regional tables show asymmetry. Small enough for the whole participant level, registration
-    included, to run in a few minutes on two cores.
+
+def make_demo_dataset(bids_dir, *, seed: int = 0, workers: int = 1) -> list[PhantomSubject]:
+    """The demo: four digital participants made in template space, 2 mm, 4 echoes at 3 T.
+
+    ``sub-control`` (healthy), ``sub-cbs``, ``sub-psp`` and ``sub-pd`` carry the regional iron
+    of :data:`DIGITAL_PATIENTS`; ``participants.tsv`` names their group. Each head is moved and
+    deformed into its own native space; sub-psp (session 1) is scanned on an oblique slab.
+    Small enough for the whole participant level, registration and reports included, to run
+    in a few minutes on two cores.
     """
     grid = {"shape": TEMPLATE_NATIVE_SHAPE_2MM, "voxel_size": DEMO_VOXEL_SIZE_MM,
             "echo_times_s": DEMO_ECHO_TIMES_S, "field_strength_t": DEMO_FIELD_STRENGTH_T,
             "anatomy": "template"}
-    subjects = [
-        PhantomSubject(subject="01", seed=seed + 1,
-                       region_susceptibility_ppb={"putamen": {"L": 30, "R": 50}}, **grid),
-        PhantomSubject(subject="02", session="1", rotation_deg=DEMO_OBLIQUE_ROTATION_DEG,
-                       native_rotation_deg=(5.0, -3.0, 4.0), native_translation_mm=(2.0, -4.0, 3.0),
-                       deformation_mm=2.0, seed=seed + 2,
-                       region_susceptibility_ppb={"motor_cortex": {"L": 70, "R": 25}}, **grid),
-    ]
+    poses = [((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)), ((5.0, -3.0, 4.0), (2.0, -4.0, 3.0)),
+             ((-4.0, 2.0, -3.0), (-3.0, 3.0, -2.0)), ((3.0, 4.0, -2.0), (1.0, 2.0, -4.0))]
+    subjects = []
+    for index, (label, values) in enumerate(DIGITAL_PATIENTS.items()):
+        rotation, translation = poses[index % len(poses)]
+        oblique = label == "psp"
+        subjects.append(PhantomSubject(
+            subject=label, session="1" if oblique else None,
+            rotation_deg=DEMO_OBLIQUE_ROTATION_DEG if oblique else (0.0, 0.0, 0.0),
+            native_rotation_deg=rotation, native_translation_mm=translation,
+            deformation_mm=2.0 if index else 0.0, seed=seed + index + 1,
+            region_susceptibility_ppb=values, group=label.upper() if index else "HC", **grid))
     write_phantom_dataset(bids_dir, subjects, name="qsmprep demo", workers=workers)
     return subjects
 
@@ -406,6 +436,6 @@ def _write_json(path: Path, content: dict) -> None:
 
 
 __all__ = ["ANATOMIES", "ARBITRARY_PHASE_RANGE", "DEMO_ECHO_TIMES_S", "DEMO_FIELD_STRENGTH_T",
-           "DEMO_OBLIQUE_ROTATION_DEG", "DEMO_VOXEL_SIZE_MM", "TRUTH_PIPELINE",
+           "DEMO_OBLIQUE_ROTATION_DEG", "DIGITAL_PATIENTS", "DEMO_VOXEL_SIZE_MM", "TRUTH_PIPELINE",
            "TEMPLATE_NATIVE_SHAPE_2MM", "PhantomSubject", "make_demo_dataset",
            "simulate_template_subject", "write_phantom_dataset"]

@@ -109,25 +109,31 @@ def test_complex_parts_and_single_echo(tmp_path):
     assert (tmp_path / "sub-02" / "anat" / "sub-02_part-phase_T2starw.nii.gz").is_file()
 
 
-def test_demo_dataset_has_an_axial_and_an_oblique_session(tmp_path):
-    from qsmprep.phantom.dataset import (DEMO_ECHO_TIMES_S, TEMPLATE_NATIVE_SHAPE_2MM,
-                                         make_demo_dataset)
+def test_demo_dataset_holds_the_digital_patients(tmp_path):
+    from qsmprep.phantom.dataset import (DEMO_ECHO_TIMES_S, DIGITAL_PATIENTS,
+                                         TEMPLATE_NATIVE_SHAPE_2MM, make_demo_dataset)
     from qsmprep.qsm.dipole import b0_direction_from_affine
 
     subjects = make_demo_dataset(tmp_path)
-    assert [(s.subject, s.session) for s in subjects] == [("01", None), ("02", "1")]
+    assert [s.subject for s in subjects] == list(DIGITAL_PATIENTS)
+    participants = (tmp_path / "participants.tsv").read_text().splitlines()
+    assert participants[0] == "participant_id\tgroup"
+    assert "sub-cbs\tCBS" in participants and "sub-control\tHC" in participants
     layout = bids.BIDSLayout(tmp_path, validate=True)
-    for subject, session, tilted in (("01", None, False), ("02", "1", True)):
-        query = {"subject": subject, "suffix": "MEGRE", "part": "mag", "extension": ".nii.gz"}
-        if session:
-            query["session"] = session
+    for subject in subjects:
+        query = {"subject": subject.subject, "suffix": "MEGRE", "part": "mag",
+                 "extension": ".nii.gz"}
+        if subject.session:
+            query["session"] = subject.session
         files = layout.get(**query)
         assert len(files) == len(DEMO_ECHO_TIMES_S)
         image = nib.load(files[0].path)
         assert image.shape == TEMPLATE_NATIVE_SHAPE_2MM and image.get_data_dtype() == np.float32
-        assert image.header.get_xyzt_units() == ("mm", "sec")
         b0 = b0_direction_from_affine(image.affine)
-        assert (abs(b0[2]) < 0.99) == tilted
+        assert (abs(b0[2]) < 0.99) == (subject.subject == "psp")
+    truth = (tmp_path / "derivatives" / "qsmprep-phantom" / "sub-cbs" / "anat"
+             / "sub-cbs_desc-truth_regions.tsv").read_text()
+    assert "motor_cortex\tL\t110" in truth
 
 
 @pytest.mark.parametrize("settings", [{"phase_units": "degrees"}, {"suffix": "T1w"},

@@ -1,0 +1,71 @@
+"""End to end: the demo's digital patients (control, CBS, PSP, PD) through the CLI; each report
+names the right pattern and favoured side, and the control is not called CBS or PSP with high
+confidence."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from cli_helpers import run_cli
+
+from qsmprep.phantom.dataset import make_demo_dataset
+from qsmprep.reports.render import validate_report
+
+EXPECTED = {  # subject: (pattern, favoured side or None when not checked)
+    "cbs": ("CBS", "L"),
+    "psp": ("PSP", None),
+    "pd": ("PD", "R"),
+}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(base / "bids", workers=2)
+    result = run_cli(base / "bids", base / "out", "participant", "-w", base / "work",
+                     "--nprocs", "2", "--omp-nthreads", "1")
+    return {"result": result, "out": base / "out"}
+
+
+def _report(out, subject):
+    paths = sorted(out.glob(f"sub-{subject}/**/anat/*_desc-cbs_report.json"))
+    assert len(paths) == 1, paths
+    report = json.loads(paths[0].read_text())
+    assert validate_report(report)
+    return report
+
+
+def test_demo_runs(demo_run):
+    assert demo_run["result"].returncode == 0, demo_run["result"].stderr[-4000:]
+    for subject in ("control", "cbs", "psp", "pd"):
+        assert (demo_run["out"] / f"sub-{subject}.html").is_file()
+
+
+@pytest.mark.parametrize("subject", sorted(EXPECTED))
+def test_patients_get_their_pattern_and_side(demo_run, subject):
+    interpretation = _report(demo_run["out"], subject)["interpretation"]
+    pattern, side = EXPECTED[subject]
+    assert interpretation["pattern"] == pattern, interpretation
+    if side is not None:
+        assert interpretation["asymmetry"]["side"] == side, interpretation["asymmetry"]
+
+
+def test_control_is_not_called_cbs_or_psp_with_high_confidence(demo_run):
+    interpretation = _report(demo_run["out"], "control")["interpretation"]
+    assert not (interpretation["pattern"] in ("CBS", "PSP")
+                and interpretation["confidence"] == "high"), interpretation
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+                    reason="Chromium is not installed (Debian package 'chromium')")
+def test_demo_report_opens_in_chromium(demo_run, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    html = demo_run["out"] / "sub-cbs.html"
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          html.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "findings" in dom.stdout.lower() and "<table" in dom.stdout
+    assert "consistent with CBS" in dom.stdout or "CBS" in dom.stdout
