@@ -127,7 +127,7 @@ JUELICH_STRUCTURES = {
     "GM_Premotor_cortex_BA6_R": ("premotor_cortex", "R"),
 }
 # Changes whenever the run-time merge changes, so that atlases built before are rebuilt.
-FULL_ATLAS_RECIPE_VERSION = 1
+FULL_ATLAS_RECIPE_VERSION = 2
 
 
 # --- sources ------------------------------------------------------------------------------
@@ -408,13 +408,36 @@ def full_atlas_fingerprint(juelich_files: dict[str, Path]) -> str:
     return digest.hexdigest()
 
 
+def template_grey_matter() -> np.ndarray:
+    """Voxels of the template grid where grey matter is the most probable tissue.
+
+    From nilearn's offline MNI ICBM 2009 grey- and white-matter probability maps (Fonov et al.,
+    NeuroImage 2011;54:313-327), carried onto the template grid by world coordinates: grey
+    matter where its probability is at least that of white matter and of CSF
+    (1 - grey - white). The cortical labels are kept on these voxels only, so a cortical
+    region's mean measures cortex rather than the white matter and sulcal CSF that a
+    maximum-probability cytoarchitectonic label also covers.
+    """
+    from nilearn import datasets
+
+    grey = datasets.load_mni152_gm_template(resolution=1)
+    white = datasets.load_mni152_wm_template(resolution=1)
+    grey_data = resample_nearest_by_world(np.asarray(grey.get_fdata(dtype=np.float32)),
+                                          np.asarray(grey.affine))
+    white_data = resample_nearest_by_world(np.asarray(white.get_fdata(dtype=np.float32)),
+                                           np.asarray(white.affine))
+    csf_data = 1.0 - grey_data - white_data
+    return (grey_data > 0) & (grey_data >= white_data) & (grey_data >= csf_data)
+
+
 def build_full_atlas(juelich_files: dict[str, Path]) -> tuple[bytes, str, dict]:
     """The full atlas: shipped open part + Juelich motor and premotor cortex.
 
     The Juelich atlas is in FSL's MNI152 space (MNI152NLin6Asym); it is carried onto the
     MNI152NLin2009cAsym grid by world coordinates, nearest neighbour, treating the two
     templates as aligned (see README). Cortical labels go only to voxels inside the template
-    brain mask that hold no label of the open part.
+    brain mask that hold no label of the open part and whose most probable tissue is grey
+    matter (:func:`template_grey_matter`).
 
     Returns
     -------
@@ -427,7 +450,7 @@ def build_full_atlas(juelich_files: dict[str, Path]) -> tuple[bytes, str, dict]:
     juelich_labels, juelich_affine = juelich_maximum_probability(
         juelich_files["juelich_maps"], juelich_files["juelich_names"])
     cortex = resample_nearest_by_world(juelich_labels, juelich_affine)
-    cortex_voxels = brain_mask & (labels == 0) & (cortex > 0)
+    cortex_voxels = brain_mask & (labels == 0) & (cortex > 0) & template_grey_matter()
     labels[cortex_voxels] = cortex[cortex_voxels]
     check_hemispheres(labels)
 
@@ -440,6 +463,8 @@ def build_full_atlas(juelich_files: dict[str, Path]) -> tuple[bytes, str, dict]:
         "Template": TEMPLATE,
         "Sources": [{"Name": text, "Licence": licence} for text, licence in SOURCES.values()],
         "JuelichThresholdPercent": JUELICH_THRESHOLD_PERCENT,
+        "CortexRestrictedTo": "grey matter: the most probable tissue of the MNI ICBM 2009 "
+                              "probability maps (nilearn)",
     }
     labels_bytes = nifti_gz_bytes(labels, "qsmprep atlas (with Juelich cortex)")
     return labels_bytes, table_text, sidecar
