@@ -20,10 +20,11 @@ What it does
    brain mask (magnitude), field mapping = unwrapping x echo fit (raw phase -> total field),
    background removal (true total field -> local field), dipole inversion (true local field ->
    susceptibility).
-3. Runs the full chain from raw phase the way ``workflows/qsm.py`` wires it (magnitude mask ->
-   unwrapping -> echo fit -> phase-quality mask -> background removal -> inversion -> whole-brain
-   referencing): the default chain (the first choice of every stage in
-   :data:`qsmprep.config.ALGORITHMS`) and, one stage at a time, every other available method.
+3. Runs the full chain from raw phase with :func:`qsmprep.qsm.pipeline.reconstruct`, the chain
+   the workflow runs node by node (magnitude mask -> unwrapping -> echo fit -> phase-quality
+   mask -> background removal -> inversion -> whole-brain referencing): the default chain (the
+   defaults of :class:`qsmprep.config.WorkflowConfig`) and, one stage at a time, every other
+   choice of :data:`qsmprep.config.ALGORITHMS`.
 4. Runs qmrpy's split-Bregman QSM pipeline (a Python port of qMRLab's ``qsm_sb``) on the same
    data and compares it with qsmprep's default chain.
 
@@ -35,10 +36,9 @@ deep-grey-matter slope is the signed slope behind QSM-CI's ``dgm_linearity`` (= 
 regional means of QSM-CI labels 1-6 (caudate, pallidum, putamen, red nucleus, dentate,
 substantia nigra), fitted with ``qsm_eval.linear_fit``.
 
-Methods are looked up by name in :data:`METHODS` and in :data:`qsmprep.config.ALGORITHMS`; a
-method whose function does not exist (yet) is skipped with a note, so functions added to
-:mod:`qsmprep.qsm` slot in. Functions are called with their own defaults (the CLI defaults),
-each argument matched by parameter name.
+Every stage runs through the stage functions of :mod:`qsmprep.qsm.pipeline` with the parameters
+:func:`qsmprep.qsm.pipeline.stage_arguments` gives them (the workflow's), so a method added as a
+choice of :data:`qsmprep.config.ALGORITHMS` and of those functions is benchmarked here.
 
 Bench/test-only dependencies: ``qsm-ci`` (scoring, required), ``qsm-forward`` and ``qmrpy``
 (skipped with a note when missing).
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
+import dataclasses
 import io
 import math
 import os
@@ -62,8 +62,8 @@ import numpy as np
 from qsmprep import config
 from qsmprep.phantom.head import make_head_phantom
 from qsmprep.phantom.signal import oblique_affine, simulate_multiecho_gre
-from qsmprep.qsm import background, echo_fit, inversion, masking, referencing, unwrapping
-from qsmprep.qsm.dipole import hz_to_ppm
+from qsmprep.qsm import pipeline, referencing
+from qsmprep.qsm.dipole import hz_to_ppm, ppm_to_hz
 
 try:
     from qsm_ci import qsm_eval
@@ -101,20 +101,8 @@ R1_3T_HZ = {
 REPETITION_TIME_S = 0.025
 FLIP_ANGLE_DEG = 15.0
 
-#: Candidate methods per stage: CLI-style name -> function name in the stage's module. Names of
-#: :data:`qsmprep.config.ALGORITHMS` are added automatically (function = name with '-' -> '_'),
-#: unwrapping methods come from :data:`qsmprep.qsm.unwrapping.METHODS`. Missing ones are skipped.
-METHODS = {
-    "masking": {"magnitude-threshold": "magnitude_brain_mask"},
-    "echo_fit": {"weighted-linear": "weighted_linear_fit", "nonlinear": "nonlinear_complex_fit"},
-    "background_removal": {"vsharp": "vsharp", "resharp": "resharp", "pdf": "pdf",
-                           "lbv": "lbv", "ismv": "ismv", "sharp": "sharp"},
-    "inversion": {"tikhonov": "tikhonov_cg", "tkd": "tkd", "tv-admm": "tv_admm", "tv": "tv_admm",
-                  "rts": "rts", "medi": "medi", "fansi": "fansi", "ndi": "ndi",
-                  "ilsqr": "ilsqr"},
-}
-STAGE_MODULES = {"masking": masking, "unwrapping": unwrapping, "echo_fit": echo_fit,
-                 "background_removal": background, "inversion": inversion}
+#: Stages of the chain that have alternatives, in order.
+CHAIN_STAGES = ("masking", "unwrapping", "echo_fit", "background_removal", "inversion")
 STAGE_TITLES = {"masking": "brain mask", "unwrapping": "unwrapping", "echo_fit": "echo fit",
                 "background_removal": "background removal", "inversion": "dipole inversion"}
 
@@ -285,155 +273,74 @@ def simulate_with_qsm_forward(phantom, *, peak_snr, seed, workdir) -> Dataset:
         simulation_s=time.perf_counter() - started, noise_sigma=sigma, notes=notes)
 
 
-# --- method lookup ----------------------------------------------------------------------------
-def available_methods(stage, notes) -> dict:
-    """CLI-style name -> callable for ``stage``; the default (config) first, missing skipped."""
-    module = STAGE_MODULES[stage]
-    cli_names = list(config.ALGORITHMS.get(stage, ()))
-    if stage == "unwrapping":
-        known = {name: name for name in getattr(unwrapping, "METHODS", {"laplacian": None})}
-    else:
-        known = dict(METHODS.get(stage, {}))
-    resolved, seen = {}, {}
-    for name in cli_names + [n for n in known if n not in cli_names]:
-        if stage == "unwrapping":
-            table = getattr(unwrapping, "METHODS", {})
-            function = table.get(name)
-            if function is None and name != "laplacian":
-                notes.append(f"{STAGE_TITLES[stage]} '{name}': not in unwrapping.METHODS, skipped")
-                continue
-        else:
-            function = getattr(module, known.get(name, name.replace("-", "_")), None)
-            if function is None:
-                if name in cli_names:
-                    notes.append(f"{STAGE_TITLES[stage]} '{name}' (a CLI choice): no function "
-                                 f"{module.__name__}.{known.get(name, name.replace('-', '_'))}, "
-                                 "skipped")
-                continue
-        if function is not None and id(function) in seen:
-            continue  # an alias of a method already listed
-        seen[id(function)] = name
-        resolved[name] = function
-    return resolved
-
-
-def call_by_name(function, values: dict):
-    """Call ``function`` with the entries of ``values`` its signature names (own defaults else)."""
-    arguments = {}
-    for name, parameter in inspect.signature(function).parameters.items():
-        if name in values:
-            arguments[name] = values[name]
-        elif (parameter.default is inspect.Parameter.empty
-              and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)):
-            raise TypeError(f"{function.__name__} needs '{name}', which the bench cannot give")
-    return function(**arguments)
-
-
-def _takes(function, name) -> bool:
-    try:
-        return name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 # --- stages -------------------------------------------------------------------------------------
+def methods_of(stage) -> tuple:
+    """The choices of ``stage`` (a key of :data:`qsmprep.config.ALGORITHMS`), default first."""
+    return tuple(config.ALGORITHMS[stage])
+
+
+def settings_with(**choices) -> config.WorkflowConfig:
+    """The workflow's default settings with some stages' algorithms changed."""
+    return dataclasses.replace(config.WorkflowConfig(), **choices)
+
+
 class Stages:
-    """Calls of each stage with the conventions of ``workflows/qsm.py``; results are cached."""
+    """Each stage alone, through the stage functions of :mod:`qsmprep.qsm.pipeline` with the
+    parameters the workflow gives them (:func:`qsmprep.qsm.pipeline.stage_arguments`)."""
 
-    def __init__(self, data: Dataset, methods: dict, workers: int):
+    def __init__(self, data: Dataset, workers: int):
         self.data = data
-        self.methods = methods
         self.workers = workers
-        self.cache = {}
 
-    def cached(self, key, compute):
-        """(value, seconds) of ``compute()``, computed once per key."""
-        if key not in self.cache:
-            started = time.perf_counter()
-            value = compute()
-            self.cache[key] = (value, time.perf_counter() - started)
-        return self.cache[key]
+    def arguments(self, stage, **choices) -> dict:
+        return pipeline.stage_arguments(settings_with(**choices), self.data.voxel_size)[stage]
 
-    # single stages ---------------------------------------------------------------------------
-    def brain_mask(self, name):
-        function = self.methods["masking"][name]
-        return call_by_name(function, {"magnitude": self.data.magnitude[..., 0],
-                                       "voxel_size": self.data.voxel_size})
+    def brain_mask(self):
+        return pipeline.compute_brain_mask(self.data.magnitude[..., 0], self.data.voxel_size,
+                                           **self.arguments("masking"))
 
     def unwrap(self, name, mask):
         data = self.data
-        return unwrapping.unwrap_echoes(
-            data.phase, data.voxel_size, echo_times_s=data.echo_times_s, method=name,
-            magnitude_4d=data.magnitude, mask=mask, workers=self.workers)
-
-    def unwrap_uses_mask(self, name) -> bool:
-        return _takes(getattr(unwrapping, "METHODS", {}).get(name, lambda: None), "mask")
+        return pipeline.unwrap_phase(data.phase, data.voxel_size, data.echo_times_s,
+                                     magnitude_4d=data.magnitude, mask=mask, workers=self.workers,
+                                     **self.arguments("unwrapping", unwrapping=name))
 
     def fit(self, name, unwrapped, mask):
-        """Echo fit as the FitEchoes interface does it: the nonlinear fit starts from the linear."""
         data = self.data
-        function = self.methods["echo_fit"][name]
-        times = np.asarray(data.echo_times_s)
-        values = {"unwrapped_phase": unwrapped, "magnitude": data.magnitude,
-                  "magnitude_4d": data.magnitude, "phase_4d": data.phase,
-                  "wrapped_phase_4d": data.phase, "echo_times_s": times, "mask": mask}
-        if _takes(function, "initial_field_hz"):
-            values["initial_field_hz"] = echo_fit.weighted_linear_fit(
-                unwrapped, data.magnitude, times, mask).total_field_hz
-        return call_by_name(function, values)
-
-    def quality_mask(self, brain_mask, residual):
-        """The phase-quality refinement of the workflow, when this checkout has it."""
-        threshold = getattr(config.WorkflowConfig(), "quality_threshold", 0.0)
-        if not (threshold > 0 and hasattr(masking, "quality_mask")
-                and hasattr(masking, "residual_quality")):
-            return brain_mask
-        quality = masking.residual_quality(residual, brain_mask)
-        return masking.quality_mask(brain_mask, quality, threshold=threshold,
-                                    voxel_size=self.data.voxel_size)
+        return pipeline.fit_echoes(unwrapped, data.magnitude, data.echo_times_s, mask,
+                                   phase_4d=data.phase,
+                                   **self.arguments("echo_fit", echo_fit=name))
 
     def remove_background(self, name, total_field_hz, mask):
         data = self.data
-        result = call_by_name(self.methods["background_removal"][name], {
-            "total_field_hz": total_field_hz, "mask": mask, "voxel_size": data.voxel_size,
-            "b0_direction": data.b0_direction, "workers": self.workers})
-        local_hz, local_mask = (result.local_field_hz, result.mask) if hasattr(
-            result, "local_field_hz") else (result[0], result[1])
-        return hz_to_ppm(local_hz, data.field_strength_t), np.asarray(local_mask, dtype=bool)
+        result = pipeline.remove_background(
+            total_field_hz, mask, data.voxel_size, data.b0_direction, workers=self.workers,
+            **self.arguments("background_removal", background_removal=name))
+        return hz_to_ppm(result.local_field_hz, data.field_strength_t), result.mask
 
     def invert(self, name, local_field_ppm, mask):
         data = self.data
-        result = call_by_name(self.methods["inversion"][name], {
-            "local_field_ppm": local_field_ppm, "mask": mask, "voxel_size": data.voxel_size,
-            "b0_direction": data.b0_direction, "workers": self.workers,
-            "magnitude": data.magnitude[..., 0]})
-        if isinstance(result, tuple):
-            result = result[0]
-        referenced, _ = referencing.reference_to_region_mean(result, mask)
+        chi = pipeline.invert_dipole(
+            ppm_to_hz(local_field_ppm, data.field_strength_t), mask, data.voxel_size,
+            data.b0_direction, data.field_strength_t, first_echo_magnitude=data.magnitude[..., 0],
+            echo_times_s=data.echo_times_s, workers=self.workers,
+            **self.arguments("inversion", inversion=name))
+        referenced, _ = referencing.reference_to_region_mean(chi, mask)
         return referenced
 
-    # the chain -----------------------------------------------------------------------------
-    def chain(self, mask_name, unwrap_name, fit_name, bg_name, inv_name):
-        """Full chain from raw phase; returns (chi, final mask, seconds of every step)."""
-        steps = []
+    def chain(self, settings):
+        """The whole chain from raw phase (:func:`qsmprep.qsm.pipeline.reconstruct`)."""
+        data = self.data
+        return pipeline.reconstruct(data.magnitude, data.phase, data.echo_times_s,
+                                    data.voxel_size, data.b0_direction, data.field_strength_t,
+                                    settings=settings, workers=self.workers)
 
-        def step(key, compute):
-            value, seconds = self.cached(key, compute)
-            steps.append(seconds)
-            return value
 
-        brain = step(("chain-mask", mask_name), lambda: self.brain_mask(mask_name))
-        unwrapped = step(("chain-unwrap", mask_name, unwrap_name),
-                         lambda: self.unwrap(unwrap_name, brain))
-        key = (mask_name, unwrap_name, fit_name)
-        fit = step(("chain-fit",) + key, lambda: self.fit(fit_name, unwrapped, brain))
-        quality = step(("chain-quality",) + key, lambda: self.quality_mask(brain, fit.residual))
-        key += (bg_name,)
-        local_ppm, local_mask = step(("chain-bg",) + key, lambda: self.remove_background(
-            bg_name, fit.total_field_hz, quality))
-        key += (inv_name,)
-        chi = step(("chain-inv",) + key, lambda: self.invert(inv_name, local_ppm, local_mask))
-        return chi, local_mask, sum(steps)
+def timed(function):
+    """(value, seconds) of ``function()``."""
+    started = time.perf_counter()
+    value = function()
+    return value, time.perf_counter() - started
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -553,6 +460,7 @@ class Results:
     default_chain: dict | None = None
     default_chain_s: float = math.nan
     dipole_default: dict | None = None
+    default_stage_seconds: dict = field(default_factory=dict)
     qmrpy: dict | None = None
     qmrpy_s: float = math.nan
 
@@ -565,8 +473,8 @@ def _attempt(notes, label, function):
         return None
 
 
-def evaluate(data: Dataset, methods: dict, *, workers, skip: set, notes: list,
-             timings: dict, slow_s: float, run_qmrpy_too: bool) -> Results:
+def evaluate(data: Dataset, *, workers, skip: set, notes: list, timings: dict, slow_s: float,
+             run_qmrpy_too: bool) -> Results:
     """Every stage alone, every chain, and qmrpy, on one dataset.
 
     ``timings`` holds the stage-alone seconds of each (stage, method) on the datasets evaluated
@@ -574,15 +482,14 @@ def evaluate(data: Dataset, methods: dict, *, workers, skip: set, notes: list,
     """
     previous_timings, timings_here = dict(timings), {}
     results = Results()
-    stages = Stages(data, methods, workers)
+    stages = Stages(data, workers)
     brain = data.brain_mask
-    default = {stage: next(iter(methods[stage]), None) for stage in methods}
 
     def wanted(stage, name):
         if name in skip:
             return False
         previous = previous_timings.get((stage, name))
-        if slow_s and previous is not None and previous > slow_s and name != default[stage]:
+        if slow_s and previous is not None and previous > slow_s and name != methods_of(stage)[0]:
             notes.append(f"{data.name}: {STAGE_TITLES[stage]} '{name}' skipped (took "
                          f"{previous:.0f} s > --slow-s {slow_s:g} on the first simulator)")
             return False
@@ -592,11 +499,8 @@ def evaluate(data: Dataset, methods: dict, *, workers, skip: set, notes: list,
         timings_here.setdefault((stage, name), seconds)
 
     # 1. brain mask ------------------------------------------------------------------------------
-    for name in methods["masking"]:
-        if not wanted("masking", name):
-            continue
-        outcome = _attempt(notes, f"{data.name}: mask {name}", lambda: stages.cached(
-            ("chain-mask", name), lambda: stages.brain_mask(name)))
+    for name in methods_of("masking"):
+        outcome = _attempt(notes, f"{data.name}: mask {name}", lambda: timed(stages.brain_mask))
         if outcome is None:
             continue
         mask, seconds = outcome
@@ -609,31 +513,21 @@ def evaluate(data: Dataset, methods: dict, *, workers, skip: set, notes: list,
                                    "outside the brain (mostly CSF)"))
 
     # 2. field mapping: unwrapping x echo fit, true brain mask -----------------------------------
-    for unwrap_name in methods["unwrapping"]:
+    for unwrap_name in methods_of("unwrapping"):
         if not wanted("unwrapping", unwrap_name):
             continue
-        key = (("true-unwrap", unwrap_name) if stages.unwrap_uses_mask(unwrap_name) else None)
-        if key is None:  # the method ignores the mask: share the chain's run
-            key = ("chain-unwrap", default["masking"], unwrap_name)
-            mask_for_unwrap = lambda: stages.cached(  # noqa: E731
-                ("chain-mask", default["masking"]),
-                lambda: stages.brain_mask(default["masking"]))[0]
-        else:
-            mask_for_unwrap = lambda: brain  # noqa: E731
         outcome = _attempt(notes, f"{data.name}: unwrapping {unwrap_name}",
-                           lambda: stages.cached(key, lambda: stages.unwrap(unwrap_name,
-                                                                             mask_for_unwrap())))
+                           lambda: timed(lambda: stages.unwrap(unwrap_name, brain)))
         if outcome is None:
             continue
         unwrapped, unwrap_s = outcome
         record("unwrapping", unwrap_name, unwrap_s)
         exact = unwrapping_exactness(data, unwrapped)
-        for fit_name in methods["echo_fit"]:
+        for fit_name in methods_of("echo_fit"):
             if not wanted("echo_fit", fit_name):
                 continue
-            outcome = _attempt(notes, f"{data.name}: echo fit {fit_name}", lambda: stages.cached(
-                ("true-fit", unwrap_name, fit_name),
-                lambda: stages.fit(fit_name, unwrapped, brain)))
+            outcome = _attempt(notes, f"{data.name}: echo fit {fit_name}",
+                               lambda: timed(lambda: stages.fit(fit_name, unwrapped, brain)))
             if outcome is None:
                 continue
             fit, fit_s = outcome
@@ -647,11 +541,11 @@ def evaluate(data: Dataset, methods: dict, *, workers, skip: set, notes: list,
 
     # 3. background removal from the true total field ---------------------------------------------
     true_total_hz = np.where(brain, data.total_field_hz, np.float32(0.0))
-    for name in methods["background_removal"]:
+    for name in methods_of("background_removal"):
         if not wanted("background_removal", name):
             continue
-        outcome = _attempt(notes, f"{data.name}: background {name}", lambda: stages.cached(
-            ("true-bg", name), lambda: stages.remove_background(name, true_total_hz, brain)))
+        outcome = _attempt(notes, f"{data.name}: background {name}", lambda: timed(
+            lambda: stages.remove_background(name, true_total_hz, brain)))
         if outcome is None:
             continue
         (local_ppm, local_mask), seconds = outcome
@@ -662,45 +556,44 @@ def evaluate(data: Dataset, methods: dict, *, workers, skip: set, notes: list,
 
     # 4. dipole inversion from the true local field -----------------------------------------------
     true_local = np.where(brain, data.local_field_ppm, np.float32(0.0))
-    for name in methods["inversion"]:
+    for name in methods_of("inversion"):
         if not wanted("inversion", name):
             continue
-        outcome = _attempt(notes, f"{data.name}: inversion {name}", lambda: stages.cached(
-            ("true-inv", name), lambda: stages.invert(name, true_local, brain)))
+        outcome = _attempt(notes, f"{data.name}: inversion {name}",
+                           lambda: timed(lambda: stages.invert(name, true_local, brain)))
         if outcome is None:
             continue
         chi, seconds = outcome
         record("inversion", name, seconds)
         metrics = score_chi(data, chi, brain)
         results.stage_rows.append(("dipole inversion", name, metrics, seconds, ""))
-        if name == default["inversion"]:
+        if name == methods_of("inversion")[0]:
             results.dipole_default = metrics
 
     # 5. full chains: the default, then one stage at a time -------------------------------------
-    chain_stages = ("masking", "unwrapping", "echo_fit", "background_removal", "inversion")
-    default_chain = tuple(default[stage] for stage in chain_stages)
-    variants = [("default", default_chain)]
-    for position, stage in enumerate(chain_stages):
-        for name in methods[stage]:
-            if name != default[stage] and wanted(stage, name):
-                chain = list(default_chain)
-                chain[position] = name
-                variants.append((f"{STAGE_TITLES[stage]}: {name}", tuple(chain)))
-    for label, chain in variants:
-        if None in chain:
-            continue
-        outcome = _attempt(notes, f"{data.name}: chain {label}", lambda: stages.chain(*chain))
+    variants = [("default", {})]
+    for stage in CHAIN_STAGES:
+        for name in methods_of(stage)[1:]:
+            if wanted(stage, name):
+                variants.append((f"{STAGE_TITLES[stage]}: {name}", {stage: name}))
+    default_mask = None
+    for label, choices in variants:
+        settings = settings_with(**choices)
+        outcome = _attempt(notes, f"{data.name}: chain {label}",
+                           lambda: timed(lambda: stages.chain(settings)))
         if outcome is None:
             continue
-        chi, final_mask, seconds = outcome
-        metrics = score_chi(data, chi, final_mask)
-        results.chain_rows.append((label, " -> ".join(chain[1:]), metrics, seconds))
+        reconstruction, seconds = outcome
+        metrics = score_chi(data, reconstruction.chimap_ppm, reconstruction.local_field_mask)
+        chain = " -> ".join(getattr(settings, stage) for stage in CHAIN_STAGES[1:])
+        results.chain_rows.append((label, chain, metrics, seconds))
         if label == "default":
             results.default_chain, results.default_chain_s = metrics, seconds
-            default_mask = stages.cache[("chain-mask", chain[0])][0]
+            results.default_stage_seconds = reconstruction.stage_seconds
+            default_mask = reconstruction.brain_mask
 
     # 6. qmrpy on the same data, same brain mask ---------------------------------------------------
-    if run_qmrpy_too and results.default_chain is not None:
+    if run_qmrpy_too and default_mask is not None:
         try:
             import qmrpy  # noqa: F401
         except ImportError:
@@ -726,6 +619,9 @@ def print_dataset(data: Dataset, results: Results):
             for label, chain, metrics, seconds in results.chain_rows]
     print(markdown_table(["Variant", "Unwrapping -> fit -> background -> inversion"]
                          + METRIC_HEADERS, rows))
+    if results.default_stage_seconds:
+        print("\nDefault chain, seconds per stage: " + ", ".join(
+            f"{stage} {seconds:.1f}" for stage, seconds in results.default_stage_seconds.items()))
 
 
 def print_summary(datasets, all_results):
@@ -815,7 +711,6 @@ def main(argv=None):
     started = time.perf_counter()
 
     phantom = make_head_phantom(shape=shape, voxel_size=(voxel,) * 3, seed=opts.seed)
-    methods = {stage: available_methods(stage, notes) for stage in STAGE_MODULES}
     datasets = []
     for simulator in (s.strip() for s in opts.simulators.split(",") if s.strip()):
         if simulator == "qsmprep":
@@ -838,12 +733,8 @@ def main(argv=None):
           f"ms), {FIELD_STRENGTH_T:g} T, peak SNR {opts.peak_snr:g}, {opts.workers} FFT threads\n")
     print("Versions: " + ", ".join(f"{name} {_version(name)}" for name in (
         "qsmprep", "qsm-ci", "qsm-forward", "qmrpy", "numpy", "scipy")))
-    def listed(stage, names):
-        cli = config.ALGORITHMS.get(stage, ())
-        return ", ".join(name if name in cli else f"{name}*" for name in names) or "none"
-
-    print("Methods (default first; * = a function of qsmprep.qsm that is not a CLI choice yet): "
-          + "; ".join(f"{STAGE_TITLES[s]}: {listed(s, m)}" for s, m in methods.items()))
+    print("Methods (default first): " + "; ".join(
+        f"{STAGE_TITLES[stage]}: {', '.join(methods_of(stage))}" for stage in CHAIN_STAGES))
     for data in datasets:
         print(f"- {data.name}: simulated in {data.simulation_s:.1f} s; first-echo brain SNR "
               f"{data.brain_snr:.0f}; true brain {int(data.brain_mask.sum())} voxels")
@@ -851,7 +742,7 @@ def main(argv=None):
 
     timings, all_results = {}, []
     for data in datasets:
-        results = evaluate(data, methods, workers=opts.workers, skip=skip, notes=notes,
+        results = evaluate(data, workers=opts.workers, skip=skip, notes=notes,
                            timings=timings, slow_s=slow_s, run_qmrpy_too=not opts.no_qmrpy)
         print_dataset(data, results)
         all_results.append(results)

@@ -1,7 +1,9 @@
 """Speed, memory and accuracy of each reconstruction stage on the simulated head phantom.
 
-Runs the plain functions of :mod:`qsmprep.qsm` stage by stage (no nipype overhead) on the
-phantom at the chosen resolution and prints a Markdown table for the README:
+Runs the default chain with :func:`qsmprep.qsm.pipeline.reconstruct` (the stage functions the
+workflow's nodes call, without nipype's overhead) on the phantom at the chosen resolution, then
+the main alternatives of the background removal and inversion on the same inputs, and prints
+Markdown tables for the README:
 
     python bench/bench_reconstruction.py --voxel-size 1.0 --workers 2
 
@@ -15,16 +17,23 @@ demeaned NRMSE (%), Pearson correlation, and the slope of the deep grey-matter r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import tracemalloc
 
 import numpy as np
 
+from qsmprep.config import WorkflowConfig
 from qsmprep.phantom.head import make_head_phantom
 from qsmprep.phantom.signal import oblique_affine, simulate_multiecho_gre
-from qsmprep.qsm import background, echo_fit, inversion, masking, referencing, relaxometry
-from qsmprep.qsm import unwrapping
-from qsmprep.qsm.dipole import hz_to_ppm
+from qsmprep.qsm import pipeline
+
+#: Stage names of the table, in the order the chain runs them.
+STAGE_NAMES = {"masking": "brain mask", "unwrapping": "unwrapping (ROMEO + temporal)",
+               "echo_fit": "echo fit", "quality_mask": "phase-quality mask",
+               "background_removal": "background removal (PDF)",
+               "inversion": "dipole inversion (TV-ADMM)", "r2star": "R2* (log-linear)",
+               "referencing": "referencing (whole brain, CSF found)"}
 
 FIELD_OF_VIEW_MM = (160.0, 192.0, 160.0)
 DEEP_GREY_MATTER = ("caudate", "putamen", "globus_pallidus", "thalamus", "substantia_nigra",
@@ -79,58 +88,64 @@ def main(argv=None):
     simulation_s = time.perf_counter() - started
     b0, workers = acquisition.b0_direction, opts.workers
 
-    rows = []
-    mask = _measure(rows, "brain mask", masking.magnitude_brain_mask,
-                    acquisition.magnitude[..., 0], voxel_size)
-    unwrapped = _measure(rows, "unwrapping (ROMEO + temporal)", unwrapping.unwrap_echoes,
-                         acquisition.phase, voxel_size, echo_times_s=echo_times,
-                         magnitude_4d=acquisition.magnitude, mask=mask, workers=workers)
-    fit = _measure(rows, "echo fit", echo_fit.weighted_linear_fit, unwrapped,
-                   acquisition.magnitude, np.asarray(echo_times), mask)
-    quality = _measure(rows, "phase-quality mask", masking.quality_mask, mask,
-                       masking.residual_quality(fit.residual, mask), voxel_size=voxel_size)
-    removal = _measure(rows, "PDF (default)", background.pdf, fit.total_field_hz, quality,
-                       voxel_size, b0, workers=workers)
-    vsharp_removal = _measure(rows, "V-SHARP", background.vsharp, fit.total_field_hz, quality,
-                              voxel_size, workers=workers)
-    local_field_ppm = hz_to_ppm(removal.local_field_hz, acquisition.field_strength_t)
-    tv = _measure(rows, "TV-ADMM (default)", inversion.tv_admm, local_field_ppm, removal.mask,
-                  voxel_size, b0, magnitude=acquisition.magnitude[..., 0], workers=workers)
-    tikhonov = _measure(rows, "iterative Tikhonov", inversion.tikhonov_cg, local_field_ppm,
-                        removal.mask, voxel_size, b0, workers=workers)
-    tkd = _measure(rows, "TKD", inversion.tkd, local_field_ppm, removal.mask, voxel_size, b0,
-                   workers=workers)
-    _measure(rows, "referencing", referencing.reference_to_region_mean, tv, removal.mask)
-    _measure(rows, "R2* (log-linear)", relaxometry.r2star_loglinear, acquisition.magnitude,
-             np.asarray(echo_times), mask)
+    settings = WorkflowConfig()
+    tracemalloc.start()
+    started = time.perf_counter()
+    result = pipeline.reconstruct(acquisition.magnitude, acquisition.phase, echo_times,
+                                  voxel_size, b0, acquisition.field_strength_t,
+                                  settings=settings, workers=workers)
+    chain_s = time.perf_counter() - started
+    tracemalloc.stop()
+    chain_peak_gb = max(result.stage_peak_gb.values())
+    rows = [(STAGE_NAMES[stage], seconds, result.stage_peak_gb[stage])
+            for stage, seconds in result.stage_seconds.items()]
 
+    def arguments(stage, **choices):
+        changed = dataclasses.replace(settings, **choices)
+        return pipeline.stage_arguments(changed, voxel_size)[stage]
+
+    alternatives = []
+    vsharp_removal = _measure(
+        alternatives, "V-SHARP", pipeline.remove_background, result.echo_fit.total_field_hz,
+        result.quality_mask, voxel_size, b0, workers=workers,
+        **arguments("background_removal", background_removal="vsharp"))
+    inversion_inputs = (result.local_field_hz, result.local_field_mask, voxel_size, b0,
+                        acquisition.field_strength_t)
+    tikhonov = _measure(alternatives, "iterative Tikhonov", pipeline.invert_dipole,
+                        *inversion_inputs, workers=workers,
+                        **arguments("inversion", inversion="tikhonov"))
+    tkd = _measure(alternatives, "TKD", pipeline.invert_dipole, *inversion_inputs,
+                   workers=workers, **arguments("inversion", inversion="tkd"))
     truth = acquisition.susceptibility_ppm
     print(f"Phantom {shape[0]}x{shape[1]}x{shape[2]} at {opts.voxel_size:g} mm, "
           f"{len(echo_times)} echoes, SNR {opts.snr:g}, obliquity {opts.rotation:g} deg, "
           f"{workers} FFT threads; simulation {simulation_s:.1f} s\n")
-    print("| Stage | Time (s) | Peak memory (GB) |\n|---|---|---|")
+    print("| Stage (default chain) | Time (s) | Peak memory (GB) |\n|---|---|---|")
     for name, seconds, gigabytes in rows:
         print(f"| {name} | {seconds:.2f} | {gigabytes:.2f} |")
-    alternatives = ("TKD", "iterative Tikhonov", "V-SHARP")
-    total = sum(seconds for name, seconds, _ in rows if name not in alternatives)
-    print(f"| **default chain** | **{total:.2f}** | |\n")
+    print(f"| **default chain** | **{chain_s:.2f}** | **{chain_peak_gb:.2f}** |\n")
+    print("| Alternative | Time (s) | Peak memory (GB) |\n|---|---|---|")
+    for name, seconds, gigabytes in alternatives:
+        print(f"| {name} | {seconds:.2f} | {gigabytes:.2f} |")
+    print()
 
     local_truth = acquisition.local_field_hz
-    region = removal.mask & acquisition.brain_mask  # the truth is defined in the brain only
-    print("| Output | NRMSE (%) | Correlation | Deep GM slope |\n|---|---|---|---|")
+    region = result.local_field_mask & acquisition.brain_mask  # the truth is in the brain only
     vsharp_region = vsharp_removal.mask & acquisition.brain_mask
+    print("| Output | NRMSE (%) | Correlation | Deep GM slope |\n|---|---|---|---|")
     for name, estimate, reference, scored in (
-            ("local field (PDF)", removal.local_field_hz, local_truth, region),
+            ("local field (PDF)", result.local_field_hz, local_truth, region),
             ("local field (V-SHARP, its own mask)", vsharp_removal.local_field_hz, local_truth,
              vsharp_region),
-            ("susceptibility, TV-ADMM", tv, truth, region),
+            ("susceptibility, TV-ADMM (default chain)", result.chimap_ppm, truth, region),
             ("susceptibility, iterative Tikhonov", tikhonov, truth, region),
             ("susceptibility, TKD", tkd, truth, region)):
         nrmse, correlation, slope = accuracy(estimate, reference, scored, phantom)
         slope_text = f"{slope:.2f}" if "susceptibility" in name else "-"
         print(f"| {name} | {nrmse:.1f} | {correlation:.3f} | {slope_text} |")
     coverage = region.sum() / acquisition.brain_mask.sum()
-    outside = (removal.mask & ~acquisition.brain_mask).sum() / removal.mask.sum()
+    outside = (result.local_field_mask & ~acquisition.brain_mask).sum() / (
+        result.local_field_mask.sum())
     print(f"\nThe reconstruction mask covers {100 * coverage:.1f} % of the true brain; "
           f"{100 * outside:.1f} % of it lies outside (subarachnoid CSF, inner skull surface).")
 

@@ -103,6 +103,7 @@ class WorkflowConfig:
     inversion: str = ALGORITHMS["inversion"][0]
     tkd_threshold: float = 0.19
     tv_regularization: float = 1e-3
+    tv_outside_weight: float = 0.1  # TV weight of the gradients leaving the mask
     rts_delta: float = 0.15
     medi_regularization: float = 1e-3
     tikhonov_regularization: float = 0.01
@@ -127,10 +128,11 @@ class WorkflowConfig:
             return {"Algorithm": "resharp", "RadiusMM": self.resharp_radius(voxel_size),
                     "Regularization": self.resharp_regularization}
         if self.background_removal in ("pdf", "lbv"):
-            from .qsm.background import default_peel_voxels
+            from .qsm.background import PDF_PEEL_VOXELS, default_peel_voxels
 
-            return {"Algorithm": self.background_removal,
-                    "PeeledVoxels": default_peel_voxels(voxel_size)}
+            peeled = (PDF_PEEL_VOXELS if self.background_removal == "pdf"
+                      else default_peel_voxels(voxel_size))
+            return {"Algorithm": self.background_removal, "PeeledVoxels": peeled}
         return {"Algorithm": "vsharp", "RadiiMM": self.vsharp_radii_mm(voxel_size),
                 "Threshold": self.vsharp_threshold}
 
@@ -143,7 +145,8 @@ class WorkflowConfig:
                          "MaxIterations": self.inversion_max_iter,
                          "Tolerance": self.inversion_tolerance},
             "tv-admm": {"Regularization": self.tv_regularization,
-                        "GradientWeights": "first-echo magnitude edges"},
+                        "GradientWeights": "first-echo magnitude edges",
+                        "OutsideMaskWeight": self.tv_outside_weight},
             "rts": {"Delta": self.rts_delta},
             "medi-l1": {"Regularization": self.medi_regularization,
                         "GradientWeights": "first-echo magnitude edges"},

@@ -1,6 +1,9 @@
 """The QSM reconstruction graph of one run: from echoes on disk to a referenced Chimap.
 
-Only computation happens here; :mod:`qsmprep.workflows.outputs` writes the derivatives.
+Only computation happens here; :mod:`qsmprep.workflows.outputs` writes the derivatives. One
+node per stage; each runs the stage function of :mod:`qsmprep.qsm.pipeline` with the
+parameters :func:`qsmprep.qsm.pipeline.stage_arguments` gives, the same functions and
+parameters that :func:`qsmprep.qsm.pipeline.reconstruct` chains on arrays.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from qsmprep.interfaces.qsm import (
     RemoveBackground,
     UnwrapPhase,
 )
+from qsmprep.qsm.pipeline import stage_arguments
 
 #: Nodes hold about this many float32 copies of one 3-D volume per echo (measured peak / size).
 _COPIES_PER_ECHO_VOLUME = 6
@@ -93,38 +97,28 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
         "local_field_mask", "chimap", "csf_mask", "r2star", "t2star", "magnitude", "metadata"]),
         name="outputnode")
 
+    # the stage parameters of this run, as reconstruct() on arrays gets them
+    arguments = stage_arguments(config, voxel_size)
     load = pe.Node(LoadMultiEcho(), name="load_echoes", mem_gb=volume_mem)
-    mask = pe.Node(BrainMask(threshold=config.mask_threshold), name="brain_mask",
-                   mem_gb=volume_mem)
-    unwrap = pe.Node(UnwrapPhase(method=config.unwrapping, echo_times=list(echo_times),
-                                 num_threads=omp_nthreads),
+    mask = pe.Node(BrainMask(**arguments["masking"]), name="brain_mask", mem_gb=volume_mem)
+    unwrap = pe.Node(UnwrapPhase(echo_times=list(echo_times), num_threads=omp_nthreads,
+                                 **arguments["unwrapping"]),
                      name="unwrap_phase", n_procs=omp_nthreads,
                      mem_gb=_memory_gb(voxel_count, 16 + 2 * echo_count))
-    fit = pe.Node(FitEchoes(echo_times=list(echo_times), method=config.echo_fit),
+    fit = pe.Node(FitEchoes(echo_times=list(echo_times), **arguments["echo_fit"]),
                   name="fit_echoes", mem_gb=volume_mem)
-    quality = pe.Node(QualityMask(threshold=config.quality_threshold), name="quality_mask",
+    quality = pe.Node(QualityMask(**arguments["quality_mask"]), name="quality_mask",
                       mem_gb=volume_mem)
-    radii_mm = (config.vsharp_radii_mm(voxel_size) if config.background_removal == "vsharp"
-                else [config.resharp_radius(voxel_size)])
     bg_removal = pe.Node(
-        RemoveBackground(method=config.background_removal, radii_mm=radii_mm,
-                         threshold=config.vsharp_threshold,
-                         regularization=config.resharp_regularization,
-                         num_threads=omp_nthreads),
+        RemoveBackground(num_threads=omp_nthreads, **arguments["background_removal"]),
         name="remove_background", n_procs=omp_nthreads,
         mem_gb=_memory_gb(voxel_count, _INVERSION_COPIES))
     invert = pe.Node(
         InvertDipole(field_strength_t=field_strength_t, echo_times=list(echo_times),
-                     method=config.inversion,
-                     tkd_threshold=config.tkd_threshold, rts_delta=config.rts_delta,
-                     regularization={"tv-admm": config.tv_regularization,
-                                     "medi-l1": config.medi_regularization,
-                                     }.get(config.inversion, config.tikhonov_regularization),
-                     max_iter=config.inversion_max_iter, tolerance=config.inversion_tolerance,
-                     num_threads=omp_nthreads),
+                     num_threads=omp_nthreads, **arguments["inversion"]),
         name="invert_dipole", n_procs=omp_nthreads,
         mem_gb=_memory_gb(voxel_count, _INVERSION_COPIES))
-    reference = pe.Node(ReferenceSusceptibility(region=config.reference),
+    reference = pe.Node(ReferenceSusceptibility(**arguments["referencing"]),
                         name="reference_susceptibility", mem_gb=_memory_gb(voxel_count, 4))
     metadata = pe.Node(niu.Function(function=merge_metadata, input_names=["loading", "reference"],
                                     output_names=["metadata"]),
@@ -164,7 +158,7 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
         workflow.connect(inputnode, "user_mask", mask, "user_mask")
 
     if echo_count >= 2:
-        r2star = pe.Node(FitR2star(echo_times=list(echo_times), method=config.r2star),
+        r2star = pe.Node(FitR2star(echo_times=list(echo_times), **arguments["r2star"]),
                          name="fit_r2star", mem_gb=volume_mem)
         workflow.connect([
             (load, r2star, [("magnitude", "magnitude")]),

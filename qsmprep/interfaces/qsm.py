@@ -1,7 +1,10 @@
 """Nipype interfaces for the QSM reconstruction stages.
 
-Each interface is a thin wrapper: read the input images, call one function of
-:mod:`qsmprep.qsm`, write the result next to the node. All the science lives in those functions.
+Each interface is a thin wrapper: read the input images, call one stage function of
+:mod:`qsmprep.qsm.pipeline` (the functions :func:`~qsmprep.qsm.pipeline.reconstruct` chains on
+arrays), write the result next to the node. The names of the stage parameters among the
+inputs are those of :func:`qsmprep.qsm.pipeline.stage_arguments`, which the workflow passes
+through unchanged. All the science lives in :mod:`qsmprep.qsm`.
 """
 
 from __future__ import annotations
@@ -20,14 +23,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..qsm import background, echo_fit, inversion, masking, referencing, relaxometry, unwrapping
-from ..errors import BadDataError
-from ..qsm.dipole import (
-    GYROMAGNETIC_RATIO_MHZ_PER_T,
-    b0_direction_from_affine,
-    hz_to_ppm,
-    voxel_size_from_affine,
-)
+from ..qsm import pipeline
+from ..qsm.dipole import b0_direction_from_affine, voxel_size_from_affine
 from .images import load_array, load_mask, save_like
 
 LOGGER = logging.getLogger("qsmprep")
@@ -40,6 +37,14 @@ def _geometry(path):
 
 def _out(runtime, name):
     return os.path.join(runtime.cwd, name)
+
+
+def _first_echo(path) -> np.ndarray:
+    """The first echo of a 4-D image (float32), without reading the other echoes."""
+    image = nib.load(os.fspath(path))
+    if len(image.shape) == 3:
+        return np.asarray(image.get_fdata(dtype=np.float32))
+    return np.asarray(image.dataobj[..., 0], dtype=np.float32)
 
 
 # --- masking -------------------------------------------------------------------------------
@@ -55,7 +60,8 @@ class _BrainMaskOutputSpec(TraitedSpec):
 
 
 class BrainMask(SimpleInterface):
-    """Brain mask from the first-echo magnitude (:func:`qsmprep.qsm.masking.magnitude_brain_mask`)."""
+    """Brain mask from the first-echo magnitude
+    (:func:`qsmprep.qsm.pipeline.compute_brain_mask`)."""
 
     input_spec = _BrainMaskInputSpec
     output_spec = _BrainMaskOutputSpec
@@ -65,9 +71,8 @@ class BrainMask(SimpleInterface):
         if isdefined(self.inputs.user_mask):
             mask = load_mask(self.inputs.user_mask)
         else:
-            first_echo = load_array(self.inputs.magnitude)[..., 0]
-            mask = masking.magnitude_brain_mask(
-                first_echo, voxel_size, threshold=self.inputs.threshold or None)
+            mask = pipeline.compute_brain_mask(_first_echo(self.inputs.magnitude), voxel_size,
+                                               threshold=self.inputs.threshold)
         if isdefined(self.inputs.invalid_voxels):
             mask &= ~load_mask(self.inputs.invalid_voxels)
         self._results["mask"] = save_like(mask, self.inputs.magnitude,
@@ -87,20 +92,17 @@ class _QualityMaskOutputSpec(TraitedSpec):
 
 class QualityMask(SimpleInterface):
     """Refine the brain mask by phase quality from the echo-fit residual
-    (:func:`qsmprep.qsm.masking.quality_mask`, :func:`~qsmprep.qsm.masking.residual_quality`)."""
+    (:func:`qsmprep.qsm.pipeline.refine_mask`)."""
 
     input_spec = _QualityMaskInputSpec
     output_spec = _QualityMaskOutputSpec
 
     def _run_interface(self, runtime):
-        brain_mask = load_mask(self.inputs.brain_mask)
-        if self.inputs.threshold > 0:
-            voxel_size, _ = _geometry(self.inputs.brain_mask)
-            quality = masking.residual_quality(load_array(self.inputs.residual), brain_mask)
-            brain_mask = masking.quality_mask(brain_mask, quality,
-                                              threshold=self.inputs.threshold,
-                                              voxel_size=voxel_size)
-        self._results["mask"] = save_like(brain_mask, self.inputs.brain_mask,
+        voxel_size, _ = _geometry(self.inputs.brain_mask)
+        mask = pipeline.refine_mask(load_mask(self.inputs.brain_mask),
+                                    load_array(self.inputs.residual), voxel_size,
+                                    threshold=self.inputs.threshold)
+        self._results["mask"] = save_like(mask, self.inputs.brain_mask,
                                           _out(runtime, "quality_mask.nii.gz"), dtype=np.uint8)
         return runtime
 
@@ -120,15 +122,15 @@ class _UnwrapOutputSpec(TraitedSpec):
 
 
 class UnwrapPhase(SimpleInterface):
-    """Multi-echo phase unwrapping (:func:`qsmprep.qsm.unwrapping.unwrap_echoes`)."""
+    """Multi-echo phase unwrapping (:func:`qsmprep.qsm.pipeline.unwrap_phase`)."""
 
     input_spec = _UnwrapInputSpec
     output_spec = _UnwrapOutputSpec
 
     def _run_interface(self, runtime):
         voxel_size, _ = _geometry(self.inputs.phase)
-        unwrapped = unwrapping.unwrap_echoes(
-            load_array(self.inputs.phase), voxel_size, echo_times_s=self.inputs.echo_times,
+        unwrapped = pipeline.unwrap_phase(
+            load_array(self.inputs.phase), voxel_size, self.inputs.echo_times,
             method=self.inputs.method,
             magnitude_4d=(load_array(self.inputs.magnitude)
                           if isdefined(self.inputs.magnitude) else None),
@@ -151,32 +153,24 @@ class _FitEchoesInputSpec(BaseInterfaceInputSpec):
 
 class _FitEchoesOutputSpec(TraitedSpec):
     total_field_hz = File(exists=True, desc="total field (Hz)")
-    phase_offset = File(exists=True, desc="phase at TE = 0 (rad)")
     residual = File(exists=True, desc="weighted RMS misfit of the fit (rad)")
 
 
 class FitEchoes(SimpleInterface):
-    """Echo combination into the total field: magnitude-weighted linear fit of unwrapped phase
-    over echo time (:func:`qsmprep.qsm.echo_fit.weighted_linear_fit`), optionally refined by
-    the nonlinear complex fit started from it
-    (:func:`qsmprep.qsm.echo_fit.nonlinear_complex_fit`)."""
+    """Echo combination into the total field (:func:`qsmprep.qsm.pipeline.fit_echoes`)."""
 
     input_spec = _FitEchoesInputSpec
     output_spec = _FitEchoesOutputSpec
 
     def _run_interface(self, runtime):
-        magnitude = load_array(self.inputs.magnitude)
-        echo_times = np.asarray(self.inputs.echo_times)
-        mask = load_mask(self.inputs.mask)
-        fit = echo_fit.weighted_linear_fit(load_array(self.inputs.unwrapped_phase), magnitude,
-                                           echo_times, mask)
-        if self.inputs.method == "nonlinear" and len(echo_times) >= 2:
-            fit = echo_fit.nonlinear_complex_fit(magnitude, load_array(self.inputs.phase),
-                                                 echo_times, mask,
-                                                 initial_field_hz=fit.total_field_hz)
-        for name in ("total_field_hz", "phase_offset", "residual"):
-            value = fit.phase_offset_rad if name == "phase_offset" else getattr(fit, name)
-            self._results[name] = save_like(value, self.inputs.mask,
+        fit = pipeline.fit_echoes(
+            load_array(self.inputs.unwrapped_phase), load_array(self.inputs.magnitude),
+            self.inputs.echo_times, load_mask(self.inputs.mask), method=self.inputs.method,
+            phase_4d=(load_array(self.inputs.phase)  # only the nonlinear fit reads it
+                      if self.inputs.method == "nonlinear" and isdefined(self.inputs.phase)
+                      else None))
+        for name in ("total_field_hz", "residual"):  # the phase offset is not used downstream
+            self._results[name] = save_like(getattr(fit, name), self.inputs.mask,
                                             _out(runtime, f"{name}.nii.gz"))
         return runtime
 
@@ -185,7 +179,7 @@ class FitEchoes(SimpleInterface):
 class _BackgroundInputSpec(BaseInterfaceInputSpec):
     total_field_hz = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
-    method = traits.Enum("vsharp", "pdf", "resharp", "lbv", usedefault=True)
+    method = traits.Enum("pdf", "vsharp", "resharp", "lbv", usedefault=True)
     radii_mm = traits.List(traits.Float, mandatory=True,
                            desc="V-SHARP radii, or the one RESHARP radius (unused by PDF, LBV)")
     threshold = traits.Float(0.05, usedefault=True, desc="V-SHARP deconvolution truncation")
@@ -199,30 +193,19 @@ class _BackgroundOutputSpec(TraitedSpec):
 
 
 class RemoveBackground(SimpleInterface):
-    """Background field removal by V-SHARP, PDF, RESHARP or LBV
-    (:mod:`qsmprep.qsm.background`)."""
+    """Background field removal by PDF, V-SHARP, RESHARP or LBV
+    (:func:`qsmprep.qsm.pipeline.remove_background`)."""
 
     input_spec = _BackgroundInputSpec
     output_spec = _BackgroundOutputSpec
 
     def _run_interface(self, runtime):
         voxel_size, b0_direction = _geometry(self.inputs.mask)
-        total_field_hz = load_array(self.inputs.total_field_hz)
-        mask = load_mask(self.inputs.mask)
-        if self.inputs.method == "pdf":
-            result = background.pdf(total_field_hz, mask, voxel_size, b0_direction,
-                                    workers=self.inputs.num_threads)
-        elif self.inputs.method == "lbv":
-            result = background.lbv(total_field_hz, mask, voxel_size,
-                                    workers=self.inputs.num_threads)
-        elif self.inputs.method == "resharp":
-            result = background.resharp(
-                total_field_hz, mask, voxel_size, radius_mm=self.inputs.radii_mm[0],
-                regularization=self.inputs.regularization, workers=self.inputs.num_threads)
-        else:
-            result = background.vsharp(
-                total_field_hz, mask, voxel_size, radii_mm=tuple(self.inputs.radii_mm),
-                threshold=self.inputs.threshold, workers=self.inputs.num_threads)
+        result = pipeline.remove_background(
+            load_array(self.inputs.total_field_hz), load_mask(self.inputs.mask), voxel_size,
+            b0_direction, method=self.inputs.method, radii_mm=list(self.inputs.radii_mm),
+            threshold=self.inputs.threshold, regularization=self.inputs.regularization,
+            workers=self.inputs.num_threads)
         self._results["local_field_hz"] = save_like(
             result.local_field_hz, self.inputs.mask, _out(runtime, "local_field_hz.nii.gz"))
         self._results["mask"] = save_like(
@@ -243,6 +226,8 @@ class _InvertInputSpec(BaseInterfaceInputSpec):
     rts_delta = traits.Float(0.15, usedefault=True)
     regularization = traits.Float(0.01, usedefault=True,
                                   desc="lambda of Tikhonov, TV-ADMM or MEDI")
+    outside_weight = traits.Float(0.1, usedefault=True,
+                                  desc="TV-ADMM weight of the gradients leaving the mask")
     max_iter = traits.Int(100, usedefault=True)
     tolerance = traits.Float(1e-2, usedefault=True)
     num_threads = traits.Int(1, usedefault=True)
@@ -254,43 +239,23 @@ class _InvertOutputSpec(TraitedSpec):
 
 class InvertDipole(SimpleInterface):
     """Dipole inversion by TV-ADMM, iterative Tikhonov, TKD, RTS or MEDI
-    (:mod:`qsmprep.qsm.inversion`)."""
+    (:func:`qsmprep.qsm.pipeline.invert_dipole`)."""
 
     input_spec = _InvertInputSpec
     output_spec = _InvertOutputSpec
 
     def _run_interface(self, runtime):
         voxel_size, b0_direction = _geometry(self.inputs.mask)
-        local_field_ppm = hz_to_ppm(load_array(self.inputs.local_field_hz),
-                                    self.inputs.field_strength_t)
-        mask = load_mask(self.inputs.mask)
-        arguments = (local_field_ppm, mask, voxel_size, b0_direction)
-        workers = self.inputs.num_threads
-        magnitude = (load_array(self.inputs.magnitude)[..., 0]
-                     if isdefined(self.inputs.magnitude) else None)
-        method = self.inputs.method
-        if method == "tkd":
-            susceptibility = inversion.tkd(*arguments, threshold=self.inputs.tkd_threshold,
-                                           workers=workers)
-        elif method == "tikhonov":
-            susceptibility = inversion.tikhonov_cg(
-                *arguments, regularization=self.inputs.regularization,
-                max_iter=self.inputs.max_iter, tolerance=self.inputs.tolerance, workers=workers)
-        elif method == "tv-admm":
-            susceptibility = inversion.tv_admm(*arguments, magnitude=magnitude,
-                                               regularization=self.inputs.regularization,
-                                               workers=workers)
-        elif method == "rts":
-            susceptibility = inversion.rts(*arguments, delta=self.inputs.rts_delta,
-                                           workers=workers)
-        else:
-            echo_times = np.asarray(self.inputs.echo_times)
-            echo_spacing_s = np.diff(echo_times).mean() if echo_times.size > 1 else echo_times[0]
-            radians_per_ppm = (2 * np.pi * GYROMAGNETIC_RATIO_MHZ_PER_T
-                               * self.inputs.field_strength_t * echo_spacing_s)
-            susceptibility = inversion.medi_l1(*arguments, magnitude=magnitude,
-                                               regularization=self.inputs.regularization,
-                                               radians_per_ppm=radians_per_ppm, workers=workers)
+        susceptibility = pipeline.invert_dipole(
+            load_array(self.inputs.local_field_hz), load_mask(self.inputs.mask), voxel_size,
+            b0_direction, self.inputs.field_strength_t, method=self.inputs.method,
+            first_echo_magnitude=(_first_echo(self.inputs.magnitude)
+                                  if isdefined(self.inputs.magnitude) else None),
+            echo_times_s=self.inputs.echo_times if isdefined(self.inputs.echo_times) else None,
+            tkd_threshold=self.inputs.tkd_threshold, rts_delta=self.inputs.rts_delta,
+            regularization=self.inputs.regularization, outside_weight=self.inputs.outside_weight,
+            max_iter=self.inputs.max_iter, tolerance=self.inputs.tolerance,
+            workers=self.inputs.num_threads)
         self._results["susceptibility_ppm"] = save_like(
             susceptibility, self.inputs.mask, _out(runtime, "susceptibility_ppm.nii.gz"))
         return runtime
@@ -313,48 +278,26 @@ class _ReferenceOutputSpec(TraitedSpec):
 
 class ReferenceSusceptibility(SimpleInterface):
     """Subtract the mean over the reference region, whole brain or CSF
-    (:mod:`qsmprep.qsm.referencing`). Both are measured and recorded whatever the choice, when
-    an R2* map lets the ventricles be found (2024 QSM consensus)."""
+    (:func:`qsmprep.qsm.pipeline.reference_susceptibility`). Both are measured and recorded
+    whatever the choice, when an R2* map lets the ventricles be found (2024 QSM consensus)."""
 
     input_spec = _ReferenceInputSpec
     output_spec = _ReferenceOutputSpec
 
     def _run_interface(self, runtime):
-        susceptibility = load_array(self.inputs.susceptibility_ppm)
-        brain_mask = load_mask(self.inputs.brain_mask)
-        csf_mask, metadata = None, {}
-        if isdefined(self.inputs.r2star):
-            voxel_size, _ = _geometry(self.inputs.brain_mask)
-            try:
-                csf_mask = referencing.csf_reference_mask(load_array(self.inputs.r2star),
-                                                          brain_mask, voxel_size)
-            except BadDataError as error:
-                if self.inputs.region == "csf":
-                    raise
-                LOGGER.warning("No CSF reference region: %s", error)
-        if csf_mask is not None:
-            summary = referencing.reference_summary(susceptibility, brain_mask, csf_mask)
-            metadata["CSFReference"] = {
-                "MeanRelativeToWholeBrainPPM": round(
-                    float(summary["csf_mean_relative_to_whole_brain_ppm"]), 6),
-                "SDPPM": round(float(summary["csf_sd_ppm"]), 6),
-                "Voxels": int(summary["csf_voxels"]),
-            }
-            self._results["csf_mask"] = save_like(csf_mask, self.inputs.brain_mask,
+        voxel_size, _ = _geometry(self.inputs.brain_mask)
+        result = pipeline.reference_susceptibility(
+            load_array(self.inputs.susceptibility_ppm), load_mask(self.inputs.brain_mask),
+            voxel_size, region=self.inputs.region,
+            r2star_hz=load_array(self.inputs.r2star) if isdefined(self.inputs.r2star) else None,
+            logger=LOGGER)
+        if result.csf_mask is not None:
+            self._results["csf_mask"] = save_like(result.csf_mask, self.inputs.brain_mask,
                                                   _out(runtime, "csf_mask.nii.gz"),
                                                   dtype=np.uint8)
-        region_mask = csf_mask if self.inputs.region == "csf" else brain_mask
-        referenced, reference_value_ppm = referencing.reference_to_region_mean(
-            susceptibility, region_mask, output_mask=brain_mask)
-        self._results["chimap"] = save_like(referenced, self.inputs.susceptibility_ppm,
+        self._results["chimap"] = save_like(result.chimap_ppm, self.inputs.susceptibility_ppm,
                                             _out(runtime, "chimap.nii.gz"))
-        self._results["metadata"] = {
-            **metadata,
-            "ReferenceRegion": self.inputs.region,
-            "ReferenceValue": float(reference_value_ppm),
-            "ReferenceValueUnits": "ppm",
-            "ReferenceRegionVoxels": int(region_mask.sum()),
-        }
+        self._results["metadata"] = result.metadata
         return runtime
 
 
@@ -373,17 +316,15 @@ class _R2starOutputSpec(TraitedSpec):
 
 class FitR2star(SimpleInterface):
     """R2* and T2* from the magnitudes by weighted log-linear fit or ARLO
-    (:mod:`qsmprep.qsm.relaxometry`)."""
+    (:func:`qsmprep.qsm.pipeline.fit_r2star`)."""
 
     input_spec = _R2starInputSpec
     output_spec = _R2starOutputSpec
 
     def _run_interface(self, runtime):
-        estimate = (relaxometry.r2star_arlo if self.inputs.method == "arlo"
-                    else relaxometry.r2star_loglinear)
-        r2star_hz, t2star_s = estimate(load_array(self.inputs.magnitude),
-                                       np.asarray(self.inputs.echo_times),
-                                       load_mask(self.inputs.mask))
+        r2star_hz, t2star_s = pipeline.fit_r2star(
+            load_array(self.inputs.magnitude), self.inputs.echo_times,
+            load_mask(self.inputs.mask), method=self.inputs.method)
         self._results["r2star"] = save_like(r2star_hz, self.inputs.mask,
                                             _out(runtime, "r2star.nii.gz"))
         self._results["t2star"] = save_like(t2star_s, self.inputs.mask,

@@ -1,4 +1,4 @@
-"""Background field removal: V-SHARP (default), RESHARP, PDF and LBV.
+"""Background field removal: PDF (default), V-SHARP, RESHARP and LBV.
 
 Fields from sources outside the brain (air, bone, the rest of the body, shim) are harmonic
 inside it, so they equal their own mean over any sphere that fits in the brain
@@ -33,7 +33,9 @@ LBV      51.8 / 57.6 / 51.4; 69.3  93.0 %    54.7 / 61.4 / 58.6; 73.9  0.3 / 5-8
 =======  ========================  ========  ========================  ===========
 
 Correlations of the local field at 2 mm, SNR 100: 0.900, 0.919, 0.931, 0.889. At 1 mm the
-coverage is 100 % (LBV 99.3 %): the magnitude mask there is larger than the brain.
+coverage is 100 % (LBV 99.3 %): the magnitude mask there is larger than the brain. The PDF
+row predates its bounding-box grid and one-layer peel (now 3.5-5 s at 1 mm); the default
+chain's numbers are in :func:`pdf` and ``bench/bench_accuracy.py``.
 
 For orientation, the QSM-CI challenge (qsm-forward head phantom) reports local-field NRMSEs
 of 20.7 % for RESHARP, 42.6 % for V-SHARP and 44.5 % for PDF.
@@ -49,7 +51,7 @@ from scipy import ndimage
 from ..errors import BadDataError
 from .dipole import (crop_to, dipole_kernel, irfftn, pad_to, padded_shape, rfftn,
                      sphere_kernel)
-from .masking import distance_to_background_mm, erode_mask
+from .masking import bounding_box, distance_to_background_mm, erode_mask
 from .solvers import conjugate_gradient
 
 
@@ -228,62 +230,76 @@ def resharp(total_field_hz, mask, voxel_size, *, radius_mm=None, regularization:
     return BackgroundRemoval(local_field_hz.astype(np.float32), eroded)
 
 
-#: Thickness (mm) of the outer shell that :func:`pdf` and :func:`lbv` peel off a brain mask by
-#: default; see :func:`default_peel_voxels`.
+#: Thickness (mm) of the outer shell that :func:`lbv` peels off a brain mask by default; see
+#: :func:`default_peel_voxels`.
 DEFAULT_PEEL_MM = 2.0
+
+#: Outer voxel layers that :func:`pdf` peels off a brain mask by default (see its docstring).
+PDF_PEEL_VOXELS = 1
 
 
 def default_peel_voxels(voxel_size) -> int:
-    """Outer voxel layers that :func:`pdf` and :func:`lbv` drop from the mask by default.
+    """Outer voxel layers that :func:`lbv` drops from the mask by default.
 
     About :data:`DEFAULT_PEEL_MM` (2 mm) in voxels of the geometric-mean edge, at least one:
     1 layer at 2 mm, 2 at 1 mm, 3 at 0.65 mm. A mask computed from the magnitude includes a
-    rim of partial-volume and skull voxels whose field is noise (fitted phase of a voxel
-    without signal); on the head phantom that rim is one voxel thick at 2 mm and up to three
-    at 1 mm, and it spoils both methods unless peeled (see their docstrings).
+    rim of partial-volume and skull voxels whose field is noise; as boundary values they
+    spoil LBV unless peeled (see its docstring). :func:`pdf` peels one layer at any voxel
+    size instead (:data:`PDF_PEEL_VOXELS`).
     """
     mean_edge = float(np.prod(np.asarray(voxel_size, dtype=float))) ** (1.0 / 3.0)
     return max(1, int(round(DEFAULT_PEEL_MM / mean_edge)))
 
 
 def pdf(total_field_hz, mask, voxel_size, b0_direction, *, weight=None, max_iter: int = 100,
-        tolerance: float = 1e-3, pad_mm: float = 20.0, peel_voxels: int | None = None,
+        tolerance: float = 1e-3, pad_mm: float = 12.0, peel_voxels: int = PDF_PEEL_VOXELS,
         workers: int = 1) -> BackgroundRemoval:
     """Remove the background field by projection onto dipole fields (PDF).
 
     Liu T et al., NMR Biomed 2011;24:1129-1136. The background field is modelled as the field
-    of a susceptibility distribution chi_b outside the brain mask M, on a grid that extends
-    ``pad_mm`` beyond the field of view (sources beyond it, e.g. below a slab, are
-    represented); chi_b minimises the weighted misfit inside the mask,
-    ``||W M (D chi_b - f)||^2``, where D is the dipole convolution along ``b0_direction``
-    (:func:`qsmprep.qsm.dipole.dipole_kernel`, so oblique acquisitions are handled) and W the
-    data weights. It is found by conjugate gradient (:mod:`qsmprep.qsm.solvers`) on the
-    normal equations ``(1 - M) D W^2 D (1 - M) chi_b = (1 - M) D W^2 f``, two FFT pairs per
-    iteration; stopping early regularises. The local field is ``f - D chi_b`` in M.
+    of a susceptibility distribution chi_b outside the brain mask M; chi_b minimises the
+    weighted misfit inside the mask, ``||W M (D chi_b - f)||^2``, where D is the dipole
+    convolution along ``b0_direction`` (:func:`qsmprep.qsm.dipole.dipole_kernel`, so oblique
+    acquisitions are handled) and W the data weights. It is found by conjugate gradient
+    (:mod:`qsmprep.qsm.solvers`) on the normal equations
+    ``(1 - M) D W^2 D (1 - M) chi_b = (1 - M) D W^2 f``, two FFT pairs per iteration;
+    stopping early regularises. The local field is ``f - D chi_b`` in M.
+
+    The sources live on the mask's bounding box grown by ``pad_mm`` on every side, beyond
+    the field of view where the box reaches it (sources below a slab are represented).
+    Sources farther away give fields in the mask that sources in that shell reproduce, so the
+    rest of the field of view is left out: on the 1 mm head phantom the local field is the
+    same to 0.02 ppb RMS with 10, 20 or 30 mm around the box as with the whole field of view
+    plus 20 mm, on a grid of 144 x 180 x 144 instead of 200 x 240 x 200 (2.5 to 3.5 times
+    faster). On a 60 mm slab of the 2 mm phantom whose mask reaches the slab's faces, the
+    error is 3.78 / 3.72 / 3.74 / 3.71 ppb RMS with 8 / 12 / 20 / 40 mm and 6.69 ppb without
+    a margin.
 
     D(0) = 0, so a constant field cannot be fitted: the weighted mean of f in M is removed
     first and the local field is returned with a weighted mean of 0 in M (it is defined up to
     a constant anyway).
 
     The mask is first peeled by ``peel_voxels`` outer layers (the peeled rim joins the region
-    where background sources may lie) and the result is valid on the peeled mask. A mask from
-    the magnitude includes partial-volume and skull voxels whose field is noise (up to
-    +-170 Hz on the phantom), which PDF must otherwise explain as local sources: without the
-    peel the local-field NRMSE is 51 % (2 mm) and 107 % (1 mm), with the default 36.6 % and
-    42.2 %. With the exact brain mask the peel costs a little (36.8 -> 39.3 % at 2 mm).
+    where background sources may lie) and the result is valid on the peeled mask. The outer
+    layer of a magnitude mask is where partial-volume voxels with skull or air sit, whose
+    fitted field can be far off (310 voxels of the 1 mm head phantom, all in that layer,
+    are 20 to 1200 Hz off after the phase-quality mask); one layer is peeled at any voxel
+    size. On the head phantom after ROMEO, the echo fit and the phase-quality mask
+    (``bench/bench_accuracy.py``, both simulators), the local-field error is the same with
+    0, 1 or 2 peeled layers (3.7-4.1 ppb RMS at 2 mm and 1 mm) while 2 layers at 1 mm leave
+    2 % of the brain uncovered on one of them.
 
-    Evaluation on the full-size head phantom (``bench/bench_reconstruction.py``; demeaned
-    NRMSE / correlation inside ``result.mask & brain``; susceptibility from
-    :func:`qsmprep.qsm.inversion.tikhonov_cg`): at 2 mm, local field 36.6 % / 0.931 at
-    SNR 100 (V-SHARP 44.9 %, RESHARP 40.1 %), 43.4 % at SNR 50, 40.6 % with 15 degrees of
-    obliquity, covering 100 % of the true brain; susceptibility 54.9 % (V-SHARP 58.6 %). At
-    1 mm, 42.2 % (V-SHARP 56.8 %), susceptibility 58.3 %. Defaults: ``tolerance`` 1e-2 stops
-    far too early (80 %); 1e-3 reaches the plateau (5e-4: 35.6 %, twice the time); 20 to
-    80 mm of padding give the same result on a 60 mm slab whose mask touches the field of
-    view, no padding doubles the error there (49.6 vs 102 %). Weighting by the magnitude or
-    by the inverse echo-fit residual did worse than uniform weights on the phantom (40.7 and
-    46.2 %). Time on 2 cores (2 FFT threads): 30 iterations, 1.5-2.5 s at 2 mm (80x96x80);
-    24 iterations, 13-18 s and 0.45 GB at 1 mm (160x192x160).
+    Accuracy and limit: even from the exact total field and brain mask, PDF removes about
+    10 % of the local field (regression slope 0.88-0.90 of the estimate on the truth), most
+    of it within 4 mm of the mask edge (error 6.6 ppb RMS there against 1.8 ppb deeper):
+    sources just outside the mask reproduce much of the field of the brain's outer layer,
+    the known non-orthogonality of PDF. The TV-ADMM inversion that follows by default leaves
+    the susceptibility just outside the mask almost free (:func:`qsmprep.qsm.inversion.
+    gradient_weights`), which repairs most of it. ``tolerance`` 1e-3 is the plateau (1e-2
+    stops too early: the default chain then loses 0.07 of XSIM at 2 mm); weighting by the
+    magnitude or the echo-fit SNR was no better than uniform weights (within 0.02 of XSIM,
+    better on one simulator and worse on the other). Time on 2 shared cores (2 FFT threads):
+    0.5-1 s at 2 mm, 3.5-5 s at 1 mm (22-44 iterations).
 
     Parameters
     ----------
@@ -304,12 +320,10 @@ def pdf(total_field_hz, mask, voxel_size, b0_direction, *, weight=None, max_iter
     tolerance : float
         Relative residual of the normal equations at which CG stops.
     pad_mm : float
-        Zero padding (mm) on each side of the field of view, where background sources may
-        also lie.
-    peel_voxels : int, optional
+        Margin (mm) around the mask's bounding box where background sources may lie.
+    peel_voxels : int
         Outer mask layers (voxels with a face neighbour outside) to drop before the fit;
-        default :func:`default_peel_voxels` (2 mm: one layer at 2 mm, two at 1 mm); 0 keeps
-        the whole mask.
+        0 keeps the whole mask.
     workers : int
         FFT threads.
 
@@ -319,20 +333,21 @@ def pdf(total_field_hz, mask, voxel_size, b0_direction, *, weight=None, max_iter
         Local field (Hz) in the peeled mask, and that mask.
     """
     total_field_hz, mask = _checked_field_and_mask(total_field_hz, mask)
-    if peel_voxels is None:
-        peel_voxels = default_peel_voxels(voxel_size)
     mask = _peel(mask, peel_voxels)
     if not mask.any():
         raise BadDataError(f"the brain mask is empty after peeling {peel_voxels} layers")
     data_weight = _normalised_weight(weight, mask)
-    squared_weight = data_weight**2
-    weighted_mean = np.float32(np.sum(squared_weight * total_field_hz) / np.sum(squared_weight))
-    field = np.where(mask, total_field_hz - weighted_mean, np.float32(0.0))
+    box = bounding_box(mask)
+    squared_weight = data_weight[box] ** 2
+    inside = mask[box]
+    weighted_mean = np.float32(np.sum(squared_weight * total_field_hz[box])
+                               / np.sum(squared_weight))
+    field = np.where(inside, total_field_hz[box] - weighted_mean, np.float32(0.0))
 
-    shape = padded_shape(mask.shape,
+    shape = padded_shape(inside.shape,
                          pad_voxels=[int(np.ceil(max(pad_mm, 0.0) / h)) for h in voxel_size])
     kernel = dipole_kernel(shape, voxel_size, b0_direction)
-    source_region = 1.0 - pad_to(mask, shape)  # outside the mask, padding included
+    source_region = 1.0 - pad_to(inside, shape)  # outside the mask, margin included
     squared_weight_padded = pad_to(squared_weight, shape)
 
     def dipole_field(volume):
@@ -345,10 +360,12 @@ def pdf(total_field_hz, mask, voxel_size, b0_direction, *, weight=None, max_iter
     right_hand_side = source_region * dipole_field(squared_weight_padded * pad_to(field, shape))
     sources = conjugate_gradient(normal_operator, right_hand_side, max_iter=max_iter,
                                  tolerance=tolerance)
-    background_hz = crop_to(dipole_field(source_region * sources), mask.shape)
-    local = np.where(mask, field - background_hz, np.float32(0.0))
+    background_hz = crop_to(dipole_field(source_region * sources), inside.shape)
+    local = np.where(inside, field - background_hz, np.float32(0.0))
     local -= np.float32(np.sum(squared_weight * local) / np.sum(squared_weight))
-    return BackgroundRemoval(np.where(mask, local, 0.0).astype(np.float32), mask)
+    local_field_hz = np.zeros(mask.shape, dtype=np.float32)
+    local_field_hz[box] = np.where(inside, local, np.float32(0.0))
+    return BackgroundRemoval(local_field_hz, mask)
 
 
 def lbv(total_field_hz, mask, voxel_size, *, tolerance: float = 1e-5, max_iter: int = 2000,

@@ -9,7 +9,10 @@ echo-fit residual (:func:`residual_quality`).
 
 Erosion and dilation by a ball of radius r use the Euclidean distance transform with the voxel
 size as sampling: a voxel survives erosion exactly when no background voxel lies within r mm,
-which is erosion by :func:`ball` without its cost growing with r**3.
+which is erosion by :func:`ball` without its cost growing with r**3. Balls of at most
+:data:`MAX_DIRECT_BALL_VOXELS` voxels (radius up to about 6 voxels) are applied directly with
+binary morphology instead, which gives the same mask faster (at 160 x 192 x 160: 0.07 s against
+0.55 s for a 2-voxel radius, 0.28 s for 6 voxels).
 """
 
 from __future__ import annotations
@@ -20,16 +23,45 @@ from scipy import ndimage
 from ..errors import BadDataError
 from .dipole import BALL_TOLERANCE, ball
 
-__all__ = ["ball", "dilate_mask", "distance_to_background_mm", "erode_mask",
-           "magnitude_brain_mask", "otsu_threshold", "quality_mask", "residual_quality"]
+#: Largest ball (voxel count) that :func:`erode_mask` and :func:`dilate_mask` apply by binary
+#: morphology rather than through a distance transform.
+MAX_DIRECT_BALL_VOXELS = 1000
+
+__all__ = ["ball", "bounding_box", "dilate_mask", "distance_to_background_mm", "erode_mask",
+           "fill_enclosed_holes", "magnitude_brain_mask", "otsu_threshold", "quality_mask",
+           "residual_quality"]
 
 def distance_to_background_mm(mask, voxel_size) -> np.ndarray:
     """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it.
 
-    The outside of the array counts as background; voxels outside the mask get 0.
+    The outside of the array counts as background; voxels outside the mask get 0. The
+    transform runs on the mask's bounding box only (everything outside it is background).
     """
-    padded = np.pad(np.asarray(mask, dtype=bool), 1)
-    return ndimage.distance_transform_edt(padded, sampling=voxel_size)[1:-1, 1:-1, 1:-1]
+    mask = np.asarray(mask, dtype=bool)
+    depth = np.zeros(mask.shape, dtype=np.float64)
+    if not mask.any():
+        return depth
+    box = bounding_box(mask)
+    padded = np.pad(mask[box], 1)
+    depth[box] = ndimage.distance_transform_edt(padded, sampling=voxel_size)[1:-1, 1:-1, 1:-1]
+    return depth
+
+
+def bounding_box(mask) -> tuple:
+    """Slices of the smallest box holding every voxel of a non-empty ``mask``."""
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+
+
+def fill_enclosed_holes(mask) -> np.ndarray:
+    """:func:`scipy.ndimage.binary_fill_holes` computed on the mask's bounding box (the same
+    result: background outside the box is connected to the outside anyway)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask.copy()
+    box = bounding_box(mask)
+    filled = mask.copy()
+    filled[box] = ndimage.binary_fill_holes(mask[box])
+    return filled
 
 
 def erode_mask(mask, radius_mm: float, voxel_size, *, depth_mm=None) -> np.ndarray:
@@ -57,6 +89,9 @@ def erode_mask(mask, radius_mm: float, voxel_size, *, depth_mm=None) -> np.ndarr
     if radius_mm <= 0 or not mask.any():
         return mask.copy()
     if depth_mm is None:
+        structure = ball(radius_mm, voxel_size)
+        if structure.sum() <= MAX_DIRECT_BALL_VOXELS:
+            return ndimage.binary_erosion(mask, structure=structure, border_value=0)
         depth_mm = distance_to_background_mm(mask, voxel_size)
     return depth_mm**2 > radius_mm**2 * (1.0 + BALL_TOLERANCE)
 
@@ -66,6 +101,9 @@ def dilate_mask(mask, radius_mm: float, voxel_size) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if radius_mm <= 0 or not mask.any():
         return mask.copy()
+    structure = ball(radius_mm, voxel_size)
+    if structure.sum() <= MAX_DIRECT_BALL_VOXELS:
+        return ndimage.binary_dilation(mask, structure=structure)
     distance = ndimage.distance_transform_edt(~mask, sampling=voxel_size)
     return distance**2 <= radius_mm**2 * (1.0 + BALL_TOLERANCE)
 
@@ -167,7 +205,7 @@ def magnitude_brain_mask(magnitude, voxel_size, *, threshold: float | None = Non
         raise BadDataError(f"no voxel of the magnitude image is above the mask threshold "
                            f"{level:.4g} (threshold option: {threshold})")
     mask = _close(_deepest_component(mask, voxel_size), closing_mm, voxel_size)
-    return ndimage.binary_fill_holes(mask)
+    return fill_enclosed_holes(mask)
 
 
 def _deepest_component(mask, voxel_size):
@@ -269,5 +307,5 @@ def quality_mask(brain_mask, quality_map, *, threshold: float = 0.5, voxel_size,
                            "looks corrupted everywhere (check the phase images and units)")
     mask = _deepest_component(mask, voxel_size)
     if fill_holes:
-        mask = ndimage.binary_fill_holes(mask) & brain_mask
+        mask = fill_enclosed_holes(mask) & brain_mask
     return mask

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import BadDataError
-from .masking import distance_to_background_mm
+from .masking import distance_to_background_mm, fill_enclosed_holes
 
 
 def reference_to_region_mean(susceptibility_ppm, region_mask, *, output_mask=None):
@@ -136,7 +136,7 @@ def csf_reference_mask(r2star_hz, brain_mask, voxel_size, *, labels=None,
     kept = component_labels[central][np.argsort(sizes[central])[::-1]][:2]  # largest first
     if kept.size:
         kept = kept[sizes[kept - 1] >= 0.1 * sizes[kept[0] - 1]]
-    csf_mask = ndimage.binary_fill_holes(np.isin(components, kept)) & brain_mask
+    csf_mask = fill_enclosed_holes(np.isin(components, kept)) & brain_mask
 
     volume_ml = csf_mask.sum() * voxel_ml
     if volume_ml < min_volume_ml:

@@ -6,8 +6,8 @@ import pytest
 from scipy import ndimage
 
 from qsmprep.errors import BadDataError
-from qsmprep.qsm.background import (default_peel_voxels, default_radii_mm, lbv, pdf, resharp,
-                                    vsharp)
+from qsmprep.qsm.background import (PDF_PEEL_VOXELS, default_peel_voxels, default_radii_mm, lbv,
+                                    pdf, resharp, vsharp)
 from qsmprep.qsm.dipole import forward_field_ppm, ppm_to_hz
 
 VOXEL = (1.0, 1.0, 1.0)
@@ -118,9 +118,9 @@ def test_pdf_and_lbv_remove_background_and_keep_local_field(fields, method):
         run = lambda field: lbv(field, brain, VOXEL)  # noqa: E731
     background_only = run(background_hz)
     _check_output(background_only, brain)
-    # 2 mm of outer layers (face neighbours) are peeled by default; LBV also drops the
-    # boundary layer on which it imposes the total field
-    layers = 2 if method == "pdf" else 3
+    # PDF peels one outer layer (face neighbours) by default; LBV peels 2 mm and also drops
+    # the boundary layer on which it imposes the total field
+    layers = 1 if method == "pdf" else 3
     assert np.array_equal(background_only.mask, ndimage.binary_erosion(brain, iterations=layers))
     assert _residual_fraction(background_only, background_hz) < 0.03
     both = run(background_hz + local_hz)
@@ -129,7 +129,8 @@ def test_pdf_and_lbv_remove_background_and_keep_local_field(fields, method):
     assert np.corrcoef(both.local_field_hz[valid], local_hz[valid])[0, 1] > 0.9
 
 
-def test_default_peel_is_about_two_millimetres():
+def test_default_peel_is_about_two_millimetres_for_lbv_and_one_layer_for_pdf():
+    assert PDF_PEEL_VOXELS == 1
     assert default_peel_voxels((2.0, 2.0, 2.0)) == 1
     assert default_peel_voxels((1.0, 1.0, 1.0)) == 2
     assert default_peel_voxels((0.65, 0.65, 0.65)) == 3
@@ -155,6 +156,27 @@ def test_pdf_follows_an_oblique_main_field():
     both = pdf(background_hz + local_hz, brain, VOXEL, b0, pad_mm=8)
     valid = both.mask
     assert np.corrcoef(both.local_field_hz[valid], local_hz[valid])[0, 1] > 0.85  # 0.90
+
+
+def test_pdf_only_needs_a_margin_around_the_mask(fields):
+    """Sources live on the mask's bounding box plus ``pad_mm``: the same problem in a field of
+    view four times larger, or with a larger margin, gives the same local field."""
+    brain, background_hz, local_hz = fields
+    total_hz = background_hz + local_hz
+    reference = pdf(total_hz, brain, VOXEL, (0.0, 0.0, 1.0), pad_mm=12, tolerance=1e-6,
+                    max_iter=500)
+    padding = [(30, 30), (10, 20), (25, 5)]
+    larger = pdf(np.pad(total_hz, padding), np.pad(brain, padding), VOXEL, (0.0, 0.0, 1.0),
+                 pad_mm=12, tolerance=1e-6, max_iter=500)
+    inner = tuple(slice(before, before + n) for (before, _), n in zip(padding, brain.shape))
+    assert np.array_equal(larger.mask[inner], reference.mask)
+    assert not larger.mask.sum() - reference.mask.sum()
+    difference = larger.local_field_hz[inner] - reference.local_field_hz
+    assert np.abs(difference).max() < 1e-3 * local_hz[brain].std()
+    wider = pdf(total_hz, brain, VOXEL, (0.0, 0.0, 1.0), pad_mm=24, tolerance=1e-6,
+                max_iter=500)
+    difference = (wider.local_field_hz - reference.local_field_hz)[reference.mask]
+    assert np.sqrt(np.mean(difference**2)) < 0.05 * local_hz[brain].std()
 
 
 def test_lbv_ignores_added_harmonic_fields(fields):

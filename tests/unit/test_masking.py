@@ -79,11 +79,35 @@ def test_erosion_matches_binary_erosion_with_ball():
     rng = np.random.default_rng(1)
     blobs = ndimage.gaussian_filter(rng.standard_normal((30, 28, 20)), 2.0) > 0
     voxel_size = (0.9, 1.1, 1.7)
-    for radius in (1.0, 2.5, 3.4):
+    depth_mm = masking.distance_to_background_mm(blobs, voxel_size)
+    # small balls are applied directly, the 9 mm one (1700 voxels) through distance transforms
+    assert masking.ball(9.0, voxel_size).sum() > masking.MAX_DIRECT_BALL_VOXELS
+    for radius in (1.0, 2.5, 3.4, 9.0):
         expected = ndimage.binary_erosion(blobs, masking.ball(radius, voxel_size))
         assert np.array_equal(masking.erode_mask(blobs, radius, voxel_size), expected)
+        assert np.array_equal(masking.erode_mask(blobs, radius, voxel_size, depth_mm=depth_mm),
+                              expected)
         expected = ndimage.binary_dilation(blobs, masking.ball(radius, voxel_size))
         assert np.array_equal(masking.dilate_mask(blobs, radius, voxel_size), expected)
+
+
+def test_box_restricted_distance_and_hole_filling_match_the_whole_array():
+    rng = np.random.default_rng(7)
+    blobs = ndimage.gaussian_filter(rng.standard_normal((40, 36, 30)), 2.0) > 0.05
+    distance = _distance_mm(blobs.shape, (1.0, 1.0, 1.0))
+    blobs |= (distance <= 9) & (distance > 5)  # a hollow ball: a hole to fill
+    blobs[:, :, :3] = False  # not touching every face: the box is smaller than the array
+    assert ndimage.binary_fill_holes(blobs).sum() > blobs.sum() + 300
+    voxel_size = (0.9, 1.1, 1.7)
+    whole = ndimage.distance_transform_edt(np.pad(blobs, 1), sampling=voxel_size)[1:-1, 1:-1,
+                                                                                  1:-1]
+    np.testing.assert_allclose(masking.distance_to_background_mm(blobs, voxel_size), whole)
+    assert np.array_equal(masking.fill_enclosed_holes(blobs), ndimage.binary_fill_holes(blobs))
+    box = masking.bounding_box(blobs)
+    assert box[2].start == 3 and blobs[box].sum() == blobs.sum()
+    empty = np.zeros((4, 4, 4), dtype=bool)
+    assert not masking.distance_to_background_mm(empty, voxel_size).any()
+    assert not masking.fill_enclosed_holes(empty).any()
 
 
 def test_otsu_splits_two_populations():

@@ -250,3 +250,17 @@ def test_romeo_on_real_three_echo_crop():
                                        second_echo_phase=phase[..., 1],
                                        echo_times_s=times[:2])
     assert 0.0 <= quality.min() and quality.max() <= 1.0 and quality[mask].mean() > 0.3
+
+
+def test_line_prediction_coefficients_extrapolate_the_least_squares_line():
+    rng = np.random.default_rng(5)
+    times = np.array([0.004, 0.0095, 0.014])
+    values = rng.standard_normal((50, 3))
+    coefficients = unwrapping.line_prediction_coefficients(times, 0.019)
+    expected = [np.polyval(np.polyfit(times, row, 1), 0.019) for row in values]
+    np.testing.assert_allclose(values @ coefficients, expected, rtol=1e-9, atol=1e-12)
+    assert coefficients.sum() == pytest.approx(1.0)  # a constant stays constant
+    line = 3.0 + 200.0 * times
+    assert line @ coefficients == pytest.approx(3.0 + 200.0 * 0.019)
+    with pytest.raises(ValueError):
+        unwrapping.line_prediction_coefficients([0.01, 0.01], 0.02)
