@@ -150,11 +150,23 @@ class Dataset:
         return float(self.magnitude[..., 0][self.brain_mask].mean() / self.noise_sigma)
 
 
+#: Region names of the template-space digital subject that map onto the classes above.
+TEMPLATE_SUBJECT_CLASSES = {
+    "globus_pallidus_externa": "globus_pallidus", "globus_pallidus_interna": "globus_pallidus",
+    "substantia_nigra_compacta": "substantia_nigra",
+    "substantia_nigra_reticulata": "substantia_nigra", "subthalamic_nucleus": "red_nucleus",
+    "grey_matter": "cortical_grey_matter", "motor_cortex": "cortical_grey_matter",
+    "premotor_cortex": "cortical_grey_matter", "internal_csf": "lateral_ventricle",
+    "ear_canal": "ear_canal",
+}
+
+
 def _base_region(name: str) -> str:
     for side in ("_left", "_right"):
         if name.endswith(side):
-            return name[: -len(side)]
-    return name
+            name = name[: -len(side)]
+            break
+    return TEMPLATE_SUBJECT_CLASSES.get(name, name)
 
 
 def qsmci_segmentation(phantom) -> np.ndarray:
@@ -692,6 +704,9 @@ def main(argv=None):
                         help="noise SD per channel = peak signal / this (0: no noise)")
     parser.add_argument("--workers", type=int, default=2, help="FFT threads")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--phantom", choices=["analytic", "template"], default="analytic",
+                        help="the analytic head, or the digital subject made from the MNI "
+                        "template, its tissue maps and the atlas (template space, whole head)")
     parser.add_argument("--simulators", default="qsmprep,qsm-forward",
                         help="comma-separated: qsmprep, qsm-forward")
     parser.add_argument("--skip", default="", help="comma-separated method names to leave out")
@@ -710,7 +725,12 @@ def main(argv=None):
     notes = []
     started = time.perf_counter()
 
-    phantom = make_head_phantom(shape=shape, voxel_size=(voxel,) * 3, seed=opts.seed)
+    if opts.phantom == "template":
+        from qsmprep.phantom.template_head import make_template_phantom
+
+        phantom, _ = make_template_phantom(voxel_size_mm=voxel, seed=opts.seed)
+    else:
+        phantom = make_head_phantom(shape=shape, voxel_size=(voxel,) * 3, seed=opts.seed)
     datasets = []
     for simulator in (s.strip() for s in opts.simulators.split(",") if s.strip()):
         if simulator == "qsmprep":

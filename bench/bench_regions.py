@@ -39,40 +39,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from qsmprep.phantom.dataset import TEMPLATE_NATIVE_SHAPE_2MM, PhantomSubject, write_phantom_dataset
+from qsmprep.phantom.dataset import asymmetric_digital_subject, write_phantom_dataset
 from qsmprep.regions import read_regional_table
 
-#: Susceptibility (ppb relative to CSF) of the digital subject, as in the end-to-end test.
-REGION_VALUES_PPB = {
-    "putamen": {"L": 40, "R": 80},
-    "caudate": {"L": 70, "R": 40},
-    "globus_pallidus_externa": {"L": 150, "R": 110},
-    "globus_pallidus_interna": {"L": 120, "R": 170},
-    "subthalamic_nucleus": {"L": 80, "R": 130},
-    "red_nucleus": {"L": 130, "R": 90},
-    "substantia_nigra_compacta": {"L": 100, "R": 150},
-    "substantia_nigra_reticulata": {"L": 160, "R": 110},
-    "thalamus": {"L": 10, "R": 35},
-    "motor_cortex": {"L": 60, "R": 20},
-    "premotor_cortex": {"L": 15, "R": 35},
-}
-ECHO_TIMES_S = (0.004, 0.009, 0.014, 0.019)
 PREFIX = "sub-01/anat/sub-01"
 SIDES = {"left": "L", "right": "R"}
 
 
 def load_average() -> str:
     return "load %.2f %.2f %.2f" % os.getloadavg()
-
-
-def digital_subject(voxel_mm: float) -> PhantomSubject:
-    factor = 2.0 / voxel_mm
-    shape = tuple(int(round(n * factor)) for n in TEMPLATE_NATIVE_SHAPE_2MM)
-    return PhantomSubject(
-        subject="01", anatomy="template", shape=shape, voxel_size=(voxel_mm,) * 3,
-        echo_times_s=ECHO_TIMES_S, seed=11, region_susceptibility_ppb=REGION_VALUES_PPB,
-        native_rotation_deg=(6.0, -4.0, 5.0), native_translation_mm=(3.0, -5.0, 4.0),
-        deformation_mm=2.0)
 
 
 def ideal_labels(base: Path, voxel_mm: float) -> np.ndarray:
@@ -83,7 +58,8 @@ def ideal_labels(base: Path, voxel_mm: float) -> np.ndarray:
         return np.asarray(nib.load(cached).dataobj).astype(int)
     from qsmprep.phantom.dataset import simulate_template_subject
 
-    _, affine, _, transform = simulate_template_subject(digital_subject(voxel_mm), workers=2)
+    subject = asymmetric_digital_subject(voxel_mm)
+    _, affine, _, transform = simulate_template_subject(subject, workers=2)
     atlas_image = nib.load(_node_input(_find(base / "work", "atlas_to_native"), "labels"))
     atlas = np.asarray(atlas_image.dataobj).astype(np.int16)
     shape = transform.displacement_mm.shape[1:]
@@ -99,7 +75,7 @@ def ideal_labels(base: Path, voxel_mm: float) -> np.ndarray:
 
 
 def simulate(bids: Path, voxel_mm: float, workers: int) -> float:
-    subject = digital_subject(voxel_mm)
+    subject = asymmetric_digital_subject(voxel_mm)
     start = time.perf_counter()
     write_phantom_dataset(bids, [subject], workers=workers)
     return time.perf_counter() - start

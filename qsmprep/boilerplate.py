@@ -56,6 +56,9 @@ REFERENCES = {
     "fansi": "Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear "
     "susceptibility inversion with variational regularization. Magn Reson Med. "
     "2018;80:814-821. doi:10.1002/mrm.27073",
+    "tfi": "Liu Z, Kee Y, Zhou D, Wang Y, Spincemaille P. Preconditioned total field inversion "
+    "(TFI) method for quantitative susceptibility mapping. Magn Reson Med. 2017;78:303-315. "
+    "doi:10.1002/mrm.26331",
     "rts": "Kames C, Wiggermann V, Rauscher A. Rapid two-step dipole inversion for "
     "susceptibility mapping with sparsity priors. NeuroImage. 2018;167:276-283. "
     "doi:10.1016/j.neuroimage.2017.11.018",
@@ -121,8 +124,8 @@ def _echo_fit_text(workflow):
 
 def _background_text(workflow, runs):
     if workflow.background_removal == "pdf":
-        return (f"projection onto dipole fields (PDF) {_cite('pdf')}, after peeling about 2 mm "
-                "from the mask edge")
+        return (f"projection onto dipole fields (PDF) {_cite('pdf')}, after peeling one voxel "
+                "layer from the mask edge")
     if workflow.background_removal == "lbv":
         return (f"the Laplacian boundary value method (LBV) {_cite('lbv')}, after peeling about "
                 "2 mm from the mask edge")
@@ -141,7 +144,9 @@ def _inversion_text(workflow):
     if workflow.inversion == "tv-admm":
         return ("total-variation regularised inversion solved with ADMM, FANSI-style "
                 f"{_cite('tvadmm')}{_cite('fansi')} (lambda = {workflow.tv_regularization:g}, "
-                "gradient penalty relaxed at the edges of the first-echo magnitude)")
+                "gradient penalty relaxed at the edges of the first-echo magnitude and weighted "
+                f"{workflow.tv_outside_weight:g} on gradients leaving the mask, so that sources "
+                f"just outside it absorb residual background at the rim {_cite('tfi')})")
     if workflow.inversion == "rts":
         return (f"the rapid two-step method (RTS, delta = {workflow.rts_delta:g}) "
                 f"{_cite('rts')}")

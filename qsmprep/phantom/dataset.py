@@ -182,6 +182,37 @@ def write_phantom_dataset(bids_dir, subjects, *, name="qsmprep phantom",
     return truths
 
 
+#: Susceptibility (ppb relative to CSF) of the asymmetric digital subject: every region has
+#: different values left and right, so a swap of sides or a wrong asymmetry sign shows.
+ASYMMETRIC_REGIONS_PPB = {
+    "putamen": {"L": 40, "R": 80},
+    "caudate": {"L": 70, "R": 40},
+    "globus_pallidus_externa": {"L": 150, "R": 110},
+    "globus_pallidus_interna": {"L": 120, "R": 170},
+    "subthalamic_nucleus": {"L": 80, "R": 130},
+    "red_nucleus": {"L": 130, "R": 90},
+    "substantia_nigra_compacta": {"L": 100, "R": 150},
+    "substantia_nigra_reticulata": {"L": 160, "R": 110},
+    "thalamus": {"L": 10, "R": 35},
+    "motor_cortex": {"L": 60, "R": 20},
+    "premotor_cortex": {"L": 15, "R": 35},
+}
+
+
+def asymmetric_digital_subject(voxel_size_mm: float = 2.0, **overrides) -> PhantomSubject:
+    """The digital subject of the regional accuracy checks: :data:`ASYMMETRIC_REGIONS_PPB`,
+    4 echoes at 3 T, head rotated (6, -4, 5) degrees, moved (3, -5, 4) mm and deformed by a
+    smooth 2 mm field; the grid holds the whole head at ``voxel_size_mm``."""
+    shape = tuple(int(round(n * 2.0 / voxel_size_mm)) for n in TEMPLATE_NATIVE_SHAPE_2MM)
+    settings = {"subject": "01", "anatomy": "template", "shape": shape,
+                "voxel_size": (voxel_size_mm,) * 3, "echo_times_s": DEMO_ECHO_TIMES_S,
+                "seed": 11, "region_susceptibility_ppb": ASYMMETRIC_REGIONS_PPB,
+                "native_rotation_deg": (6.0, -4.0, 5.0), "native_translation_mm": (3.0, -5.0, 4.0),
+                "deformation_mm": 2.0}
+    settings.update(overrides)
+    return PhantomSubject(**settings)
+
+
 #: Digital patients of the demo: regional susceptibility (ppb relative to CSF) set on the
 #: healthy head, following the patterns of the clinical reference ranges (CBS: asymmetric
 #: motor and premotor cortex iron, here left-dominant, moderate GPi/STN/RN; PSP: high,
@@ -192,9 +223,9 @@ DIGITAL_PATIENTS = {
             "globus_pallidus_interna": 115, "red_nucleus": 80, "subthalamic_nucleus": 90,
             "substantia_nigra_compacta": 140, "substantia_nigra_reticulata": 140,
             "putamen": {"L": 85, "R": 70}, "thalamus": 45},
-    "psp": {"motor_cortex": 25, "globus_pallidus_interna": 230, "globus_pallidus_externa": 180,
-            "red_nucleus": 190, "subthalamic_nucleus": 180, "substantia_nigra_compacta": 190,
-            "substantia_nigra_reticulata": 190, "putamen": 100, "thalamus": 70},
+    "psp": {"motor_cortex": 25, "globus_pallidus_interna": 250, "globus_pallidus_externa": 200,
+            "red_nucleus": 200, "subthalamic_nucleus": 200, "substantia_nigra_compacta": 200,
+            "substantia_nigra_reticulata": 200, "putamen": 100, "thalamus": 70},
     "pd": {"motor_cortex": 20, "premotor_cortex": 15, "globus_pallidus_interna": 60,
            "globus_pallidus_externa": 70, "red_nucleus": 70, "subthalamic_nucleus": 75,
            "substantia_nigra_compacta": {"L": 250, "R": 340},
@@ -436,6 +467,6 @@ def _write_json(path: Path, content: dict) -> None:
 
 
 __all__ = ["ANATOMIES", "ARBITRARY_PHASE_RANGE", "DEMO_ECHO_TIMES_S", "DEMO_FIELD_STRENGTH_T",
-           "DEMO_OBLIQUE_ROTATION_DEG", "DIGITAL_PATIENTS", "DEMO_VOXEL_SIZE_MM", "TRUTH_PIPELINE",
+           "ASYMMETRIC_REGIONS_PPB", "DEMO_OBLIQUE_ROTATION_DEG", "DIGITAL_PATIENTS", "asymmetric_digital_subject", "DEMO_VOXEL_SIZE_MM", "TRUTH_PIPELINE",
            "TEMPLATE_NATIVE_SHAPE_2MM", "PhantomSubject", "make_demo_dataset",
            "simulate_template_subject", "write_phantom_dataset"]

@@ -93,8 +93,10 @@ gpi_stn_rn_elevation         high = at least two of GPi, red nucleus and (when t
                              PSP agrees if high, CBS if moderate, PD if low.
 gpi_stn_rn_symmetry          symmetric = no favoured side in any of GPi, STN, red nucleus
                              measured. PSP agrees if symmetric ([cbs-review]: symmetric in PSP).
-nigral_pattern               present = substantia nigra > NIGRAL_SN_MIN_PPB (210, [murakami])
-  (hallmark of PD)           with MCmax < CBS motor cortex low [45] and GPi < PSP GPi low [150]
+nigral_pattern               present = SNmax (the substantia nigra of the higher hemisphere:
+  (hallmark of PD)           nigral degeneration is asymmetric, most marked contralateral to
+                             the more affected side) > NIGRAL_SN_MIN_PPB (210, [murakami]) with
+                             MCmax < CBS motor cortex low [45] and GPi < PSP GPi low [150]
                              (SN high with low cortex and pallidum, [cbs-review]). PD agrees if
                              present.
 regional_ranges              fraction of the ranged regions whose both-hemisphere mean lies
@@ -678,16 +680,16 @@ def _features(regions: _Regions, patterns) -> list[dict]:
         {"PSP": symmetric}, patterns))
 
     # Nigral pattern (hallmark of PD).
-    sn = regions.mean("substantia_nigra")
+    sn = regions.higher_side("substantia_nigra")
     psp_gpi_low = regions.bound("globus_pallidus_interna", "PSP", "low")
     nigral = None
     if None not in (sn, mc_max, cbs_mc_low, gpi, psp_gpi_low):
         nigral = sn > NIGRAL_SN_MIN_PPB and mc_max < cbs_mc_low and gpi < psp_gpi_low
     features.append(_feature(
         "nigral_pattern", "Nigral pattern",
-        f"substantia nigra > {NIGRAL_SN_MIN_PPB:g} ppb (Murakami 2015) with motor cortex < CBS "
-        "motor cortex low and GPi < PSP GPi low; PD if present",
-        ("not measured" if sn is None else f"substantia nigra {sn:.1f} ppb"
+        f"substantia nigra of the higher hemisphere > {NIGRAL_SN_MIN_PPB:g} ppb (Murakami 2015) "
+        "with motor cortex < CBS motor cortex low and GPi < PSP GPi low; PD if present",
+        ("not measured" if sn is None else f"substantia nigra (higher side) {sn:.1f} ppb"
          + ("" if nigral is None else (", present" if nigral else ", absent"))),
         {"PD": nigral}, patterns, value=_rounded(sn)))
 
