@@ -748,7 +748,9 @@ def main(argv=None):
         else:
             parser.error(f"unknown simulator {simulator!r}")
 
-    print(f"## Accuracy bench: head phantom {shape[0]}x{shape[1]}x{shape[2]} at {voxel:g} mm, "
+    shape = phantom.shape
+    print(f"## Accuracy bench: {opts.phantom} head phantom {shape[0]}x{shape[1]}x{shape[2]} at "
+          f"{voxel:g} mm, "
           f"{len(ECHO_TIMES_S)} echoes (TE {', '.join(f'{1000 * t:g}' for t in ECHO_TIMES_S)} "
           f"ms), {FIELD_STRENGTH_T:g} T, peak SNR {opts.peak_snr:g}, {opts.workers} FFT threads\n")
     print("Versions: " + ", ".join(f"{name} {_version(name)}" for name in (
