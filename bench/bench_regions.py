@@ -1,6 +1,6 @@
 """Regional susceptibility of the digital subject through the CLI, against its ground truth.
 
-The digital subject of ``tests/integration/test_regions.py`` (made in template space from the
+The digital subject of ``tests/integration/test_digital_subject.py`` (made in template space from the
 atlas, moved into a native space by a known rotation, translation and smooth deformation, then
 simulated) is run through ``qsmprep bids out participant``; for every region and hemisphere
 the table gives
