@@ -184,12 +184,13 @@ def _regions_text(config):
     if workflow.atlas:
         atlas = f"a user-supplied atlas ({Path(workflow.atlas).name})"
     else:
-        atlas = (f"the qsmprep atlas: CIT168 subcortical nuclei {_cite('cit168')}, the "
+        atlas = (f"the qsmprep atlas (CIT168 subcortical nuclei {_cite('cit168')}, the "
                  f"thalamus of the HCP thalamic nuclei atlas {_cite('hcpthalamus')}, lateral "
-                 "ventricles from the template, and primary motor and premotor cortex from the "
-                 f"Juelich cytoarchitectonic maps {_cite('juelich')}")
+                 "ventricles from the template, and the grey matter of primary motor and "
+                 f"premotor cortex from the Juelich cytoarchitectonic maps {_cite('juelich')})")
     return (
-        "The bias-corrected (N4 " + _cite("n4") + "), brain-extracted magnitude was registered "
+        "The root-sum-of-squares magnitude of the echoes, bias-corrected (N4 " + _cite("n4")
+        + ") and brain-extracted, was registered "
         f"to the {workflow.template} template {_cite('mni2009')} with ANTs {_cite('ants')} "
         "(rigid, affine and symmetric normalisation, mutual information, random seed "
         f"{workflow.random_seed}). The regions of {atlas} were brought to each run's native grid "
