@@ -191,7 +191,9 @@ def _regions_text(config):
     return (
         "The root-sum-of-squares magnitude of the echoes, bias-corrected (N4 " + _cite("n4")
         + ") and brain-extracted, was registered "
-        f"to the {workflow.template} template {_cite('mni2009')} with ANTs {_cite('ants')} "
+        + ("rigidly to the session's T1w image (where there was one), and the T1w "
+           if workflow.register_via_t1w else "")
+        + f"to the {workflow.template} template {_cite('mni2009')} with ANTs {_cite('ants')} "
         "(rigid, affine and symmetric normalisation, mutual information, random seed "
         f"{workflow.random_seed}). The regions of {atlas} were brought to each run's native grid "
         "with the inverse transform and generic-label interpolation, keeping small nuclei. "

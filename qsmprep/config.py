@@ -88,6 +88,7 @@ class WorkflowConfig:
     template_stats: bool = False  # also measure regions on the template-space Chimap
     random_seed: int = 0  # seeds ANTs and every other random choice
     reference_ranges: str = ""  # user table of CBS/PSP/PD reference ranges ("" = the package's)
+    register_via_t1w: bool = False  # magnitude -> T1w -> template when the session has a T1w
     field_strength_t: float = 0.0
     masking: str = ALGORITHMS["masking"][0]
     mask_threshold: float = 0.0

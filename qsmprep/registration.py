@@ -478,6 +478,11 @@ def register_two_step(moving_path, t1w_path, template_path, *, out_prefix,
     and the magnitude is resampled onto the template once, so the result has the form of
     :func:`register_to_template`'s; the intermediate files keep the prefixes
     ``{out_prefix}native2t1w_`` and ``{out_prefix}t1w2template_``.
+
+    A whole-head T1w is fine when ``t1w_mask_path`` is not given but ``moving_mask_path`` is:
+    the magnitude's brain mask, carried onto the T1w by the rigid step (nearest neighbour),
+    brain-extracts the T1w, which is then bias-corrected and rescaled like the magnitude
+    (:func:`prepare_moving_image`) before the normalisation.
     """
     moving = _check_3d(moving_path, "moving")
     t1w = _check_3d(t1w_path, "T1w")
@@ -488,6 +493,11 @@ def register_two_step(moving_path, t1w_path, template_path, *, out_prefix,
         moving, t1w, out_prefix=f"{prefix}native2t1w_", template_mask_path=t1w_mask_path,
         moving_mask_path=moving_mask_path, seed=seed, threads=threads,
         settings=INTRASUBJECT_SETTINGS, initial_centring=False)
+    if t1w_mask_path is None and moving_mask_path is not None:
+        t1w_mask_path = apply_transforms_to_template(
+            moving_mask_path, t1w, [rigid.forward_transform], f"{prefix}t1w_brain_mask.nii.gz",
+            interpolation="nearest")
+        t1w = prepare_moving_image(t1w, t1w_mask_path, f"{prefix}t1w_brain.nii.gz")
     normalisation = register_to_template(
         t1w, fixed, out_prefix=f"{prefix}t1w2template_", template_mask_path=template_mask_path,
         moving_mask_path=t1w_mask_path, seed=seed, threads=threads, settings=settings)

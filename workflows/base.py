@@ -152,9 +152,14 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
     """Registration, atlas propagation, regional statistics, the report and their outputs."""
     from qsmprep.reports.render import acquisition_summary
 
+    if config.workflow.register_via_t1w and not run.t1w:
+        LOGGER.warning("%s: no T1w image in this session; registering the magnitude directly "
+                       "to the template.", run.name)
+
     registration_wf = init_registration_wf(
         template_t1w=anatomy["template_t1w"], template_mask=anatomy["template_mask"],
-        seed=config.workflow.random_seed, omp_nthreads=config.nipype.omp_nthreads)
+        seed=config.workflow.random_seed, omp_nthreads=config.nipype.omp_nthreads,
+        t1w=run.t1w if config.workflow.register_via_t1w else None)
     regions_wf = init_regions_wf(
         template_t1w=anatomy["template_t1w"], atlas_labels=anatomy["atlas_labels"],
         atlas_table=anatomy["atlas_table"], composites=anatomy["composites"],

@@ -23,7 +23,7 @@ def _memory_gb(voxel_count: int, copies: float) -> float:
 _TEMPLATE_VOXELS = 193 * 229 * 193
 
 
-def init_registration_wf(*, template_t1w, template_mask, seed, omp_nthreads,
+def init_registration_wf(*, template_t1w, template_mask, seed, omp_nthreads, t1w=None,
                          name="registration_wf"):
     """Register the run's magnitude to the template (ANTs rigid + affine + SyN).
 
@@ -35,6 +35,9 @@ def init_registration_wf(*, template_t1w, template_mask, seed, omp_nthreads,
         ANTs random seed.
     omp_nthreads : int
         Threads of ANTs.
+    t1w : str, optional
+        The session's T1w image: register through it (magnitude -> T1w rigidly, T1w ->
+        template), the T1w brain-extracted with the magnitude's mask carried over.
 
     Inputs
     ------
@@ -68,6 +71,8 @@ def init_registration_wf(*, template_t1w, template_mask, seed, omp_nthreads,
                            num_threads=omp_nthreads),
         name="register_to_template", n_procs=omp_nthreads,
         mem_gb=_memory_gb(_TEMPLATE_VOXELS, 60))
+    if t1w:
+        register.inputs.t1w = t1w
     quality = pe.Node(niu.Function(function=_quality_scores,
                                    input_names=["nmi", "dice_brain"],
                                    output_names=["quality"]),

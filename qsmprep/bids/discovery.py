@@ -133,6 +133,7 @@ class Run:
     voxel_size: tuple[float, float, float]
     metadata: dict = field(compare=False)
     field_strength_source: str
+    t1w: str | None = field(default=None, compare=False)
 
     @property
     def entities(self) -> dict:
@@ -179,6 +180,7 @@ class Run:
             f"{label}: {self.suffix}, {count} echo{'es' if count > 1 else ''}, "
             f"TE = {echo_times_ms} ms, {self.field_strength_t:g} T, "
             f"{'x'.join(map(str, self.shape))} at {voxel} mm"
+            + (f"; T1w {Path(self.t1w).name}" if self.t1w else "")
         )
 
 
@@ -331,9 +333,26 @@ def discover_runs(
     for subject in subjects or ():
         if not any(run.subject == subject for run in runs):
             LOGGER.warning("sub-%s: no MEGRE or T2starw run with phase found; skipped.", subject)
+    runs = [_with_t1w(layout, run) for run in runs]
     for run in runs:
         LOGGER.info(run.describe())
     return runs
+
+
+def _with_t1w(layout, run: Run) -> Run:
+    """``run`` with the T1-weighted image of its subject and session, if there is one (the
+    first in name order, preferring one without ``run-``), for two-step registration."""
+    from dataclasses import replace
+
+    from bids.layout import Query
+
+    images = layout.get(datatype="anat", suffix="T1w", extension=[".nii", ".nii.gz"],
+                        subject=run.subject,
+                        session=run.session if run.session is not None else Query.NONE)
+    if not images:
+        return run
+    images.sort(key=lambda image: (image.get_entities().get("run") is not None, image.path))
+    return replace(run, t1w=images[0].path)
 
 
 # ----------------------------------------------------------------------------- dataset level

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--random-seed", type=int, default=0, metavar="SEED",
                     help="seed of ANTs registration (results are reproducible for a given seed "
                     "and --omp-nthreads)")
+    wf.add_argument("--register-via-t1w", action="store_true",
+                    help="register the magnitude rigidly to the session's T1w image and the T1w "
+                    "to the template (runs without a T1w are registered directly)")
     wf.add_argument("--reference-ranges", type=Path, metavar="TSV",
                     help="your own CBS/PSP/PD reference ranges for the report (columns as in "
                     "qsmprep/reports/data/reference_ranges.tsv); calibrate them locally")
@@ -271,6 +274,7 @@ def parse_args(argv=None) -> Config:
         template_stats=opts.template_stats,
         random_seed=opts.random_seed,
         reference_ranges=reference_ranges,
+        register_via_t1w=opts.register_via_t1w,
         field_strength_t=opts.field_strength or 0.0,
         masking=opts.masking,
         mask_threshold=opts.mask_threshold or 0.0,

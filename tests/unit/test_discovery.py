@@ -486,3 +486,15 @@ def test_same_echo_twice_is_ambiguous(bids_root):
     write_image(gz.with_name(gz.name.replace(".nii.gz", ".nii")), np.ones(SHAPE, np.float32))
     with pytest.raises(BadDataError, match=r"echo-1_part-mag_MEGRE.nii.*same echo and part"):
         discover_runs(bids_root)
+
+
+def test_t1w_of_the_same_session_is_attached(bids_root):
+    make_run(bids_root, session="1")
+    make_run(bids_root, session="2")
+    anat = bids_root / "sub-01" / "ses-1" / "anat"
+    write_image(anat / "sub-01_ses-1_run-2_T1w.nii.gz", np.ones((4, 4, 4), np.float32))
+    write_image(anat / "sub-01_ses-1_T1w.nii.gz", np.ones((4, 4, 4), np.float32))
+    runs = {run.session: run for run in discover_runs(bids_root)}
+    assert runs["1"].t1w == str(anat / "sub-01_ses-1_T1w.nii.gz")
+    assert runs["2"].t1w is None
+    assert "T1w sub-01_ses-1_T1w.nii.gz" in runs["1"].describe()

@@ -262,7 +262,8 @@ def test_normalized_mutual_information_limits():
     assert registration.normalized_mutual_information(a, rng.random(20000)) < 1.1
 
 
-def test_two_step_registration_through_t1w(template, template_3mm, tmp_path):
+@pytest.mark.parametrize("t1w_has_mask", [True, False])
+def test_two_step_registration_through_t1w(template, template_3mm, tmp_path, t1w_has_mask):
     # T1w on a 3 mm grid; the magnitude of the same session on an oblique grid, after a head
     # movement of a few degrees and millimetres. Fewer SyN iterations than the default: this
     # checks how the two registrations are chained, not how well SyN converges.
@@ -282,7 +283,7 @@ def test_two_step_registration_through_t1w(template, template_3mm, tmp_path):
     result = registration.register_two_step(
         prepared, t1w["image"], template_3mm["T1w"], out_prefix=f"{tmp_path / 'two_step'}/",
         template_mask_path=template_3mm["mask"], moving_mask_path=magnitude["mask"],
-        t1w_mask_path=t1w["mask"], threads=2,
+        t1w_mask_path=t1w["mask"] if t1w_has_mask else None, threads=2,
         settings=dataclasses.replace(registration.DEFAULT_SETTINGS,
                                      syn_iterations=(100, 15, 0, 0)))
     for path in (result.forward_transform, result.inverse_transform, result.warped):
@@ -290,6 +291,9 @@ def test_two_step_registration_through_t1w(template, template_3mm, tmp_path):
     forward, inverse = _tre(result, native, in_template)
     assert forward.mean() < 2.0 and inverse.mean() < 2.0
     assert nib.load(result.warped).shape == nib.load(template_3mm["T1w"]).shape
+    # Without its own mask, the T1w is brain-extracted with the magnitude's mask carried over.
+    carried_mask = tmp_path / "two_step" / "t1w_brain_mask.nii.gz"
+    assert carried_mask.exists() != t1w_has_mask
 
 
 def _blob_labels(folder):

@@ -124,3 +124,24 @@ def test_registration_and_regions_follow_the_reconstruction(dataset, tmp_path):
 def test_qsm_only_builds_no_registration(dataset, tmp_path):
     names = _node_names(_graph(dataset, tmp_path, "--qsm-only")[0])
     assert not any("registration" in name or "regions" in name for name in names)
+
+
+def test_register_via_t1w_uses_the_session_t1w(tmp_path):
+    import shutil
+
+    bids_dir = tmp_path / "bids"
+    write_phantom_dataset(bids_dir, [PhantomSubject(subject="01", **GRID),
+                                     PhantomSubject(subject="02", **GRID)])
+    anat = bids_dir / "sub-01" / "anat"
+    shutil.copy(anat / "sub-01_echo-1_part-mag_MEGRE.nii.gz", anat / "sub-01_T1w.nii.gz")
+    workflow, config = _graph(bids_dir, tmp_path, "--register-via-t1w")
+    assert config.workflow.register_via_t1w
+    with_t1w = workflow.get_node("sub_01_wf.run_sub_01_wf.registration_wf.register_to_template")
+    assert with_t1w.inputs.t1w == str(anat / "sub-01_T1w.nii.gz")
+    without = workflow.get_node("sub_02_wf.run_sub_02_wf.registration_wf.register_to_template")
+    from nipype.interfaces.base import isdefined
+
+    assert not isdefined(without.inputs.t1w)
+    plain, _ = _graph(bids_dir, tmp_path / "plain")
+    direct = plain.get_node("sub_01_wf.run_sub_01_wf.registration_wf.register_to_template")
+    assert not isdefined(direct.inputs.t1w)
