@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     bids.add_argument("--bids-filter-file", type=Path, metavar="FILE",
                       help="JSON of pybids entity filters, flat or keyed by 'megre'/'t2starw'")
 
+    group = parser.add_argument_group("Group level")
+    group.add_argument("--site-column", default="site", metavar="COLUMN",
+                       help="column of participants.tsv (or sessions.tsv) naming the scanning "
+                       "site; absent means one site")
+
     perf = parser.add_argument_group("Options to handle performance")
     perf.add_argument("--nprocs", "--nthreads", type=_positive_int, default=None,
                       help="maximum number of processes for the whole run (default: all CPUs)")
@@ -275,6 +280,7 @@ def parse_args(argv=None) -> Config:
         random_seed=opts.random_seed,
         reference_ranges=reference_ranges,
         register_via_t1w=opts.register_via_t1w,
+        site_column=opts.site_column,
         field_strength_t=opts.field_strength or 0.0,
         masking=opts.masking,
         mask_threshold=opts.mask_threshold or 0.0,

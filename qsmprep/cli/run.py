@@ -10,7 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 
-from ..errors import BadDataError, QSMPrepError, UnknownLevelError  # noqa: E402
+from ..errors import BadDataError, QSMPrepError  # noqa: E402
 
 LOGGER = logging.getLogger("qsmprep")
 
@@ -33,9 +33,7 @@ def run(argv=None) -> int:
         config = parse_args(argv)
         _setup_file_logging(config)
         if config.execution.analysis_level == "group":
-            raise UnknownLevelError(
-                "The group level is not yet available in this version of qsmprep; run "
-                "'participant' first.")
+            return _run_group_level(config)
         return _run_participant_level(config)
     except QSMPrepError as error:
         LOGGER.critical("%s", error)
@@ -43,6 +41,18 @@ def run(argv=None) -> int:
     except KeyboardInterrupt:
         LOGGER.critical("Interrupted; re-run the same command to resume from the work folder.")
         return 130
+
+
+def _run_group_level(config) -> int:
+    from ..__about__ import __version__
+    from ..group.level import run_group_level
+
+    execution = config.execution
+    LOGGER.info("qsmprep %s: %s", __version__, execution.command_line)
+    written = run_group_level(execution.output_dir, execution.bids_dir,
+                              site_column=config.workflow.site_column)
+    LOGGER.info("Group tables written to %s", Path(execution.output_dir) / "group")
+    return 0
 
 
 def _run_participant_level(config) -> int:

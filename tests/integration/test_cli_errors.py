@@ -88,9 +88,12 @@ def test_not_a_bids_dataset(tiny_bids, tmp_path):
                    expected_words=["dataset_description.json"])
 
 
-def test_group_level_not_yet_available(tiny_bids, tmp_path):
+def test_group_level_without_participant_results(tiny_bids, tmp_path):
+    (tmp_path / "out").mkdir()
     result = run_cli(tiny_bids, tmp_path / "out", "group")
-    assert result.returncode == 17 and "group level" in result.stderr
+    assert result.returncode == 66, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "desc-regions_stats.tsv" in result.stderr
 
 
 def test_bad_option_is_a_usage_error(tiny_bids, tmp_path):

@@ -69,3 +69,20 @@ def test_demo_report_opens_in_chromium(demo_run, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "findings" in dom.stdout.lower() and "<table" in dom.stdout
     assert "consistent with CBS" in dom.stdout or "CBS" in dom.stdout
+
+
+def test_group_level_on_the_demo_is_reproducible(demo_run):
+    out = demo_run["out"]
+    first = run_cli(out.parent / "bids", out, "group")
+    assert first.returncode == 0, first.stderr[-3000:]
+    group = out / "group"
+    written = {path.name: path.read_bytes() for path in sorted(group.iterdir())}
+    for name in ("regions_tidy.tsv", "scans_wide.tsv", "exclusions.tsv",
+                 "group_descriptives.tsv", "group_comparisons.tsv"):
+        assert name in written, sorted(written)
+    header = written["scans_wide.tsv"].decode().splitlines()[0].split("\t")
+    assert "diagnosis" in header and "motor_cortex_L_mean_ppb" in header
+    assert len(written["scans_wide.tsv"].decode().splitlines()) == 1 + 4
+    second = run_cli(out.parent / "bids", out, "group")
+    assert second.returncode == 0
+    assert {path.name: path.read_bytes() for path in sorted(group.iterdir())} == written

@@ -1,0 +1,116 @@
+"""The group level: every participant's regional results into one harmonised, analysed dataset.
+
+:func:`run_group_level` chains the steps of this package and writes their tables to
+``<output_dir>/group/`` (tab-separated, ``n/a`` for missing values, fixed number format, so a
+second run writes the same bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import BadDataError
+from .classify import classify_diagnoses, learned_reference_ranges, write_reference_ranges
+from .collect import collect_participant_results, qc_exclusions, scan_table, wide_table
+from .harmonise import harmonise
+from .statistics import compare_asymmetry, compare_groups, describe_groups, site_effects
+
+LOGGER = logging.getLogger("qsmprep")
+
+#: Number format of the written tables.
+FLOAT_FORMAT = "%.6g"
+
+
+def _write(table: pd.DataFrame, path: Path) -> Path:
+    table.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format=FLOAT_FORMAT,
+                 lineterminator="\n")
+    return path
+
+
+def run_group_level(output_dir, bids_dir=None, *, site_column: str = "site") -> dict:
+    """Collect, quality-control, harmonise, compare and classify; write ``output_dir/group/``.
+
+    Files: ``regions_tidy.tsv`` (one row per scan x region x hemisphere x reference),
+    ``scans_wide.tsv`` (one row per scan, CSF-referenced means), ``exclusions.tsv`` (scans left
+    out and why), ``scans_harmonised.tsv`` (raw and ComBat-harmonised side by side, when there
+    are several sites and each has enough scans), ``site_effects.tsv`` (before and after),
+    ``group_descriptives.tsv``, ``group_comparisons.tsv`` (Hedges' g, Welch's t, FDR),
+    ``asymmetry_comparisons.tsv``, ``classification.tsv`` and ``single_region_auc.tsv`` (when
+    two diagnoses have enough scans) and ``reference_ranges_learned.tsv`` (usable with
+    ``--reference-ranges``).
+
+    Returns
+    -------
+    dict
+        Name -> written path, plus ``notes``: why a step was skipped.
+
+    Raises
+    ------
+    MissingInputError
+        No participant results in ``output_dir``.
+    """
+    output_dir = Path(output_dir)
+    group_dir = output_dir / "group"
+    group_dir.mkdir(parents=True, exist_ok=True)
+    written, notes = {}, []
+
+    tidy = collect_participant_results(output_dir, bids_dir, site_column=site_column)
+    scans = scan_table(tidy)
+    LOGGER.info("Group level: %d scan(s) of %d participant(s) from %d site(s).", len(scans),
+                scans["subject"].nunique(), scans["site"].nunique())
+    excluded = qc_exclusions(tidy)
+    for row in excluded.itertuples():
+        LOGGER.warning("Excluded %s: %s", row.scan, row.reasons)
+    kept = tidy[~tidy["scan"].isin(set(excluded["scan"]))]
+    written["tidy"] = _write(tidy, group_dir / "regions_tidy.tsv")
+    written["exclusions"] = _write(excluded, group_dir / "exclusions.tsv")
+    wide = wide_table(kept, reference="csf")
+    written["wide"] = _write(wide, group_dir / "scans_wide.tsv")
+    features = list(wide.attrs["features"])
+
+    analysed, analysed_features = wide, features
+    if wide["site"].nunique() > 1:
+        try:
+            harmonised = harmonise(wide, features, site_column="site")
+        except BadDataError as error:
+            notes.append(f"no harmonisation: {error}")
+            LOGGER.warning("No site harmonisation: %s", error)
+        else:
+            written["harmonised"] = _write(harmonised, group_dir / "scans_harmonised.tsv")
+            analysed_features = [f"{feature}_harmonised" for feature in features]
+            analysed = harmonised
+            effects = pd.concat([
+                site_effects(harmonised, features).assign(values="raw"),
+                site_effects(harmonised, analysed_features).assign(values="harmonised")])
+            written["site_effects"] = _write(effects, group_dir / "site_effects.tsv")
+    else:
+        notes.append("one site: no harmonisation needed")
+
+    if wide["diagnosis"].notna().any():
+        written["descriptives"] = _write(describe_groups(analysed, analysed_features),
+                                         group_dir / "group_descriptives.tsv")
+        written["comparisons"] = _write(compare_groups(analysed, analysed_features),
+                                        group_dir / "group_comparisons.tsv")
+        written["asymmetry"] = _write(compare_asymmetry(kept),
+                                      group_dir / "asymmetry_comparisons.tsv")
+        result = classify_diagnoses(analysed, analysed_features)
+        if result.get("note"):
+            notes.append(f"classification: {result['note']}")
+        if len(result.get("summary", [])):
+            written["classification"] = _write(result["summary"],
+                                               group_dir / "classification.tsv")
+            written["single_region_auc"] = _write(result["single_region"],
+                                                  group_dir / "single_region_auc.tsv")
+        ranges = learned_reference_ranges(kept)
+        if len(ranges):
+            written["reference_ranges"] = write_reference_ranges(
+                ranges, group_dir / "reference_ranges_learned.tsv")
+    else:
+        notes.append("no diagnosis column in participants.tsv: no group comparisons")
+    for note in notes:
+        LOGGER.info("Group level: %s", note)
+    written["notes"] = notes
+    return written
