@@ -16,6 +16,7 @@ from ..errors import BadDataError
 from .classify import classify_diagnoses, learned_reference_ranges, write_reference_ranges
 from .collect import collect_participant_results, qc_exclusions, scan_table, wide_table
 from .harmonise import harmonise
+from .report import write_group_report
 from .statistics import compare_asymmetry, compare_groups, describe_groups, site_effects
 
 LOGGER = logging.getLogger("qsmprep")
@@ -40,7 +41,7 @@ def run_group_level(output_dir, bids_dir=None, *, site_column: str = "site") -> 
     ``group_descriptives.tsv``, ``group_comparisons.tsv`` (Hedges' g, Welch's t, FDR),
     ``asymmetry_comparisons.tsv``, ``classification.tsv`` and ``single_region_auc.tsv`` (when
     two diagnoses have enough scans) and ``reference_ranges_learned.tsv`` (usable with
-    ``--reference-ranges``).
+    ``--reference-ranges``); and ``group.html`` with its figures (``figures/*.svg``).
 
     Returns
     -------
@@ -72,6 +73,7 @@ def run_group_level(output_dir, bids_dir=None, *, site_column: str = "site") -> 
     features = list(wide.attrs["features"])
 
     analysed, analysed_features = wide, features
+    harmonised, result = None, None
     if wide["site"].nunique() > 1:
         try:
             harmonised = harmonise(wide, features, site_column="site")
@@ -110,6 +112,10 @@ def run_group_level(output_dir, bids_dir=None, *, site_column: str = "site") -> 
                 ranges, group_dir / "reference_ranges_learned.tsv")
     else:
         notes.append("no diagnosis column in participants.tsv: no group comparisons")
+    report = write_group_report(output_dir, written, tidy=tidy, wide=wide,
+                                harmonised=harmonised, classification=result,
+                                exclusions=excluded, notes=notes)
+    written["report"] = report["html"]
     for note in notes:
         LOGGER.info("Group level: %s", note)
     written["notes"] = notes

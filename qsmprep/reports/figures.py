@@ -314,3 +314,205 @@ def plot_range_strip(region: dict, out_path, *, colours: dict) -> str:
     ax.tick_params(axis="x", labelsize=6, length=2, pad=1)
     ax.set_xlabel("ppb", fontsize=6, labelpad=0)
     return _save_svg(figure, out_path, dpi=100)
+
+
+# ------------------------------------------------------------------------ group-level figures
+#: Colours of sites and diagnoses in the group figures (Okabe-Ito, colour-blind safe).
+_GROUP_PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
+                  "#000000")
+_NO_LABEL = "n/a"
+
+
+def _labels(table, column) -> np.ndarray:
+    """``column`` as strings, ``n/a`` where missing or absent."""
+    if column not in table.columns:
+        return np.full(len(table), _NO_LABEL, dtype=object)
+    values = table[column]
+    return np.where(values.notna().to_numpy(), values.astype(str).to_numpy(), _NO_LABEL)
+
+
+def _ordered(labels) -> list[str]:
+    """Sorted distinct labels, ``n/a`` last."""
+    found = sorted(set(labels) - {_NO_LABEL})
+    return found + ([_NO_LABEL] if _NO_LABEL in set(labels) else [])
+
+
+def _spread(count: int, width: float = 0.28) -> np.ndarray:
+    """Fixed horizontal offsets of ``count`` points (deterministic jitter)."""
+    if count <= 1:
+        return np.zeros(count)
+    return (np.arange(count) * 0.618034 % 1.0 - 0.5) * 2 * width
+
+
+def _bilateral_region(feature: str):
+    """Region of a ``<region>_bilateral_<statistic>[_suffix]`` column, else None."""
+    head, separator, _ = str(feature).partition("_bilateral_")
+    return head if separator and head else None
+
+
+def _box(ax, samples, positions, colours, width=0.6):
+    shown = [(sample, position, colour) for sample, position, colour
+             in zip(samples, positions, colours) if sample.size]
+    if not shown:
+        return
+    parts = ax.boxplot([sample for sample, _, _ in shown],
+                       positions=[position for _, position, _ in shown], widths=width,
+                       showfliers=False, patch_artist=True, manage_ticks=False,
+                       medianprops={"color": "black", "linewidth": 1.0},
+                       whiskerprops={"color": "#555555", "linewidth": 0.8},
+                       capprops={"color": "#555555", "linewidth": 0.8},
+                       boxprops={"linewidth": 0.8, "edgecolor": "#555555"})
+    for patch, (_, _, colour) in zip(parts["boxes"], shown):
+        patch.set_facecolor(colour)
+        patch.set_alpha(0.25)
+
+
+def plot_group_regions(wide, features, out_path, *, group_column="diagnosis",
+                       site_column="site", title="Regional susceptibility") -> str | None:
+    """SVG of each region's bilateral mean by diagnosis: one panel per region, a box per
+    diagnosis (median, quartiles, whiskers to 1.5 IQR) and one point per scan, coloured by
+    site.
+
+    ``wide`` is a wide table (one row per scan, raw or harmonised); of ``features`` the
+    ``<region>_bilateral_...`` columns are drawn (all of them when there is none). Scans
+    without a diagnosis are shown as ``n/a``. Returns the absolute path of the SVG, or None
+    when there is nothing to draw (no scans or no finite value).
+    """
+    features = [feature for feature in (features or []) if feature in wide.columns]
+    bilateral = [feature for feature in features if _bilateral_region(feature)]
+    features = bilateral or features
+    if wide is None or len(wide) == 0 or not features:
+        return None
+    values = wide[features].to_numpy(dtype=np.float64)
+    if not np.isfinite(values).any():
+        return None
+    groups, sites = _labels(wide, group_column), _labels(wide, site_column)
+    group_order, site_order = _ordered(groups), _ordered(sites)
+    site_colours = {site: _GROUP_PALETTE[index % len(_GROUP_PALETTE)]
+                    for index, site in enumerate(site_order)}
+    columns = min(4, len(features))
+    rows = -(-len(features) // columns)
+    figure = Figure(figsize=(2.6 * columns + 1.2, 2.4 * rows + 0.6), facecolor="white")
+    FigureCanvasAgg(figure)
+    grid = figure.add_gridspec(rows, columns, left=0.07, right=0.9, bottom=0.1 / rows + 0.04,
+                               top=1 - 0.45 / (2.4 * rows + 0.6), wspace=0.35, hspace=0.55)
+    for index, feature in enumerate(features):
+        ax = figure.add_subplot(grid[index // columns, index % columns])
+        column = values[:, index]
+        samples = [column[(groups == group) & np.isfinite(column)] for group in group_order]
+        _box(ax, samples, range(len(group_order)), ["#bbbbbb"] * len(group_order))
+        for position, group in enumerate(group_order):
+            chosen = np.flatnonzero((groups == group) & np.isfinite(column))
+            offsets = _spread(chosen.size)
+            ax.scatter(position + offsets, column[chosen], s=10, linewidths=0.3,
+                       edgecolors="white", zorder=3,
+                       c=[site_colours[site] for site in sites[chosen]])
+        ax.set_xticks(range(len(group_order)))
+        ax.set_xticklabels(group_order, fontsize=7)
+        ax.set_xlim(-0.6, len(group_order) - 0.4)
+        ax.tick_params(axis="y", labelsize=6.5)
+        ax.set_title(_bilateral_region(feature) or feature, fontsize=8)
+        if index % columns == 0:
+            ax.set_ylabel("ppb", fontsize=7)
+        for spine in ("right", "top"):
+            ax.spines[spine].set_visible(False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=4, color=site_colours[site],
+                      label=site) for site in site_order]
+    figure.legend(handles=handles, title=site_column, loc="upper right", fontsize=7,
+                  title_fontsize=7, frameon=False, bbox_to_anchor=(0.995, 1 - 0.3 / rows))
+    figure.suptitle(title, fontsize=9)
+    return _save_svg(figure, out_path)
+
+
+def plot_group_asymmetry(tidy, out_path, *, reference="csf", group_column="diagnosis"
+                         ) -> str | None:
+    """SVG of the absolute-value-safe hemispheric asymmetry (``ai_abs_pct``, bilateral rows of
+    the ``reference`` values of a tidy group table) of each region, one box per diagnosis with
+    one point per scan. Returns the absolute path of the SVG, or None when the table has no
+    finite asymmetry.
+    """
+    if tidy is None or len(tidy) == 0 or "ai_abs_pct" not in tidy.columns:
+        return None
+    rows = tidy[(tidy["hemisphere"] == "bilateral") & (tidy["reference"] == reference)]
+    rows = rows[np.isfinite(rows["ai_abs_pct"].to_numpy(dtype=np.float64))]
+    if rows.empty:
+        return None
+    regions = sorted(rows["region"].astype(str).unique())
+    groups = _labels(rows, group_column)
+    group_order = _ordered(groups)
+    colours = {group: _GROUP_PALETTE[index % len(_GROUP_PALETTE)]
+               for index, group in enumerate(group_order)}
+    values = rows["ai_abs_pct"].to_numpy(dtype=np.float64)
+    region_of = rows["region"].astype(str).to_numpy()
+    step = 0.8 / len(group_order)
+    width = max(5.0, 0.5 * len(regions) * max(len(group_order), 2) + 2.2)
+    figure = Figure(figsize=(width, 3.6), facecolor="white")
+    FigureCanvasAgg(figure)
+    ax = figure.add_axes([1.0 / width + 0.04, 0.32, 1 - 2.2 / width, 0.58])
+    for region_index, region in enumerate(regions):
+        positions = region_index - 0.4 + step * (np.arange(len(group_order)) + 0.5)
+        samples = [values[(region_of == region) & (groups == group)] for group in group_order]
+        _box(ax, samples, positions, [colours[group] for group in group_order],
+             width=0.8 * step)
+        for position, group, sample in zip(positions, group_order, samples):
+            ax.scatter(position + _spread(sample.size, 0.3 * step), sample, s=8,
+                       color=colours[group], linewidths=0.3, edgecolors="white", zorder=3)
+    ax.set_xticks(range(len(regions)))
+    ax.set_xticklabels(regions, rotation=30, ha="right", fontsize=7)
+    ax.set_xlim(-0.6, len(regions) - 0.4)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_ylabel("asymmetry index ai_abs_pct (%)", fontsize=7)
+    for spine in ("right", "top"):
+        ax.spines[spine].set_visible(False)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=colours[group], label=group) for group in group_order]
+    figure.legend(handles=handles, title=group_column, loc="upper right", fontsize=7,
+                  title_fontsize=7, frameon=False)
+    ax.set_title(f"Hemispheric asymmetry by {group_column} ({reference} reference)",
+                 fontsize=9)
+    return _save_svg(figure, out_path)
+
+
+def plot_roc_curves(predictions, out_path) -> str | None:
+    """SVG of the ROC curve of each classified pair of diagnoses, from the out-of-fold
+    probabilities of :func:`qsmprep.group.classify.classify_diagnoses` (``predictions``:
+    ``group_a``, ``group_b``, ``diagnosis``, ``probability_b``; ``group_b`` is the positive
+    class). Returns the absolute path of the SVG, or None when no pair has both classes.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    if predictions is None or len(predictions) == 0:
+        return None
+    curves = []
+    for (group_a, group_b), rows in predictions.groupby(["group_a", "group_b"], sort=True):
+        score = rows["probability_b"].to_numpy(dtype=np.float64)
+        truth = (rows["diagnosis"].astype(str) == str(group_b)).to_numpy(dtype=int)
+        keep = np.isfinite(score)
+        score, truth = score[keep], truth[keep]
+        if truth.size == 0 or truth.min() == truth.max():
+            continue
+        false_positive, true_positive, _ = roc_curve(truth, score)
+        curves.append((f"{group_b} vs {group_a}", false_positive, true_positive,
+                       float(roc_auc_score(truth, score)), int(truth.size)))
+    if not curves:
+        return None
+    figure = Figure(figsize=(4.2, 4.0), facecolor="white")
+    FigureCanvasAgg(figure)
+    ax = figure.add_axes([0.14, 0.12, 0.82, 0.78])
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=0.8)
+    for index, (label, x, y, auc, count) in enumerate(curves):
+        ax.plot(x, y, drawstyle="steps-post", linewidth=1.4,
+                color=_GROUP_PALETTE[index % len(_GROUP_PALETTE)],
+                label=f"{label}: AUC {auc:.2f} (n = {count})")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("1 - specificity", fontsize=8)
+    ax.set_ylabel("sensitivity", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(loc="lower right", fontsize=6.5, frameon=False)
+    ax.set_title("Cross-validated ROC (out-of-fold predictions)", fontsize=9)
+    return _save_svg(figure, out_path)

@@ -76,13 +76,16 @@ def test_group_level_on_the_demo_is_reproducible(demo_run):
     first = run_cli(out.parent / "bids", out, "group")
     assert first.returncode == 0, first.stderr[-3000:]
     group = out / "group"
-    written = {path.name: path.read_bytes() for path in sorted(group.iterdir())}
+    written = {path.name: path.read_bytes() for path in sorted(group.rglob("*"))
+               if path.is_file()}
     for name in ("regions_tidy.tsv", "scans_wide.tsv", "exclusions.tsv",
-                 "group_descriptives.tsv", "group_comparisons.tsv"):
+                 "group_descriptives.tsv", "group_comparisons.tsv", "group.html"):
         assert name in written, sorted(written)
     header = written["scans_wide.tsv"].decode().splitlines()[0].split("\t")
     assert "diagnosis" in header and "motor_cortex_L_mean_ppb" in header
     assert len(written["scans_wide.tsv"].decode().splitlines()) == 1 + 4
     second = run_cli(out.parent / "bids", out, "group")
     assert second.returncode == 0
-    assert {path.name: path.read_bytes() for path in sorted(group.iterdir())} == written
+    assert {path.name: path.read_bytes() for path in sorted(group.rglob("*"))
+            if path.is_file()} == written
+    assert "regions_raw.svg" in written and "research aid" in written["group.html"].decode()
