@@ -334,7 +334,7 @@ class Stages:
         data = self.data
         chi = pipeline.invert_dipole(
             ppm_to_hz(local_field_ppm, data.field_strength_t), mask, data.voxel_size,
-            data.b0_direction, data.field_strength_t, first_echo_magnitude=data.magnitude[..., 0],
+            data.b0_direction, data.field_strength_t, magnitude=data.magnitude,
             echo_times_s=data.echo_times_s, workers=self.workers,
             **self.arguments("inversion", inversion=name))
         referenced, _ = referencing.reference_to_region_mean(chi, mask)

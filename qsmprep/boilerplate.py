@@ -144,7 +144,7 @@ def _inversion_text(workflow):
     if workflow.inversion == "tv-admm":
         return ("total-variation regularised inversion solved with ADMM, FANSI-style "
                 f"{_cite('tvadmm')}{_cite('fansi')} (lambda = {workflow.tv_regularization:g}, "
-                "gradient penalty relaxed at the edges of the first-echo magnitude and weighted "
+                "gradient penalty relaxed at the magnitude edges of every echo and weighted "
                 f"{workflow.tv_outside_weight:g} on gradients leaving the mask, so that sources "
                 f"just outside it absorb residual background at the rim {_cite('tfi')})")
     if workflow.inversion == "rts":

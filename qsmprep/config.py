@@ -147,11 +147,11 @@ class WorkflowConfig:
                          "MaxIterations": self.inversion_max_iter,
                          "Tolerance": self.inversion_tolerance},
             "tv-admm": {"Regularization": self.tv_regularization,
-                        "GradientWeights": "first-echo magnitude edges",
+                        "GradientWeights": "magnitude edges in any echo",
                         "OutsideMaskWeight": self.tv_outside_weight},
             "rts": {"Delta": self.rts_delta},
             "medi-l1": {"Regularization": self.medi_regularization,
-                        "GradientWeights": "first-echo magnitude edges"},
+                        "GradientWeights": "magnitude edges in any echo"},
         }[self.inversion]
         masking = {"Algorithm": self.masking}
         if self.masking == "magnitude-threshold":

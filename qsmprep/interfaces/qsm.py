@@ -220,7 +220,7 @@ class _InvertInputSpec(BaseInterfaceInputSpec):
     mask = File(exists=True, mandatory=True)
     field_strength_t = traits.Float(mandatory=True)
     echo_times = traits.List(traits.Float, desc="echo times (s): MEDI's phase noise scale")
-    magnitude = File(exists=True, desc="4-D magnitude; the first echo weights TV and MEDI")
+    magnitude = File(exists=True, desc="4-D magnitude; edges in any echo weight TV and MEDI")
     method = traits.Enum("tv-admm", "tikhonov", "tkd", "rts", "medi-l1", usedefault=True)
     tkd_threshold = traits.Float(0.19, usedefault=True)
     rts_delta = traits.Float(0.15, usedefault=True)
@@ -249,8 +249,8 @@ class InvertDipole(SimpleInterface):
         susceptibility = pipeline.invert_dipole(
             load_array(self.inputs.local_field_hz), load_mask(self.inputs.mask), voxel_size,
             b0_direction, self.inputs.field_strength_t, method=self.inputs.method,
-            first_echo_magnitude=(_first_echo(self.inputs.magnitude)
-                                  if isdefined(self.inputs.magnitude) else None),
+            magnitude=(load_array(self.inputs.magnitude)
+                       if isdefined(self.inputs.magnitude) else None),
             echo_times_s=self.inputs.echo_times if isdefined(self.inputs.echo_times) else None,
             tkd_threshold=self.inputs.tkd_threshold, rts_delta=self.inputs.rts_delta,
             regularization=self.inputs.regularization, outside_weight=self.inputs.outside_weight,

@@ -272,19 +272,43 @@ def _edge_weights(magnitude, mask, voxel_size, *, edge_fraction, edge_weight) ->
     2012;59:2560-2568; the gradient mask of the MEDI toolbox). Penalising the susceptibility
     gradient everywhere except where the magnitude has edges keeps the anatomical boundaries
     sharp and flattens the rest. Outside the mask the weight is 1.
+
+    ``magnitude`` is one 3-D image or the echoes (x, y, z, echo). With several echoes a
+    component is an edge if it is one in any echo: each echo's absolute gradient is divided
+    by its in-mask median (the mean if that is 0) and the largest of these counts. The contrast of tissues changes
+    with the echo time (proton density and T1 early, T2* late, where iron raises both R2*
+    and susceptibility), and can cancel in a sum of echoes: with the root sum of squares
+    the edges of the qsm-forward phantoms were lost (NRMSE from the true local field 13 ->
+    33 %). Default chain, 2 mm, first echo / union of all echoes, NRMSE and deep grey-matter
+    slope: analytic head 13.8 % 0.92 / 13.3 % 0.99 (qsmprep simulator), 30.9 % 0.98 /
+    19.4 % 1.00 (qsm-forward); template digital subject 16.5 % 0.895 / 15.8 % 1.00,
+    29.6 % 0.97 / 19.4 % 0.99.
     Returns float32 of shape (3,) + mask.shape.
     """
     magnitude = np.asarray(magnitude, dtype=np.float32)
-    if magnitude.shape != mask.shape:
+    echoes = magnitude[..., None] if magnitude.ndim == 3 else magnitude
+    if echoes.shape[:3] != mask.shape or echoes.ndim != 4:
         raise ValueError(f"magnitude {magnitude.shape} and mask {mask.shape} differ in shape")
     if not 0 <= edge_fraction < 1:
         raise ValueError(f"edge_fraction must be in [0, 1), got {edge_fraction}")
     weights = np.ones((3,) + mask.shape, dtype=np.float32)
     if edge_fraction == 0 or not mask.any():
         return weights
-    strength = np.abs(_gradient(magnitude, voxel_size))
-    threshold = np.quantile(strength[:, mask], 1.0 - edge_fraction)
-    weights[(strength > threshold) & mask] = np.float32(edge_weight)
+    # work on the mask's bounding box plus one voxel: every in-mask component lies in it
+    corners = np.argwhere(mask)
+    box = tuple(slice(max(low - 1, 0), high + 2)
+                for low, high in zip(corners.min(axis=0), corners.max(axis=0)))
+    box_mask = mask[box]
+    strength = np.zeros((3,) + box_mask.shape, dtype=np.float32)
+    for echo in range(echoes.shape[-1]):
+        echo_strength = np.abs(_gradient(echoes[box + (echo,)], voxel_size))
+        in_mask = echo_strength[:, box_mask]
+        sample = in_mask[:, :: max(1, in_mask.shape[1] // 300_000)]  # enough for a median
+        scale = np.median(sample) or sample.mean()  # the mean when most of it is flat
+        if scale > 0:
+            np.maximum(strength, echo_strength / np.float32(scale), out=strength)
+    threshold = np.quantile(strength[:, box_mask], 1.0 - edge_fraction)
+    weights[(slice(None),) + box][(strength > threshold) & box_mask] = np.float32(edge_weight)
     return weights
 
 
@@ -494,7 +518,8 @@ def tv_admm(local_field_ppm, mask, voxel_size, b0_direction, *, regularization: 
 
     With ``magnitude``, the gradient penalty is weighted as in MEDI (Liu J et al., NeuroImage
     2012;59:2560-2568): M = ``edge_weight`` on the ``edge_fraction`` of in-mask gradient
-    components where the magnitude changes most, 1 elsewhere, so tissue boundaries seen in
+    components where the magnitude changes most (in any echo, see :func:`_edge_weights`), 1
+    elsewhere, so tissue boundaries seen in
     the magnitude stay sharp and flat regions are smoothed harder.
 
     Outside the mask (``outside_weight``). Background removal cannot tell the part of the
@@ -573,8 +598,9 @@ def tv_admm(local_field_ppm, mask, voxel_size, b0_direction, *, regularization: 
         Main-field direction in voxel coordinates.
     regularization : float
         Weight (ppm mm) of the L1 norm of the gradient.
-    magnitude : array_like, 3-D, optional
-        Magnitude image (e.g. the first echo) for the edge weights; None: plain TV.
+    magnitude : array_like, 3-D or 4-D (echoes last), optional
+        Magnitude image, or the echoes, for the edge weights (an edge in any echo counts);
+        None: plain TV.
     edge_fraction : float
         Fraction of in-mask gradient components treated as magnitude edges, in [0, 1).
     edge_weight : float
@@ -696,8 +722,8 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_direction, *, magnitude, noise
         Voxel edge lengths (mm).
     b0_direction : sequence of 3 floats
         Main-field direction in voxel coordinates.
-    magnitude : array_like, 3-D
-        Magnitude image (e.g. the first echo or the echo-combined magnitude) for the edges.
+    magnitude : array_like, 3-D or 4-D (echoes last)
+        Magnitude image, or the echoes, for the edges (an edge in any echo counts).
     noise_weight : array_like, 3-D, optional
         Data-fidelity weights, proportional to 1 / field noise SD (e.g. the inverse echo-fit
         residual, or the magnitude); None: uniform in the mask.

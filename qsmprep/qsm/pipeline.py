@@ -132,7 +132,7 @@ def remove_background(total_field_hz, mask, voxel_size, b0_direction, *, method:
 
 
 def invert_dipole(local_field_hz, mask, voxel_size, b0_direction, field_strength_t, *,
-                  method: str, first_echo_magnitude=None, echo_times_s=None,
+                  method: str, magnitude=None, echo_times_s=None,
                   tkd_threshold: float = 0.19, rts_delta: float = 0.15,
                   regularization: float = 1e-3, outside_weight: float | None = None,
                   max_iter: int = 100, tolerance: float = 1e-2, workers: int = 1):
@@ -140,14 +140,15 @@ def invert_dipole(local_field_hz, mask, voxel_size, b0_direction, field_strength
 
     TV-ADMM (``regularization``, ``outside_weight``: None for the default of
     :func:`qsmprep.qsm.inversion.tv_admm`) and MEDI (``regularization``) take their gradient
-    weights from ``first_echo_magnitude``; iterative Tikhonov uses
+    weights from the edges of ``magnitude`` (the echoes, 4-D, or one 3-D image); iterative
+    Tikhonov uses
     ``regularization``, ``max_iter`` and ``tolerance``; TKD ``tkd_threshold``; RTS
     ``rts_delta``. MEDI's phase scale comes from the mean echo spacing (or the one echo
     time). See :mod:`qsmprep.qsm.inversion`.
     """
     arguments = (hz_to_ppm(local_field_hz, field_strength_t), mask, voxel_size, b0_direction)
     if method == "tv-admm":
-        return inversion.tv_admm(*arguments, magnitude=first_echo_magnitude,
+        return inversion.tv_admm(*arguments, magnitude=magnitude,
                                  regularization=regularization, outside_weight=outside_weight,
                                  workers=workers)
     if method == "tkd":
@@ -161,7 +162,7 @@ def invert_dipole(local_field_hz, mask, voxel_size, b0_direction, field_strength
         echo_times_s = np.asarray(echo_times_s, dtype=np.float64)
         spacing_s = np.diff(echo_times_s).mean() if echo_times_s.size > 1 else echo_times_s[0]
         radians_per_ppm = 2 * np.pi * GYROMAGNETIC_RATIO_MHZ_PER_T * field_strength_t * spacing_s
-        return inversion.medi_l1(*arguments, magnitude=first_echo_magnitude,
+        return inversion.medi_l1(*arguments, magnitude=magnitude,
                                  regularization=regularization,
                                  radians_per_ppm=radians_per_ppm, workers=workers)
     raise ValueError(f"unknown dipole inversion {method!r}")
@@ -340,7 +341,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size, b0_direction, field_
     with stage("inversion"):
         susceptibility = invert_dipole(
             local.local_field_hz, local.mask, voxel_size, b0_direction, field_strength_t,
-            first_echo_magnitude=magnitude[..., 0], echo_times_s=echo_times_s,
+            magnitude=magnitude, echo_times_s=echo_times_s,
             workers=workers, **arguments["inversion"])
     r2star_hz = t2star_s = None
     if magnitude.shape[-1] >= 2:
