@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +15,14 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 from ..errors import BadDataError, QSMPrepError  # noqa: E402
 
 LOGGER = logging.getLogger("qsmprep")
+
+#: Exit code of a run stopped by SIGTERM (128 + 15, as a shell reports it); SIGINT gives 130.
+TERMINATED_EXIT_CODE = 143
+RESUME_HINT = "re-run the same command with the same work folder (-w) to resume"
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (``kill``, ``scancel``, a job's time limit)."""
 
 
 def main(argv=None) -> None:
@@ -31,6 +41,9 @@ def run(argv=None) -> int:
     _setup_console_logging()
     try:
         config = parse_args(argv)
+        from .environment import configure_runtime  # threads and caches, before any worker
+
+        configure_runtime(omp_nthreads=config.nipype.omp_nthreads)
         _setup_file_logging(config)
         if config.execution.analysis_level == "group":
             return _run_group_level(config)
@@ -39,8 +52,11 @@ def run(argv=None) -> int:
         LOGGER.critical("%s", error)
         return error.exit_code
     except KeyboardInterrupt:
-        LOGGER.critical("Interrupted; re-run the same command to resume from the work folder.")
+        LOGGER.critical("Interrupted; %s.", RESUME_HINT)
         return 130
+    except Terminated:
+        LOGGER.critical("Terminated (SIGTERM); %s.", RESUME_HINT)
+        return TERMINATED_EXIT_CODE
 
 
 def _run_group_level(config) -> int:
@@ -82,9 +98,14 @@ def _run_participant_level(config) -> int:
     LOGGER.info("Configuration saved to %s", config_path)
 
     started = time.monotonic()
-    exit_code = _execute(workflow, config, logs_dir)
+    exit_code = _execute(workflow, config, logs_dir, runs=runs)
     elapsed = time.monotonic() - started
-    if exit_code == 0:
+    if exit_code == 0 and _is_graph_plugin(config.nipype.plugin):
+        LOGGER.info("Submitted the graph of %d run(s) to the scheduler (%s); derivatives appear "
+                    "in %s as its jobs finish, crash reports in %s. Re-run the same command to "
+                    "resubmit what did not finish.", len(runs), config.nipype.plugin, output_dir,
+                    logs_dir / f"crash-{config.execution.run_uuid}")
+    elif exit_code == 0:
         LOGGER.info("Finished %d run(s) in %.1f s. Derivatives in %s; methods in %s",
                     len(runs), elapsed, output_dir, boilerplate_path)
     return exit_code
@@ -99,7 +120,9 @@ def _build_workflow(config, runs):
     return workflow
 
 
-def _execute(workflow, config, logs_dir) -> int:
+def _execute(workflow, config, logs_dir, runs=()) -> int:
+    from .progress import Progress, count_nodes
+
     crash_dir = logs_dir / f"crash-{config.execution.run_uuid}"
     # the workflow holds its own copy of nipype's configuration, taken when it was created
     workflow.config["execution"].update({
@@ -110,14 +133,28 @@ def _execute(workflow, config, logs_dir) -> int:
         "check_version": "false",
         "poll_sleep_duration": "0.5",
     })
-    plugin_args = dict(config.nipype.plugin_args)
-    if config.nipype.plugin in ("MultiProc", "LegacyMultiProc"):
+    plugin, plugin_args = config.nipype.plugin, dict(config.nipype.plugin_args)
+    if plugin in ("MultiProc", "LegacyMultiProc"):
         plugin_args.setdefault("n_procs", config.nipype.nprocs)
         plugin_args.setdefault("memory_gb", config.nipype.mem_gb)
         plugin_args.setdefault("raise_insufficient", False)
-        plugin_args.setdefault("status_callback", _log_node_status)
+    if plugin in ("SLURM", "SLURMGraph"):
+        _add_slurm_resources(workflow, plugin_args.get("sbatch_args") or "")
+    progress = None
+    if not _is_graph_plugin(plugin):  # graph plugins hand everything to the scheduler at once
+        progress = Progress(count_nodes(workflow), logger=LOGGER, stream=sys.stderr,
+                            interactive=_stderr_is_terminal())
+        plugin_args.setdefault("status_callback", progress)
+    runner = _make_runner(plugin, plugin_args)
+    if _CONSOLE is not None:
+        _CONSOLE.progress = progress
+    previous_handler = _handle_sigterm()
     try:
-        workflow.run(plugin=config.nipype.plugin, plugin_args=plugin_args)
+        workflow.run(plugin=runner, plugin_args=plugin_args)
+    except (KeyboardInterrupt, Terminated):
+        _stop_workers(runner)
+        _remove_partial_files(config.execution.output_dir, runs)
+        raise
     except RuntimeError:
         crash_files = sorted(crash_dir.glob("crash-*.txt"))
         LOGGER.critical("Processing failed: %d node(s) crashed.", len(crash_files))
@@ -130,15 +167,124 @@ def _execute(workflow, config, logs_dir) -> int:
         LOGGER.critical("Crash reports are in %s; fix the cause and re-run the same command "
                         "to resume.", crash_dir)
         return exit_code
+    finally:
+        _restore_sigterm(previous_handler)
+        if progress is not None:
+            progress.clear()
+        if _CONSOLE is not None:
+            _CONSOLE.progress = None
     return 0
 
 
-def _log_node_status(node, status):
-    """MultiProc status callback: one log line per finished or failed node."""
-    if status == "end":
-        LOGGER.info("done: %s", node.fullname.removeprefix("qsmprep_wf."))
-    elif status == "exception":
-        LOGGER.error("failed: %s", node.fullname.removeprefix("qsmprep_wf."))
+def _is_graph_plugin(name: str) -> bool:
+    """Graph plugins (SLURMGraph, SGEGraph, CondorDAGMan) submit every node as a job with its
+    dependencies and return at once; the others run or wait for each node themselves."""
+    from nipype.pipeline import plugins
+    from nipype.pipeline.plugins.base import GraphPluginBase
+
+    plugin_class = getattr(plugins, f"{name}Plugin", None)
+    return isinstance(plugin_class, type) and issubclass(plugin_class, GraphPluginBase)
+
+
+def _make_runner(name: str, plugin_args: dict):
+    """The nipype plugin object (so that its worker pool can be stopped on interruption), or
+    the name itself where nipype does not know it (nipype then reports the error)."""
+    from nipype.pipeline import plugins
+
+    plugin_class = getattr(plugins, f"{name}Plugin", None)
+    return plugin_class(plugin_args=plugin_args) if isinstance(plugin_class, type) else name
+
+
+def _add_slurm_resources(workflow, sbatch_args: str) -> None:
+    """Turn each node's resource hints into its own sbatch options: ``--cpus-per-task`` from
+    ``n_procs`` and ``--mem`` from ``mem_gb`` plus 0.5 GB for the job's Python process;
+    an option already in the user's ``sbatch_args`` wins (it is then not added)."""
+    import math
+
+    words = sbatch_args.split()
+    has_cpus = any(word.startswith(("--cpus-per-task", "-c")) for word in words)
+    has_memory = any(word.startswith(("--mem", "--mem-per-cpu", "--mem-per-gpu"))
+                     for word in words)
+    for node in workflow._get_all_nodes():
+        options = []
+        if not has_cpus and node.n_procs and node.n_procs > 1:
+            options.append(f"--cpus-per-task={int(node.n_procs)}")
+        if not has_memory:
+            options.append(f"--mem={math.ceil((node.mem_gb + 0.5) * 1024)}M")
+        node_args = dict(node.plugin_args or {})
+        if options and "sbatch_args" not in node_args:
+            node_args["sbatch_args"] = " " + " ".join(options)  # appended to the user's
+            node.plugin_args = node_args
+
+
+def _handle_sigterm():
+    """Make SIGTERM stop the run like Ctrl-C (main thread only); returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    main_pid = os.getpid()
+
+    def terminate(signum, frame):
+        if os.getpid() != main_pid:  # a forked worker: leave at once, the main process tidies
+            os._exit(TERMINATED_EXIT_CODE)
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(runner) -> None:
+    """Kill the worker processes of a MultiProc-like plugin, so that none outlives the run."""
+    pool = getattr(runner, "pool", None)
+    if pool is None:
+        return
+    # the pool reports each future broken by the kill with a traceback: expected here
+    logging.getLogger("concurrent.futures").disabled = True
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # ProcessPoolExecutor
+    processes += list(getattr(pool, "_pool", None) or [])  # multiprocessing.Pool
+    for process in processes:
+        try:
+            process.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+    for process in processes:
+        try:
+            process.join(timeout=10)
+        except (OSError, ValueError, AttributeError, AssertionError):
+            pass
+    try:
+        if hasattr(pool, "terminate"):
+            pool.terminate()
+        else:
+            pool.shutdown(wait=False, cancel_futures=True)
+    except Exception:  # noqa: BLE001 (a broken pool cannot be shut down more cleanly)
+        pass
+
+
+def _remove_partial_files(output_dir, runs) -> None:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that killed workers may have left
+    in the folders of this run's participants; finished derivatives are written atomically."""
+    subjects = {f"sub-{run.subject}" for run in runs}
+    for subject in subjects:
+        folder = Path(output_dir) / subject
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob(".*.tmp"):
+            try:
+                path.unlink()
+                LOGGER.debug("removed the partial file %s", path)
+            except OSError:
+                pass
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _summarise_crash(crash_file: Path) -> str:
@@ -150,17 +296,21 @@ def _summarise_crash(crash_file: Path) -> str:
     return f"{node}: {errors[-1] if errors else 'see the crash file'}"
 
 
+_CONSOLE = None  # the console handler; it knows the progress display while a graph runs
 _FORMATTER = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%y%m%d-%H:%M:%S")
 
 
 def _setup_console_logging() -> None:
     """qsmprep's messages to standard error, one line each."""
+    global _CONSOLE
+    from .progress import ProgressAwareHandler
+
     LOGGER.handlers.clear()
     LOGGER.setLevel(logging.INFO)
     LOGGER.propagate = False
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(_FORMATTER)
-    LOGGER.addHandler(console)
+    _CONSOLE = ProgressAwareHandler(sys.stderr)
+    _CONSOLE.setFormatter(_FORMATTER)
+    LOGGER.addHandler(_CONSOLE)
 
 
 def _setup_file_logging(config) -> None:

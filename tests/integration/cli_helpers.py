@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +44,52 @@ def small_subject(**overrides) -> PhantomSubject:
     return PhantomSubject(**settings)
 
 
+
+
+#: Files of a derivatives folder that legitimately differ between two runs of the same command:
+#: the saved configuration and the log are named after the run's id (a timestamp and a UUID)
+#: and hold timestamps, paths and the plugin; crash reports exist only where a node failed.
+RUN_SPECIFIC = ("logs/config-*.toml", "logs/qsmprep-*.log", "logs/crash-*")
+
+
+def derivatives_differences(expected, found, *, ignore=RUN_SPECIFIC) -> list[str]:
+    """How the derivatives folder ``found`` differs from ``expected`` (empty when identical).
+
+    Paths matching a pattern of ``ignore`` (relative, ``fnmatch`` style) are skipped. NIfTI
+    images are compared by data array (NaN equal to NaN), dtype, shape and affine; JSON files
+    by their parsed content; anything else byte for byte.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    def listing(root):
+        root = Path(root)
+        return {str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()
+                and not any(fnmatch.fnmatch(str(path.relative_to(root)), pattern)
+                            for pattern in ignore)}
+
+    expected_files, found_files = listing(expected), listing(found)
+    differences = [f"missing: {name}" for name in sorted(expected_files - found_files)]
+    differences += [f"unexpected: {name}" for name in sorted(found_files - expected_files)]
+    for name in sorted(expected_files & found_files):
+        left, right = Path(expected) / name, Path(found) / name
+        if name.endswith((".nii", ".nii.gz")):
+            image_a, image_b = nib.load(left), nib.load(right)
+            data_a, data_b = np.asanyarray(image_a.dataobj), np.asanyarray(image_b.dataobj)
+            if data_a.dtype != data_b.dtype or data_a.shape != data_b.shape:
+                differences.append(f"{name}: {data_a.dtype}{data_a.shape} != "
+                                   f"{data_b.dtype}{data_b.shape}")
+            elif not np.array_equal(data_a, data_b, equal_nan=data_a.dtype.kind == "f"):
+                delta = np.nanmax(np.abs(data_a.astype(float) - data_b.astype(float)))
+                differences.append(f"{name}: data differ (max |difference| {delta:.3g})")
+            elif not np.array_equal(image_a.affine, image_b.affine):
+                differences.append(f"{name}: affines differ")
+        elif name.endswith(".json"):
+            content_a, content_b = (json.loads(path.read_text()) for path in (left, right))
+            if content_a != content_b:
+                keys = sorted(key for key in set(content_a) | set(content_b)
+                              if content_a.get(key) != content_b.get(key))
+                differences.append(f"{name}: fields differ: {', '.join(keys) or '(not a mapping)'}")
+        elif left.read_bytes() != right.read_bytes():
+            differences.append(f"{name}: contents differ")
+    return differences
