@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cli_helpers import run_cli, small_subject, tree_checksum
 
-from qsmprep.phantom.dataset import write_phantom_dataset
+from qsmprep.phantom.dataset import make_demo_dataset, write_phantom_dataset
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +16,15 @@ def phantom_bids(tmp_path_factory):
         small_subject(subject="01", seed=1),
         small_subject(subject="02", session="1", rotation_deg=(20.0, 0.0, 0.0), seed=2),
     ])
+    return bids_dir
+
+
+@pytest.fixture(scope="session")
+def demo_bids(tmp_path_factory):
+    """The built-in demo dataset (``qsmprep-demo``): four digital participants, 2 mm. Shared and
+    never written to; a test that changes permissions works on its own copy."""
+    bids_dir = tmp_path_factory.mktemp("demo") / "bids"
+    make_demo_dataset(bids_dir, workers=2)
     return bids_dir
 
 

@@ -13,14 +13,14 @@ import pytest
 boutiques = pytest.importorskip("boutiques")
 
 DESCRIPTOR = Path(__file__).resolve().parents[2] / "boutiques.json"
-PARTICIPANT = "01"
+PARTICIPANT = "control"
 
 
 @pytest.fixture(scope="module")
-def launched(phantom_bids, tmp_path_factory):
+def launched(demo_bids, tmp_path_factory):
     base = tmp_path_factory.mktemp("boutiques")
     invocation = {
-        "bids_dir": str(phantom_bids),
+        "bids_dir": str(demo_bids),
         "output_dir_name": str(base / "out"),
         "analysis_level": "participant",
         "participant_label": [PARTICIPANT],
@@ -63,7 +63,7 @@ def test_documented_derivatives_of_a_qsm_only_run(launched, descriptor_derivativ
             assert found, f"{entry['id']}: nothing matches {pattern}"
         else:
             assert not found, f"{entry['id']}: unexpected {found}"
-    assert not list(out.glob("sub-02*")), "only the participant of the invocation"
+    assert not list(out.glob("sub-cbs*")), "only the participant of the invocation"
     (sidecar,) = out.glob(f"sub-{PARTICIPANT}/**/anat/sub-{PARTICIPANT}_Chimap.json")
     assert json.loads(sidecar.read_text())["Units"] == "ppm"
 

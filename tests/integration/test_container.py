@@ -28,15 +28,14 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import small_subject, tree_checksum
+from cli_helpers import tree_checksum
 
 import qsmprep
 import qsmprep.atlases
 import qsmprep.workflows
-from qsmprep.phantom.dataset import write_phantom_dataset
 
 QSMPREP = Path(sys.executable).with_name("qsmprep")
-PREFIX = "sub-01/anat/sub-01"
+PREFIX = "sub-control/anat/sub-control"
 DERIVATIVES = ("Chimap", "desc-brain_mask", "desc-phasequality_mask", "desc-localfield_mask",
                "desc-total_fieldmap", "desc-local_fieldmap", "R2starmap", "T2starmap")
 
@@ -140,11 +139,11 @@ class Sandbox:
 
 
 @pytest.fixture(scope="module")
-def sandbox():
+def sandbox(demo_bids):
     # not pytest's tmp_path: its folders are private to the user, which a mapped user may lack
     base = Path(tempfile.mkdtemp(prefix="qsmprep-container-"))
     bids_dir = base / "bids"
-    write_phantom_dataset(bids_dir, [small_subject(subject="01", seed=1)])
+    shutil.copytree(demo_bids, bids_dir)  # a copy: its permissions are changed
     box = Sandbox(base, bids_dir)
     yield box
     box.restore()
@@ -158,7 +157,7 @@ def container_run(sandbox):
     checksums = {"bids": tree_checksum(sandbox.bids_dir), "home": tree_checksum(sandbox.home)}
     started = time.monotonic()
     result = sandbox.run(QSMPREP, sandbox.bids_dir, sandbox.base / "out", "participant",
-                         "--participant-label", "01", "-w", sandbox.base / "work",
+                         "--participant-label", "control", "-w", sandbox.base / "work",
                          "--nprocs", "2", "--omp-nthreads", "1", "--qsm-only")
     return {"result": result, "checksums": checksums, "seconds": time.monotonic() - started}
 

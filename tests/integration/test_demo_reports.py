@@ -11,7 +11,6 @@ import subprocess
 import pytest
 from cli_helpers import run_cli
 
-from qsmprep.phantom.dataset import make_demo_dataset
 from qsmprep.reports.render import validate_report
 
 EXPECTED = {  # subject: (pattern, favoured side or None when not checked)
@@ -22,10 +21,9 @@ EXPECTED = {  # subject: (pattern, favoured side or None when not checked)
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("demo")
-    make_demo_dataset(base / "bids", workers=2)
-    result = run_cli(base / "bids", base / "out", "participant", "-w", base / "work",
+def demo_run(demo_bids, tmp_path_factory):
+    base = tmp_path_factory.mktemp("demo_run")
+    result = run_cli(demo_bids, base / "out", "participant", "-w", base / "work",
                      "--nprocs", "2", "--omp-nthreads", "1")
     return {"result": result, "out": base / "out"}
 

@@ -3,7 +3,7 @@ give the same derivatives as MultiProc, and every node ran as a job recorded by 
 
 The cluster (munged, slurmctld, slurmd, slurmdbd on a private MariaDB) is started in a
 temporary folder by :mod:`slurm_cluster`; without SLURM (or without root) the tests skip.
-Two small participants, QSM only (36 jobs): with registration and regions the same two
+Two participants of the demo dataset, QSM only: with registration and regions two
 participants take over 4 minutes with MultiProc alone on a 2-core machine, and the graph
 plugin adds a Python start-up per job; the distribution itself is the same.
 """
@@ -16,10 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import RUN_SPECIFIC, derivatives_differences, run_cli, small_subject
+from cli_helpers import RUN_SPECIFIC, derivatives_differences, run_cli
 from slurm_cluster import LocalSlurmCluster, accounting_available, missing_requirements
-
-from qsmprep.phantom.dataset import write_phantom_dataset
 
 pytestmark = [
     pytest.mark.slurm,
@@ -29,6 +27,8 @@ pytestmark = [
 
 ARRAY_SCRIPT = Path(__file__).resolve().parents[2] / "workflows" / "slurm_array.sh"
 QSMPREP_OPTIONS = ("--omp-nthreads", "1", "--qsm-only")
+#: The first two participants of the demo's participants.tsv (the array tasks 1 and 2).
+PARTICIPANTS = ("control", "cbs")
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +42,8 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bids_dir(tmp_path_factory):
-    bids = tmp_path_factory.mktemp("slurm_bids") / "bids"
-    write_phantom_dataset(bids, [small_subject(subject="01", seed=1),
-                                 small_subject(subject="02", seed=2)])
-    return bids
+def bids_dir(demo_bids):
+    return demo_bids
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +51,7 @@ def multiproc_run(bids_dir, tmp_path_factory):
     """The reference: the same participants with the default MultiProc plugin."""
     base = tmp_path_factory.mktemp("multiproc")
     result = run_cli(bids_dir, base / "out", "participant", "-w", base / "work",
-                     "--nprocs", "2", *QSMPREP_OPTIONS)
+                     "--participant-label", *PARTICIPANTS, "--nprocs", "2", *QSMPREP_OPTIONS)
     assert result.returncode == 0, result.stderr[-4000:]
     return base / "out"
 
@@ -69,7 +66,8 @@ def test_slurmgraph_matches_multiproc(cluster, bids_dir, multiproc_run, tmp_path
     output_dir, work_dir = tmp_path / "out", tmp_path / "work"
     started = time.monotonic()
     result = run_cli(bids_dir, output_dir, "participant", "-w", work_dir,
-                     "--use-plugin", plugin, *QSMPREP_OPTIONS, env=cluster.env)
+                     "--participant-label", *PARTICIPANTS, "--use-plugin", plugin,
+                     *QSMPREP_OPTIONS, env=cluster.env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Submitted the graph" in result.stderr
     cluster.wait_for_empty_queue(timeout=400)
@@ -133,8 +131,9 @@ def test_array_script_one_participant_per_task(cluster, bids_dir, multiproc_run,
 
     rows = [line.split("\t") for line in table.read_text().splitlines()]
     assert rows[0][:3] == ["participant_id", "exit_code", "job_id"]
-    assert sorted((row[0], row[1]) for row in rows[1:]) == [("sub-01", "0"), ("sub-02", "0")]
-    assert {path.name for path in work_root.iterdir()} == {"sub-01", "sub-02"}
+    assert sorted((row[0], row[1]) for row in rows[1:]) == sorted(
+        (f"sub-{label}", "0") for label in PARTICIPANTS)
+    assert {path.name for path in work_root.iterdir()} == {f"sub-{label}" for label in PARTICIPANTS}
     # the methods text describes the runs of one invocation: here each task's one participant
     ignore = (*RUN_SPECIFIC, "logs/CITATION.md")
     assert derivatives_differences(multiproc_run, output_dir, ignore=ignore) == []
