@@ -25,7 +25,7 @@ def demo_run(demo_bids, tmp_path_factory):
     base = tmp_path_factory.mktemp("demo_run")
     result = run_cli(demo_bids, base / "out", "participant", "-w", base / "work",
                      "--nprocs", "2", "--omp-nthreads", "1")
-    return {"result": result, "out": base / "out"}
+    return {"result": result, "out": base / "out", "bids": demo_bids}
 
 
 def _report(out, subject):
@@ -71,7 +71,7 @@ def test_demo_report_opens_in_chromium(demo_run, tmp_path):
 
 def test_group_level_on_the_demo_is_reproducible(demo_run):
     out = demo_run["out"]
-    first = run_cli(out.parent / "bids", out, "group")
+    first = run_cli(demo_run["bids"], out, "group")
     assert first.returncode == 0, first.stderr[-3000:]
     group = out / "group"
     written = {path.name: path.read_bytes() for path in sorted(group.rglob("*"))
@@ -82,7 +82,7 @@ def test_group_level_on_the_demo_is_reproducible(demo_run):
     header = written["scans_wide.tsv"].decode().splitlines()[0].split("\t")
     assert "diagnosis" in header and "motor_cortex_L_mean_ppb" in header
     assert len(written["scans_wide.tsv"].decode().splitlines()) == 1 + 4
-    second = run_cli(out.parent / "bids", out, "group")
+    second = run_cli(demo_run["bids"], out, "group")
     assert second.returncode == 0
     assert {path.name: path.read_bytes() for path in sorted(group.rglob("*"))
             if path.is_file()} == written
