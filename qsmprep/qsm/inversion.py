@@ -519,8 +519,8 @@ def tv_admm(local_field_ppm, mask, voxel_size, b0_direction, *, regularization: 
     With ``magnitude``, the gradient penalty is weighted as in MEDI (Liu J et al., NeuroImage
     2012;59:2560-2568): M = ``edge_weight`` on the ``edge_fraction`` of in-mask gradient
     components where the magnitude changes most (in any echo, see :func:`_edge_weights`), 1
-    elsewhere, so tissue boundaries seen in
-    the magnitude stay sharp and flat regions are smoothed harder.
+    elsewhere, so tissue boundaries seen in the magnitude stay sharp and flat regions are
+    smoothed harder.
 
     Outside the mask (``outside_weight``). Background removal cannot tell the part of the
     brain's own field that is harmonic in the mask from a background field: PDF removes about

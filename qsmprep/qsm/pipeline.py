@@ -141,9 +141,8 @@ def invert_dipole(local_field_hz, mask, voxel_size, b0_direction, field_strength
     TV-ADMM (``regularization``, ``outside_weight``: None for the default of
     :func:`qsmprep.qsm.inversion.tv_admm`) and MEDI (``regularization``) take their gradient
     weights from the edges of ``magnitude`` (the echoes, 4-D, or one 3-D image); iterative
-    Tikhonov uses
-    ``regularization``, ``max_iter`` and ``tolerance``; TKD ``tkd_threshold``; RTS
-    ``rts_delta``. MEDI's phase scale comes from the mean echo spacing (or the one echo
+    Tikhonov uses ``regularization``, ``max_iter`` and ``tolerance``; TKD ``tkd_threshold``;
+    RTS ``rts_delta``. MEDI's phase scale comes from the mean echo spacing (or the one echo
     time). See :mod:`qsmprep.qsm.inversion`.
     """
     arguments = (hz_to_ppm(local_field_hz, field_strength_t), mask, voxel_size, b0_direction)
