@@ -288,8 +288,21 @@ def _stage(transform, fixed, moving, iterations, pyramid, settings, *, dense, ma
             "--masks", masks]
 
 
+_ANTS_SEED_MODULUS = 2**31 - 1
+
+
+def ants_seed(seed: int) -> int:
+    """The ``--random-seed`` given to ``antsRegistration`` for qsmprep's ``seed``.
+
+    ANTs takes a seed of 0 to mean "seed from the clock", so a run with ``--random-seed 0``
+    would sample differently each time. qsmprep passes ``seed mod (2^31 - 1) + 1`` instead:
+    never 0, a positive C ``int``, and one-to-one for seeds from 0 to 2^31 - 2.
+    """
+    return int(seed) % _ANTS_SEED_MODULUS + 1
+
+
 def _common_arguments(out_prefix, warped, seed):
-    return ["--dimensionality", "3", "--float", "1", "--random-seed", str(int(seed)),
+    return ["--dimensionality", "3", "--float", "1", "--random-seed", str(ants_seed(seed)),
             "--collapse-output-transforms", "1", "--write-composite-transform", "1",
             "--output", f"[{out_prefix},{warped}]", "--verbose", "1"]
 

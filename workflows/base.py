@@ -77,6 +77,29 @@ def resolve_anatomy(config) -> dict:
                            for name, parts in atlases.COMPOSITE_REGIONS.items()}}
 
 
+def sidecar_sources(anatomy: dict) -> dict:
+    """The atlas and template as the derivatives' sidecars name them.
+
+    A user's atlas, or a template found under ``TEMPLATEFLOW_HOME``, is named by its path. The
+    built-in atlas (written into the work folder, which may be deleted) and the template
+    embedded in qsmprep (inside the installation) are named by their file names, so that the
+    sidecars point to no scratch or installation folder and are the same for every run of the
+    same qsmprep version.
+    """
+    from qsmprep import atlases
+
+    builtin_atlas = anatomy["atlas_name"] == "qsmprep"
+    template_image = Path(anatomy["template_t1w"])
+    embedded_template = template_image.parent == atlases.ATLAS_DIR
+    return {
+        "Atlas": Path(anatomy["atlas_labels"]).name if builtin_atlas else anatomy["atlas_labels"],
+        "AtlasTable": (Path(anatomy["atlas_table"]).name if builtin_atlas
+                       else anatomy["atlas_table"]),
+        "Template": anatomy["template"],
+        "TemplateImage": template_image.name if embedded_template else str(template_image),
+    }
+
+
 def init_participant_wf(*, config, subject, runs, anatomy=None, name=None):
     """All runs of one participant (every session), each in its own ``init_run_wf``.
 
@@ -166,10 +189,8 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
         template_stats=config.workflow.template_stats)
     ds_wf = init_ds_regions_wf(
         run=run, output_dir=config.execution.output_dir, template=anatomy["template"],
-        atlas_name=anatomy["atlas_name"],
-        atlas_sources={"Atlas": anatomy["atlas_labels"], "AtlasTable": anatomy["atlas_table"],
-                       "Template": anatomy["template"],
-                       "TemplateImage": anatomy["template_t1w"]},
+        atlas_name=anatomy["atlas_name"], atlas_table=anatomy["atlas_table"],
+        atlas_sources=sidecar_sources(anatomy),
         template_stats=config.workflow.template_stats)
     transforms = [("outputnode.forward_transform", "inputnode.forward_transform"),
                   ("outputnode.inverse_transform", "inputnode.inverse_transform")]

@@ -99,7 +99,7 @@ def init_ds_qsm_wf(*, run, bids_dir, output_dir, stage_parameters, has_r2star=Tr
     return workflow
 
 
-def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_sources,
+def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, atlas_sources,
                        template_stats=False, name="ds_regions_wf"):
     """Write the registration and regional outputs of ``run``.
 
@@ -118,6 +118,8 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_sources,
         Template name (the ``space``/``to`` label).
     atlas_name : str
         ``desc`` label of the native atlas (e.g. ``qsmprep``).
+    atlas_table : str
+        The atlas's TSV, copied beside the native atlas.
     atlas_sources : dict
         ``{"Atlas": ..., "AtlasTable": ..., "Template": ...}`` paths or names for the sidecars.
     template_stats : bool
@@ -199,7 +201,7 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_sources,
                    "(inverse transform, generic-label interpolation, small nuclei kept).",
                    "Sources": [bids_uri(inverse_relative, output_dir, "")]})
     table = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="atlas_table")
-    table.inputs.in_file = atlas_sources["AtlasTable"]
+    table.inputs.in_file = atlas_table
     dseg_table = pe.Node(DerivativesDataSink(
         output_dir=str(output_dir), entities=run.entities, suffix="dseg", desc=atlas_name,
         extension=".tsv"), name="ds_native_dseg_table", run_without_submitting=True, mem_gb=0.2)

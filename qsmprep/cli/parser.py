@@ -33,6 +33,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got {value}")
+    return number
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
@@ -108,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(L, R or bilateral)")
     wf.add_argument("--template-stats", action="store_true",
                     help="also write regional statistics measured on the template-space Chimap")
-    wf.add_argument("--random-seed", type=int, default=0, metavar="SEED",
-                    help="seed of ANTs registration (results are reproducible for a given seed "
-                    "and --omp-nthreads)")
+    wf.add_argument("--random-seed", type=_non_negative_int, default=0, metavar="SEED",
+                    help="seed of ANTs registration, 0 or more (results are reproducible for a "
+                    "given seed and --omp-nthreads)")
     wf.add_argument("--register-via-t1w", action="store_true",
                     help="register the magnitude rigidly to the session's T1w image and the T1w "
                     "to the template (runs without a T1w are registered directly)")

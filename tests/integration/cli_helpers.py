@@ -57,7 +57,8 @@ def derivatives_differences(expected, found, *, ignore=RUN_SPECIFIC) -> list[str
 
     Paths matching a pattern of ``ignore`` (relative, ``fnmatch`` style) are skipped. NIfTI
     images are compared by data array (NaN equal to NaN), dtype, shape and affine; JSON files
-    by their parsed content; anything else byte for byte.
+    by their parsed content; ANTs transforms (``.h5``, whose HDF5 headers hold write times) by
+    where they map a grid of points; anything else byte for byte.
     """
     import nibabel as nib
     import numpy as np
@@ -90,6 +91,23 @@ def derivatives_differences(expected, found, *, ignore=RUN_SPECIFIC) -> list[str
                 keys = sorted(key for key in set(content_a) | set(content_b)
                               if content_a.get(key) != content_b.get(key))
                 differences.append(f"{name}: fields differ: {', '.join(keys) or '(not a mapping)'}")
+        elif name.endswith(".h5"):
+            if not np.array_equal(_mapped_points(left), _mapped_points(right)):
+                differences.append(f"{name}: the transforms map points differently")
         elif left.read_bytes() != right.read_bytes():
             differences.append(f"{name}: contents differ")
     return differences
+
+
+def _mapped_points(transform):
+    """Where an ANTs transform file takes a 9 x 9 x 9 grid of points 20 mm apart around the
+    origin (LPS millimetres)."""
+    import ants
+    import numpy as np
+    import pandas as pd
+
+    axis = np.linspace(-80.0, 80.0, 9)
+    points = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    mapped = ants.apply_transforms_to_points(3, pd.DataFrame(points, columns=["x", "y", "z"]),
+                                             [str(transform)])
+    return mapped[["x", "y", "z"]].to_numpy()

@@ -18,6 +18,7 @@ from qsmprep import errors  # noqa: E402
 from qsmprep.__about__ import __version__  # noqa: E402
 from qsmprep.cli import run  # noqa: E402
 from qsmprep.cli.parser import (  # noqa: E402
+    _non_negative_int,
     _positive_float,
     _positive_int,
     build_parser,
@@ -137,6 +138,9 @@ def test_input_agrees_with_the_option(action, inputs):
         assert "value-choices" not in item
     if action.type is _positive_int:
         assert (item["type"], item.get("integer"), item.get("minimum")) == ("Number", True, 1)
+    elif action.type is _non_negative_int:
+        assert (item["type"], item.get("integer"), item.get("minimum")) == ("Number", True, 0)
+        assert not item.get("exclusive-minimum")
     elif action.type is _positive_float:
         assert (item["type"], item.get("minimum"), item.get("exclusive-minimum")) == \
             ("Number", 0, True)

@@ -123,6 +123,9 @@ def test_registration_options_in_config(bids_dir, tmp_path):
                          "--random-seed", "7", "--template-stats"])
     assert config.workflow.random_seed == 7
     assert config.workflow.template_stats
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([str(bids_dir), str(tmp_path / "out"), "participant", "--random-seed", "-1"])
+    assert exit_info.value.code == 64
     assert config.workflow.template == "MNI152NLin2009cAsym"
     assert config.workflow.atlas == ""
     with pytest.raises(SystemExit):

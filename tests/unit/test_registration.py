@@ -158,7 +158,8 @@ def subject(template, tmp_path_factory):
 def registered(subject, template_3mm):
     return registration.register_to_template(
         subject["prepared"], template_3mm["T1w"], out_prefix=subject["folder"] / "reg" / "run1_",
-        template_mask_path=template_3mm["mask"], moving_mask_path=subject["mask"], threads=2)
+        template_mask_path=template_3mm["mask"], moving_mask_path=subject["mask"], threads=2,
+        seed=0)
 
 
 def _tre(result, native, in_template):
@@ -209,13 +210,24 @@ def test_registration_recovers_known_transformation(subject, registered, templat
 
 
 def test_registration_is_deterministic(subject, registered, template_3mm):
+    """Seed 0, the command line's default, too: ANTs itself would take it as "seed from the
+    clock"."""
     again = registration.register_to_template(
         subject["prepared"], template_3mm["T1w"], out_prefix=subject["folder"] / "reg" / "run2_",
-        template_mask_path=template_3mm["mask"], moving_mask_path=subject["mask"], threads=2)
+        template_mask_path=template_3mm["mask"], moving_mask_path=subject["mask"], threads=2,
+        seed=0)
     assert np.array_equal(nib.load(again.warped).get_fdata(),
                           nib.load(registered.warped).get_fdata())
     assert np.array_equal(_map_points(subject["native"], [again.inverse_transform]),
                           _map_points(subject["native"], [registered.inverse_transform]))
+
+
+def test_ants_seed_is_never_zero_and_distinguishes_seeds():
+    seeds = [0, 1, 2, 42, registration.DEFAULT_SEED, 2**31 - 2]
+    ants_seeds = [registration.ants_seed(seed) for seed in seeds]
+    assert all(1 <= value <= 2**31 - 1 for value in ants_seeds)
+    assert len(set(ants_seeds)) == len(seeds)
+    assert registration.ants_seed(0) == registration.ants_seed(0)
 
 
 def test_apply_transforms_to_template_uses_the_forward_direction(subject, registered,
