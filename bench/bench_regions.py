@@ -118,13 +118,13 @@ def _find(folder: Path, pattern: str) -> Path:
     return found[-1]
 
 
-def oracle_template(folder: Path, voxel_mm: float) -> tuple[str, str]:
+def oracle_template(folder: Path) -> tuple[str, str]:
     """The digital subject's echo-combined magnitude (root sum of squares of M0 exp(-R2* TE)
     over its echo times) and brain mask in template space, brain-extracted and scaled as
     :func:`qsmprep.registration.prepare_moving_image` scales the moving image."""
     from qsmprep.phantom.template_head import make_template_phantom
 
-    subject = asymmetric_digital_subject(voxel_mm)
+    subject = asymmetric_digital_subject()  # its regional values and echoes; grid unused
     phantom, affine = make_template_phantom(
         voxel_size_mm=1.0, region_susceptibility_ppb=subject.region_susceptibility_ppb,
         seed=subject.seed)
@@ -163,7 +163,7 @@ def rerun_registration(base: Path, threads: int, overrides: dict, echo: str | No
     settings = registration.RegistrationSettings(
         **{**registration.dataclasses.asdict(registration.DEFAULT_SETTINGS), **overrides})
     if oracle:
-        template, template_mask = oracle_template(folder, 1.0)
+        template, template_mask = oracle_template(folder)
     start = time.perf_counter()
     if echo is not None:
         image = nib.load(magnitude)
@@ -187,8 +187,8 @@ def rerun_registration(base: Path, threads: int, overrides: dict, echo: str | No
     out = base / "out" / f"{PREFIX}_desc-qsmprep_dseg.nii.gz"
     registration.labels_to_native(atlas, reference, result.inverse_transform, out)
     target = "oracle template" if oracle else "T1w template"
-    print(f"settings {overrides} echo {echo}, {target}: preparation + registration {elapsed:.1f} s "
-          f"({load_average()})")
+    print(f"settings {overrides} echo {echo}, {target}: preparation + registration "
+          f"{elapsed:.1f} s ({load_average()})")
     shutil.copy(result.log, base / "last_registration_log.txt")
     shutil.rmtree(folder)
     return elapsed
