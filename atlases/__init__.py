@@ -34,7 +34,15 @@ TEMPLATES = (TEMPLATE,)
 COMPOSITE_REGIONS = {
     "globus_pallidus": ("globus_pallidus_externa", "globus_pallidus_interna"),
     "substantia_nigra": ("substantia_nigra_compacta", "substantia_nigra_reticulata"),
+    # the motor cortex of the CBS and ALS literature: the precentral grey matter
+    "motor_cortex": ("precentral_ba4", "precentral_ba6", "precentral_other"),
+    "primary_motor_cortex": ("precentral_ba4", "ba4_outside_precentral"),
+    "premotor_cortex": ("precentral_ba6", "ba6_outside_precentral"),
 }
+
+#: Cortical regions of the qsmprep atlas: measured on the participant's grey matter only.
+CORTICAL_REGIONS = ("precentral_ba4", "precentral_ba6", "precentral_other",
+                    "ba4_outside_precentral", "ba6_outside_precentral")
 
 ATLAS_DIR = Path(__file__).resolve().parent
 
@@ -123,12 +131,12 @@ def load_atlas(destination: str | os.PathLike) -> tuple[Path, Path]:
     table_path = destination / FULL_TABLE_NAME
     sidecar_path = destination / FULL_SIDECAR_NAME
 
-    juelich_files = build.juelich_source_files()
-    recipe_sha256 = build.full_atlas_fingerprint(juelich_files)
+    cortical_files = build.cortical_source_files()
+    recipe_sha256 = build.full_atlas_fingerprint(cortical_files)
     if _atlas_is_current(labels_path, table_path, sidecar_path, recipe_sha256):
         return labels_path, table_path
 
-    labels_bytes, table_text, sidecar = build.build_full_atlas(juelich_files)
+    labels_bytes, table_text, sidecar = build.build_full_atlas(cortical_files)
     table_bytes = table_text.encode("utf-8")
     sidecar["RecipeSHA256"] = recipe_sha256
     sidecar["LabelsSHA256"] = hashlib.sha256(labels_bytes).hexdigest()

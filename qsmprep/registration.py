@@ -462,12 +462,16 @@ def register_to_template(moving_path, template_path, *, out_prefix, template_mas
                               log=log_path)
 
 
-def _compose(fixed, moving, transforms, prefix, *, seed, log_path):
+def _compose(fixed, moving, transforms, prefix, *, seed, log_path, collapse=True):
     """One composite transform (and the moving image resampled once) from a chain of
     transforms listed as for ``antsApplyTransforms`` (the first one listed acts first on
     points of ``fixed``): ``antsRegistration`` with the chain as initial transform and a single
-    stage of zero iterations, so the composite it writes is exactly the chain."""
+    stage of zero iterations, so the composite it writes is exactly the chain. With
+    ``collapse`` False the transforms are stored one after the other (displacement fields on
+    different grids cannot be merged into one)."""
     arguments = _common_arguments(prefix, f"{prefix}Warped.nii.gz", seed)
+    if not collapse:
+        arguments[arguments.index("--collapse-output-transforms") + 1] = "0"
     for transform in transforms:
         arguments += ["--initial-moving-transform", os.path.abspath(os.fspath(transform))]
     arguments += ["--transform", "Translation[0.1]",
@@ -584,6 +588,21 @@ def apply_transforms_to_template(image_path, template_path, transforms, out_path
         return _write_volume(np.rint(result), template_affine, out_path,
                              dtype=_label_dtype(result))
     return _write_volume(result, template_affine, out_path)
+
+
+def template_image_to_native(image_path, reference_path, inverse_transforms, out_path,
+                             interpolation: str = "linear") -> str:
+    """Resample a template-space image (e.g. a tissue probability map) onto the native grid of
+    ``reference_path`` with the inverse transform(s) of the registration (ANTs; Avants et al.,
+    Med Image Anal 2008;12:26-41). Writes float32 with the reference's affine."""
+    transforms = _transform_list(inverse_transforms)
+    reference_data, reference_affine = _load_volume(reference_path)
+    reference = _to_ants(np.zeros(reference_data.shape, np.float32), reference_affine)
+    data, affine = _load_volume(image_path)
+    resampled = _resample(_to_ants(data, affine), reference, transforms,
+                          _interpolator(interpolation))
+    return _write_volume(np.where(np.isfinite(resampled), resampled, 0.0), reference_affine,
+                         out_path)
 
 
 def _label_dtype(values):

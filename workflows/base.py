@@ -17,7 +17,7 @@ from qsmprep.qsm.echo_fit import equally_spaced
 
 from .outputs import init_ds_qsm_wf, init_ds_regions_wf
 from .qsm import init_qsm_wf
-from .registration import init_registration_wf, init_regions_wf
+from .registration import init_nuclei_refinement_wf, init_registration_wf, init_regions_wf
 from .report import init_run_report_wf, init_subject_report_wf
 
 LOGGER = logging.getLogger("qsmprep")
@@ -57,8 +57,9 @@ def resolve_anatomy(config) -> dict:
     """The template and atlas files of this run (embedded or the user's), found once.
 
     Returns a dict with ``template`` (name), ``template_t1w``, ``template_mask``,
-    ``atlas_labels``, ``atlas_table``, ``atlas_name`` (``qsmprep`` or ``custom``) and
-    ``composites`` (unions of regions reported as regions).
+    ``atlas_labels``, ``atlas_table``, ``atlas_name`` (``qsmprep`` or ``custom``),
+    ``composites`` (unions of regions reported as regions) and ``cortical_regions`` (regions
+    measured on the participant's grey matter only; none for a user's atlas).
     """
     from qsmprep import atlases
 
@@ -74,7 +75,8 @@ def resolve_anatomy(config) -> dict:
             "template_mask": str(template["mask"]), "atlas_labels": str(labels),
             "atlas_table": str(table), "atlas_name": atlas_name,
             "composites": {name: list(parts)
-                           for name, parts in atlases.COMPOSITE_REGIONS.items()}}
+                           for name, parts in atlases.COMPOSITE_REGIONS.items()},
+            "cortical_regions": [] if config.workflow.atlas else list(atlases.CORTICAL_REGIONS)}
 
 
 def sidecar_sources(anatomy: dict) -> dict:
@@ -183,9 +185,12 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
         template_t1w=anatomy["template_t1w"], template_mask=anatomy["template_mask"],
         seed=config.workflow.random_seed, omp_nthreads=config.nipype.omp_nthreads,
         t1w=run.t1w if config.workflow.register_via_t1w else None)
+    has_r2star = len(run.echoes) >= 2
     regions_wf = init_regions_wf(
-        template_t1w=anatomy["template_t1w"], atlas_labels=anatomy["atlas_labels"],
-        atlas_table=anatomy["atlas_table"], composites=anatomy["composites"],
+        template_t1w=anatomy["template_t1w"], template_mask=anatomy["template_mask"],
+        atlas_labels=anatomy["atlas_labels"], atlas_table=anatomy["atlas_table"],
+        composites=anatomy["composites"], cortical_regions=anatomy["cortical_regions"],
+        has_r2star=has_r2star, seed=config.workflow.random_seed,
         template_stats=config.workflow.template_stats)
     ds_wf = init_ds_regions_wf(
         run=run, output_dir=config.execution.output_dir, template=anatomy["template"],
@@ -195,6 +200,8 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
     transforms = [("outputnode.forward_transform", "inputnode.forward_transform"),
                   ("outputnode.inverse_transform", "inputnode.inverse_transform")]
     regional = [("outputnode.native_labels", "inputnode.native_labels"),
+                ("outputnode.tissue_dseg", "inputnode.tissue_dseg"),
+                ("outputnode.tissue_table", "inputnode.tissue_table"),
                 ("outputnode.template_chimap", "inputnode.template_chimap"),
                 ("outputnode.regional_table", "inputnode.regional_table"),
                 ("outputnode.regional_metadata", "inputnode.regional_metadata")]
@@ -207,14 +214,29 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
                                    ("outputnode.brain_mask", "inputnode.brain_mask")]),
         (qsm_wf, regions_wf, [("outputnode.chimap", "inputnode.chimap"),
                               ("outputnode.local_field_mask", "inputnode.local_field_mask")]),
-        (registration_wf, regions_wf, transforms),
-        (registration_wf, ds_wf, [*transforms,
-                                  ("outputnode.quality", "inputnode.quality"),
-                                  ("outputnode.figure", "inputnode.figure")]),
+        (registration_wf, regions_wf, [("outputnode.prepared_magnitude",
+                                        "inputnode.magnitude")]),
+        (registration_wf, ds_wf, [("outputnode.figure", "inputnode.figure")]),
         (regions_wf, ds_wf, regional),
     ])
+    registered = registration_wf  # the node whose outputnode holds the final transforms
+    if config.workflow.nuclei_refinement:
+        registered = init_nuclei_refinement_wf(
+            atlas_labels=anatomy["atlas_labels"], atlas_table=anatomy["atlas_table"],
+            seed=config.workflow.random_seed, omp_nthreads=config.nipype.omp_nthreads)
+        workflow.connect([
+            (qsm_wf, registered, [("outputnode.chimap", "inputnode.chimap"),
+                                  ("outputnode.local_field_mask", "inputnode.chimap_mask")]),
+            (registration_wf, registered, [*transforms,
+                                           ("outputnode.quality", "inputnode.quality")]),
+        ])
+    workflow.connect([
+        (registered, regions_wf, transforms),
+        (registered, ds_wf, [*transforms, ("outputnode.quality", "inputnode.quality")]),
+    ])
 
-    has_r2star = len(run.echoes) >= 2
+    if has_r2star:
+        workflow.connect(qsm_wf, "outputnode.r2star", regions_wf, "inputnode.r2star")
     report_wf = init_run_report_wf(
         run=run, output_dir=config.execution.output_dir,
         acquisition=acquisition_summary(run),
@@ -232,7 +254,7 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
     workflow.connect([
         (qsm_wf, report_wf, images),
         (regions_wf, report_wf, [("outputnode.native_labels", "inputnode.native_labels")]),
-        (registration_wf, report_wf, [("outputnode.quality", "inputnode.registration_quality")]),
+        (registered, report_wf, [("outputnode.quality", "inputnode.registration_quality")]),
         (ds_wf, report_wf, [("outputnode.regional_table", "inputnode.regional_table"),
                             ("outputnode.figure", "inputnode.registration_figure")]),
     ])

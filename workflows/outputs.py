@@ -127,8 +127,8 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
 
     Inputs
     ------
-    forward_transform, inverse_transform, template_chimap, native_labels, regional_table,
-    template_regional_table, figure : str
+    forward_transform, inverse_transform, template_chimap, native_labels, tissue_dseg,
+    tissue_table, regional_table, template_regional_table, figure : str
     quality, regional_metadata, template_regional_metadata : dict
 
     Outputs
@@ -138,7 +138,7 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
     """
     workflow = pe.Workflow(name=name)
     fields = ["forward_transform", "inverse_transform", "template_chimap", "native_labels",
-              "regional_table", "template_regional_table", "figure", "quality",
+              "tissue_dseg", "tissue_table", "regional_table", "template_regional_table", "figure", "quality",
               "regional_metadata", "template_regional_metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["regional_table", "figure"]),
@@ -206,6 +206,15 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
         output_dir=str(output_dir), entities=run.entities, suffix="dseg", desc=atlas_name,
         extension=".tsv"), name="ds_native_dseg_table", run_without_submitting=True, mem_gb=0.2)
     workflow.connect(table, "in_file", dseg_table, "in_file")
+
+    sink("ds_tissue_dseg", "tissue_dseg", suffix="dseg", desc="tissue",
+         metadata={"Description": "The participant's tissue classes: 1 CSF, 2 grey matter, 3 "
+                   "white matter (Atropos on the magnitude, R2* and Chimap, with the MNI ICBM "
+                   "2009 priors carried to the native grid; the warped priors when the "
+                   "classification failed its checks, see the regional table's sidecar). The "
+                   "cortical regions are measured on its grey matter.",
+                   "Sources": [chimap_uri, bids_uri(inverse_relative, output_dir, "")]})
+    sink("ds_tissue_dseg_table", "tissue_table", suffix="dseg", desc="tissue", extension=".tsv")
 
     merge = pe.Node(niu.Function(function=_stats_metadata,
                                  input_names=["provenance", "quality", "regional"],

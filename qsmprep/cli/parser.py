@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--register-via-t1w", action="store_true",
                     help="register the magnitude rigidly to the session's T1w image and the T1w "
                     "to the template (runs without a T1w are registered directly)")
+    wf.add_argument("--no-nuclei-refinement", action="store_true",
+                    help="skip the susceptibility-driven refinement of the registration at the "
+                    "deep grey-matter nuclei (pallidum, STN, red nucleus, nigra)")
     wf.add_argument("--reference-ranges", type=Path, metavar="TSV",
                     help="your own CBS/PSP/PD reference ranges for the report (columns as in "
                     "qsmprep/reports/data/reference_ranges.tsv); calibrate them locally")
@@ -287,6 +290,7 @@ def parse_args(argv=None) -> Config:
         random_seed=opts.random_seed,
         reference_ranges=reference_ranges,
         register_via_t1w=opts.register_via_t1w,
+        nuclei_refinement=not opts.no_nuclei_refinement,
         site_column=opts.site_column,
         field_strength_t=opts.field_strength or 0.0,
         masking=opts.masking,

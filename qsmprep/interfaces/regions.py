@@ -26,6 +26,10 @@ class _RegionalStatisticsInputSpec(BaseInterfaceInputSpec):
     atlas_table = File(exists=True, mandatory=True, desc="atlas TSV (index, name, hemisphere)")
     mask = File(exists=True, desc="voxels where the Chimap is defined (default: Chimap != 0)")
     composites = traits.Dict(desc="region -> list of regions reported as their union")
+    tissue_dseg = File(exists=True, desc="tissue classes on the Chimap's grid: their rows are "
+                       "added to the table")
+    tissue_table = File(exists=True, desc="TSV of tissue_dseg (index, name)")
+    tissue = traits.Dict(desc="the tissue classification's record, for the sidecar")
 
 
 class _RegionalStatisticsOutputSpec(TraitedSpec):
@@ -59,6 +63,13 @@ class RegionalStatistics(SimpleInterface):
         rows = regions.regional_statistics(
             chi_ppm, labels, table, mask=mask, voxel_size=voxel_size_from_affine(image.affine),
             offsets_ppm=offsets_ppm, composites=composites)
+        if isdefined(self.inputs.tissue_dseg):
+            tissue_labels = np.rint(load_array(self.inputs.tissue_dseg)).astype(np.int32)
+            tissue_rows = [{**row, "hemisphere": "bilateral"}
+                           for row in read_atlas_table(self.inputs.tissue_table)]
+            rows += regions.regional_statistics(
+                chi_ppm, tissue_labels, tissue_rows, mask=mask,
+                voxel_size=voxel_size_from_affine(image.affine), offsets_ppm=offsets_ppm)
         out_table = os.path.join(runtime.cwd, "regions.tsv")
         regions.write_regional_table(rows, out_table)
 
@@ -77,4 +88,6 @@ class RegionalStatistics(SimpleInterface):
                 float(np.count_nonzero(labelled & mask)) / max(1, np.count_nonzero(labelled)), 4),
             "CompositeRegions": {name: list(parts) for name, parts in composites.items()},
         }
+        if isdefined(self.inputs.tissue):
+            self._results["metadata"]["TissueClassification"] = dict(self.inputs.tissue)
         return runtime

@@ -218,3 +218,76 @@ class PlotRegistration(SimpleInterface):
         self._results["out_report"] = plot_registration(
             self.inputs.template, self.inputs.warped, _out(runtime, "registration.svg"))
         return runtime
+
+
+# --- deep grey-matter refinement -----------------------------------------------------------
+class _RefineDeepGreyInputSpec(BaseInterfaceInputSpec):
+    chimap = File(exists=True, mandatory=True, desc="native Chimap (ppm)")
+    chimap_mask = File(exists=True, mandatory=True, desc="mask where the Chimap is defined")
+    forward_transform = File(exists=True, mandatory=True, desc="first registration, forward")
+    inverse_transform = File(exists=True, mandatory=True, desc="first registration, inverse")
+    atlas_labels = File(exists=True, mandatory=True, desc="atlas on the template grid")
+    atlas_table = File(exists=True, mandatory=True, desc="the atlas' TSV")
+    seed = traits.Int(registration.DEFAULT_SEED, usedefault=True, desc="ANTs seed")
+    num_threads = traits.Int(1, usedefault=True, desc="threads of antsRegistration")
+
+
+class _RefineDeepGreyOutputSpec(TraitedSpec):
+    forward_transform = File(exists=True, desc="refined (or first) forward transform")
+    inverse_transform = File(exists=True, desc="refined (or first) inverse transform")
+    refinement = traits.Dict(desc="accepted, reason, correlation and displacement measures")
+
+
+class RefineDeepGreyRegistration(SimpleInterface):
+    """Susceptibility-driven refinement of the registration at the deep grey matter
+    (:func:`qsmprep.refinement.refine_deep_grey_registration`, against the prior of
+    :func:`qsmprep.refinement.write_prior_files`); falls back to the first registration, saying
+    why, when the refinement diverges or the atlas has no deep grey-matter regions."""
+
+    input_spec = _RefineDeepGreyInputSpec
+    output_spec = _RefineDeepGreyOutputSpec
+
+    def _run_interface(self, runtime):
+        import logging
+
+        from .. import refinement
+        from ..errors import BadDataError
+
+        logger = logging.getLogger("qsmprep")
+        try:
+            prior = refinement.write_prior_files(self.inputs.atlas_labels,
+                                                 self.inputs.atlas_table, runtime.cwd)
+        except BadDataError as error:
+            result = None
+            reason = f"not run: {error}"
+        else:
+            result = refinement.refine_deep_grey_registration(
+                self.inputs.chimap, self.inputs.chimap_mask, self.inputs.forward_transform,
+                self.inputs.inverse_transform, prior["prior"], prior["mask"],
+                out_prefix=_out(runtime, "refine_"), seed=self.inputs.seed,
+                threads=self.inputs.num_threads)
+            reason = result.reason
+        if result is not None and result.accepted:
+            logger.info("Deep grey-matter refinement of %s: mean displacement %.2f mm, "
+                        "correlation with the prior %.3f -> %.3f", self.inputs.chimap,
+                        result.quality["displacement_mean_mm"],
+                        result.quality["correlation_before"],
+                        result.quality["correlation_after"])
+            self._results.update(forward_transform=result.forward_transform,
+                                 inverse_transform=result.inverse_transform)
+        else:
+            logger.warning("Deep grey-matter refinement of %s rejected (%s); the regions use "
+                           "the first registration.", self.inputs.chimap, reason)
+            self._results.update(forward_transform=self.inputs.forward_transform,
+                                 inverse_transform=self.inputs.inverse_transform)
+        self._results["refinement"] = {
+            "Accepted": bool(result is not None and result.accepted),
+            "Reason": reason,
+            **({} if result is None else {
+                "CorrelationWithPriorBefore": result.quality["correlation_before"],
+                "CorrelationWithPriorAfter": result.quality.get("correlation_after"),
+                "DisplacementMeanMM": result.quality["displacement_mean_mm"],
+                "DisplacementMaxMM": result.quality["displacement_max_mm"],
+                "ElapsedSeconds": result.quality["elapsed_s"]}),
+        }
+        return runtime

@@ -404,13 +404,25 @@ def _write_region_truth(truth_dir: Path, subject: PhantomSubject, phantom: HeadP
     """The regional truth table of a template subject and its sidecar."""
     path = truth_dir / derivative_path(subject.entities, suffix="regions", desc="truth",
                                        extension=".tsv")
+    from qsmprep.atlases import COMPOSITE_REGIONS
+
     chi = acquisition.susceptibility_ppm
     lines = ["region\themisphere\tchi_ppb\tmean_native_ppb\tn_voxels\n"]
-    for (region, side), index in sorted(region_labels(phantom.label_names).items(),
-                                        key=lambda item: item[1]):
-        inside = phantom.labels == index
+    labels_of = region_labels(phantom.label_names)
+    rows = [(region, side, [index]) for (region, side), index
+            in sorted(labels_of.items(), key=lambda item: item[1])]
+    for composite, parts in COMPOSITE_REGIONS.items():
+        for side in ("L", "R"):
+            indices = [labels_of[(part, side)] for part in parts if (part, side) in labels_of]
+            if len(indices) == len(parts):
+                rows.append((composite, side, indices))
+    for region, side, indices in rows:
+        inside = np.isin(phantom.labels, indices)
         count = int(inside.sum())
-        assigned = 1000.0 * phantom.region_susceptibility_ppm[phantom.label_names[index]]
+        assigned_ppb = [1000.0 * phantom.region_susceptibility_ppm[phantom.label_names[index]]
+                        for index in indices]
+        weights = [max(int(np.count_nonzero(phantom.labels == index)), 1) for index in indices]
+        assigned = float(np.average(assigned_ppb, weights=weights))
         mean = f"{1000.0 * float(chi[inside].mean(dtype=np.float64)):.4f}" if count else "n/a"
         lines.append(f"{region}\t{side}\t{assigned:.4f}\t{mean}\t{count}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -420,7 +432,8 @@ def _write_region_truth(truth_dir: Path, subject: PhantomSubject, phantom: HeadP
         "region": {"Description": "atlas region (qsmprep atlas names)"},
         "hemisphere": {"Description": "L: left (template x < 0), R: right"},
         "chi_ppb": {"Description": "susceptibility assigned to the region in template space, "
-                                   "relative to CSF", "Units": "ppb"},
+                                   "relative to CSF (composite regions: the native-voxel-weighted "
+                                   "mean of their parts' values)", "Units": "ppb"},
         "mean_native_ppb": {"Description": "mean of the Chimap ground truth over the region's "
                                            "voxels on the scan's grid (nearest-neighbour labels, "
                                            "linearly interpolated susceptibility)",

@@ -75,8 +75,11 @@ TEMPLATE_SPACE = "MNI152NLin2009cAsym"
 #: parts, cortical grey matter for the cortical regions). The subthalamic nucleus has no RC2
 #: value; it takes the red-nucleus value. Ventricles are CSF, the reference (0).
 DEFAULT_REGION_SUSCEPTIBILITY_PPB: dict[str, float] = {
-    "motor_cortex": 1000 * HEALTHY_SUSCEPTIBILITY_PPM["cortical_grey_matter"],
-    "premotor_cortex": 1000 * HEALTHY_SUSCEPTIBILITY_PPM["cortical_grey_matter"],
+    "precentral_ba4": 1000 * HEALTHY_SUSCEPTIBILITY_PPM["cortical_grey_matter"],
+    "precentral_ba6": 1000 * HEALTHY_SUSCEPTIBILITY_PPM["cortical_grey_matter"],
+    "precentral_other": 1000 * HEALTHY_SUSCEPTIBILITY_PPM["cortical_grey_matter"],
+    "ba4_outside_precentral": 1000 * HEALTHY_SUSCEPTIBILITY_PPM["cortical_grey_matter"],
+    "ba6_outside_precentral": 1000 * HEALTHY_SUSCEPTIBILITY_PPM["cortical_grey_matter"],
     "globus_pallidus_externa": 1000 * HEALTHY_SUSCEPTIBILITY_PPM["globus_pallidus"],
     "globus_pallidus_interna": 1000 * HEALTHY_SUSCEPTIBILITY_PPM["globus_pallidus"],
     "subthalamic_nucleus": 1000 * HEALTHY_SUSCEPTIBILITY_PPM["red_nucleus"],
@@ -273,13 +276,28 @@ def region_labels(label_names: dict[int, str]) -> dict[tuple[str, str], int]:
     return found
 
 
+#: Order in which overlapping composite regions are painted (later ones win where they share
+#: parts): the motor cortex (precentral gyrus) over the primary motor and premotor areas.
+COMPOSITE_PRECEDENCE = ("premotor_cortex", "primary_motor_cortex", "motor_cortex")
+
+
+def _composite_regions() -> dict:
+    from qsmprep.atlases import COMPOSITE_REGIONS
+
+    return COMPOSITE_REGIONS
+
+
 def _resolve_region_values(region_susceptibility_ppb, regions) -> dict[tuple[str, str], float]:
     """(region, side) -> ppb: defaults, then the given values.
 
     Accepted forms: ``{"putamen": 50}`` (both sides), ``{"putamen": {"L": 40, "R": 60}}``
-    (``left``/``right`` also accepted as keys) and ``{"putamen_left": 40}``.
+    (``left``/``right`` also accepted as keys) and ``{"putamen_left": 40}``. A composite region
+    of the atlas (``motor_cortex``: the precentral gyrus; ``premotor_cortex``; ...) sets all its
+    parts; values of single regions override those of composites.
     """
     names = sorted({name for _, name, _ in regions})
+    composites = {name: parts for name, parts in _composite_regions().items()
+                  if set(parts) <= set(names)}
     values = {}
     for _, name, side in regions:
         default = DEFAULT_REGION_SUSCEPTIBILITY_PPB.get(name)
@@ -287,24 +305,36 @@ def _resolve_region_values(region_susceptibility_ppb, regions) -> dict[tuple[str
             default = 1000 * HEALTHY_SUSCEPTIBILITY_PPM["cortical_grey_matter"]
         values[(name, side)] = float(default)
     side_keys = {"l": "L", "left": "L", "r": "R", "right": "R"}
-    for key, value in (region_susceptibility_ppb or {}).items():
-        region, side = key, None
-        if key not in names:
-            stem, _, suffix = key.rpartition("_")
-            if stem in names and suffix in ("left", "right"):
-                region, side = stem, side_keys[suffix]
-            else:
-                raise KeyError(f"unknown atlas region {key!r}; known: {names}")
+    known = set(names) | set(composites)
+
+    def parsed(key):
+        if key in known:
+            return key, None
+        stem, _, suffix = key.rpartition("_")
+        if stem in known and suffix in ("left", "right"):
+            return stem, side_keys[suffix]
+        raise KeyError(f"unknown atlas region {key!r}; known: {sorted(known)}")
+
+    # composites first (in the order of COMPOSITE_PRECEDENCE, so the motor cortex wins where it
+    # overlaps the premotor cortex), then single regions, which override them
+    given = [(key, value, *parsed(key)) for key, value in (region_susceptibility_ppb or {}).items()]
+    given.sort(key=lambda item: (item[2] not in composites,
+                                 COMPOSITE_PRECEDENCE.index(item[2])
+                                 if item[2] in COMPOSITE_PRECEDENCE else 0))
+    for key, value, region, side in given:
+        parts = composites.get(region, (region,))
         if isinstance(value, dict):
             if side is not None:
                 raise ValueError(f"{key!r} names a side already; give a number")
             for side_key, side_value in value.items():
                 if str(side_key).lower() not in side_keys:
                     raise KeyError(f"{key!r}: sides are 'L' and 'R', not {side_key!r}")
-                values[(region, side_keys[str(side_key).lower()])] = float(side_value)
+                for part in parts:
+                    values[(part, side_keys[str(side_key).lower()])] = float(side_value)
         else:
             for each in ([side] if side else ["L", "R"]):
-                values[(region, each)] = float(value)
+                for part in parts:
+                    values[(part, each)] = float(value)
     return {key: value for key, value in values.items() if key[0] in names}
 
 

@@ -133,6 +133,8 @@ registration Dice (registration)   brain Dice < 0.85 (template mask vs the warpe
 registration NMI (registration)    NMI < 1.10 ([studholme]; aligned images of two contrasts
                                    of the MNI template score about 1.2, a 4 mm shift drops
                                    them below 1.05)
+nuclei refinement (registration)   the susceptibility-driven refinement of the deep grey
+                                   matter was rejected (diverged, or lowered the match)
 mask volume (mask)                 outside 800-2500 mL (adult brain, with some CSF)
 echo-fit residual (phase)          median residual in the mask > 0.3 rad (a phase noise that
                                    high means a magnitude SNR of about 3)
@@ -166,11 +168,12 @@ CORE_REGIONS = ("motor_cortex", "globus_pallidus_interna", "red_nucleus", "subst
                 "putamen", "thalamus")
 #: Further regions listed when the regional table has them.
 EXTRA_REGIONS = ("subthalamic_nucleus", "globus_pallidus_externa", "caudate", "dentate_nucleus",
-                 "premotor_cortex")
+                 "primary_motor_cortex", "premotor_cortex")
 
 REGION_LABELS = {
-    "motor_cortex": "Motor cortex",
-    "premotor_cortex": "Premotor cortex",
+    "motor_cortex": "Motor cortex (precentral grey matter)",
+    "primary_motor_cortex": "Primary motor cortex (BA4 grey matter)",
+    "premotor_cortex": "Premotor cortex (BA6 grey matter)",
     "globus_pallidus_interna": "Posterior globus pallidus (GPi)",
     "globus_pallidus_externa": "Globus pallidus externa (GPe)",
     "globus_pallidus": "Globus pallidus",
@@ -462,6 +465,21 @@ def _check(name, label, category, value, *, unit, rule, flagged):
             "measured": value is not None}
 
 
+def _refinement_checks(refinement) -> list[dict]:
+    """The deep grey-matter refinement's check: flagged when it was rejected (the nuclei then
+    keep the placement of the magnitude-driven registration); absent when it was not run."""
+    if not isinstance(refinement, dict):
+        return []
+    accepted = bool(refinement.get("Accepted"))
+    reason = str(refinement.get("Reason") or "")
+    value = "refined" if accepted else "first registration kept"
+    return [_check("registration_refinement", "Registration: deep grey-matter refinement",
+                   "registration", value, unit="",
+                   rule="flag if the susceptibility-driven refinement of the nuclei was "
+                        "rejected" + (f" ({reason})" if reason else ""),
+                   flagged=not accepted)]
+
+
 def assess_quality(qc: dict | None, findings_: dict | None = None) -> dict:
     """Quality checks with documented limits (module docstring, "Quality checks").
 
@@ -469,7 +487,8 @@ def assess_quality(qc: dict | None, findings_: dict | None = None) -> dict:
     ----------
     qc : dict
         Any of ``registration`` (``{"dice_brain": float, "nmi": float}``, as in the
-        regional table's sidecar), ``mask_volume_ml``, ``echo_fit_residual`` (median in the
+        regional table's sidecar), ``deep_grey_refinement`` (the refinement's record:
+        ``Accepted``, ``Reason``, ...), ``mask_volume_ml``, ``echo_fit_residual`` (median in the
         mask, rad), ``poor_phase_fraction`` (0-1: brain-mask voxels dropped for poor phase
         quality). Missing values are reported as not measured, never flagged.
     findings_ : dict, optional
@@ -498,6 +517,7 @@ def assess_quality(qc: dict | None, findings_: dict | None = None) -> dict:
                "registration", _rounded(nmi, 3), unit="",
                rule=f"flag if < {REGISTRATION_MIN_NMI:g}",
                flagged=nmi is not None and nmi < REGISTRATION_MIN_NMI),
+        *_refinement_checks(qc.get("deep_grey_refinement")),
         _check("mask_volume", "Brain mask volume", "mask", _rounded(volume, 1), unit="mL",
                rule=f"flag outside {low_ml:g}-{high_ml:g} mL",
                flagged=volume is not None and not low_ml <= volume <= high_ml),

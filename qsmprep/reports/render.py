@@ -181,7 +181,10 @@ def qc_measurements(*, brain_mask_path, phase_quality_mask_path=None, residual_p
         if residual.size:
             values["echo_fit_residual"] = float(np.median(residual))
     if registration:
-        values["registration"] = {key: float(value) for key, value in registration.items()}
+        values["registration"] = {key: float(value) for key, value in registration.items()
+                                  if isinstance(value, (int, float))}
+        if isinstance(registration.get("deep_grey_refinement"), dict):
+            values["deep_grey_refinement"] = registration["deep_grey_refinement"]
     return values
 
 

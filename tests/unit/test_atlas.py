@@ -7,6 +7,7 @@ import pytest
 from qsmprep.atlases import (
     ATLAS_DIR,
     COMPOSITE_REGIONS,
+    CORTICAL_REGIONS,
     OPEN_LABELS_NAME,
     OPEN_TABLE_NAME,
     TEMPLATE,
@@ -37,10 +38,14 @@ VOLUME_RANGES_MM3 = {
     "substantia_nigra_reticulata": (150, 800),
     "thalamus": (5000, 15000),
     "lateral_ventricle": (2000, 30000),
-    "motor_cortex": (3000, 30000),
-    "premotor_cortex": (10000, 60000),
+    # the cortex spans the whole cortical thickness in template space (restricted to each
+    # participant's grey matter in native space)
+    "precentral_ba4": (2000, 15000),
+    "precentral_ba6": (5000, 30000),
+    "precentral_other": (5000, 30000),
+    "ba4_outside_precentral": (1000, 15000),
+    "ba6_outside_precentral": (5000, 40000),
 }
-CORTICAL_REGIONS = ("motor_cortex", "premotor_cortex")
 
 
 @pytest.fixture(scope="module")
@@ -111,22 +116,27 @@ def test_open_table_lists_the_open_regions_and_licences():
 
 def test_composite_regions_are_made_of_atlas_regions():
     names = {row["name"] for row in read_atlas_table(ATLAS_DIR / OPEN_TABLE_NAME)}
-    assert set(COMPOSITE_REGIONS) == {"globus_pallidus", "substantia_nigra"}
+    assert set(COMPOSITE_REGIONS) == {"globus_pallidus", "substantia_nigra", "motor_cortex",
+                                      "primary_motor_cortex", "premotor_cortex"}
     for parts in COMPOSITE_REGIONS.values():
-        assert set(parts) <= names
+        assert set(parts) <= names | set(CORTICAL_REGIONS)
+    # the motor cortex is the precentral gyrus; BA4 and BA6 are split by it
+    assert set(COMPOSITE_REGIONS["motor_cortex"]) == {
+        name for name in CORTICAL_REGIONS if name.startswith("precentral_")}
     assert TEMPLATE == "MNI152NLin2009cAsym"
 
 
 # --- the full atlas ---------------------------------------------------------------------------
 
-def test_full_atlas_adds_motor_and_premotor_cortex(full_atlas):
+def test_full_atlas_adds_the_precentral_motor_and_premotor_cortex(full_atlas):
     labels_path, table_path, labels, rows = full_atlas
     assert labels_path.parent == table_path.parent
-    assert [row["index"] for row in rows] == list(range(1, 25))
+    assert [row["index"] for row in rows] == list(range(1, 31))
     cortical = [row for row in rows if row["name"] in CORTICAL_REGIONS]
     assert {(row["name"], row["hemisphere"]) for row in cortical} == {
         (name, side) for name in CORTICAL_REGIONS for side in "LR"}
-    assert all("Juelich" in row["source"] for row in cortical)
+    assert all("Juelich" in row["source"] and "Harvard-Oxford" in row["source"]
+               for row in cortical)
     open_labels = np.asarray(nb.load(ATLAS_DIR / OPEN_LABELS_NAME).dataobj)
     labelled_open = open_labels > 0
     np.testing.assert_array_equal(labels[labelled_open], open_labels[labelled_open])
@@ -163,8 +173,13 @@ def test_regions_are_in_their_anatomical_order(region_geometry, hemisphere):
     assert abs(centroid("globus_pallidus_externa")[0]) > abs(centroid("globus_pallidus_interna")[0])
     assert nigra[2] < centroid("red_nucleus")[2]  # substantia nigra below the red nucleus
     assert centroid("subthalamic_nucleus")[2] > nigra[2]
-    assert centroid("motor_cortex")[2] > centroid("putamen")[2] + 30
-    assert centroid("motor_cortex")[1] < centroid("premotor_cortex")[1]  # motor behind premotor
+    motor = _union_centroid(region_geometry, COMPOSITE_REGIONS["motor_cortex"], hemisphere)
+    primary = _union_centroid(region_geometry, COMPOSITE_REGIONS["primary_motor_cortex"],
+                              hemisphere)
+    premotor = _union_centroid(region_geometry, COMPOSITE_REGIONS["premotor_cortex"], hemisphere)
+    assert motor[2] > centroid("putamen")[2] + 30
+    assert primary[1] < premotor[1]  # area 4 behind area 6
+    assert primary[1] < motor[1] < premotor[1]  # the gyrus holds the back of 6 and most of 4
     assert centroid("lateral_ventricle")[2] > centroid("thalamus")[2]
     assert abs(centroid("caudate")[0]) < abs(centroid("putamen")[0])
 

@@ -161,3 +161,45 @@ def test_table_round_trip(tmp_path, labelled_volume):
             else:
                 assert parsed[column] == pytest.approx(original[column], abs=0.006)
         assert parsed["n_voxels"] == original["n_voxels"]
+
+
+def test_core_mean_ignores_the_partial_volume_rim_and_resists_a_misplaced_label():
+    """A 9x9x9 nucleus of 150 ppb in -30 ppb white matter, its rim voxels at a partial-volume
+    value (60 ppb). Over the right label the core mean is exact while the plain mean is diluted
+    by the rim; over a label one voxel off, the core mean's error is under a third of the
+    plain mean's."""
+    from qsmprep.regions import label_core
+
+    shape = (21, 21, 21)
+    nucleus = np.zeros(shape, dtype=bool)
+    nucleus[6:15, 6:15, 6:15] = True
+    chi_ppm = np.where(nucleus, 0.150, -0.030).astype(np.float32)
+    chi_ppm[nucleus & ~label_core(nucleus)] = 0.060  # partial volume at the edge
+    table = [{"index": 1, "name": "nucleus", "hemisphere": "L"}]
+
+    def left_row(labels):
+        (row,) = [r for r in regional_statistics(
+            chi_ppm, labels, table, mask=np.ones(shape, bool), voxel_size=(1, 1, 1),
+            offsets_ppm={"csf": 0.0}) if r["hemisphere"] == "L"]
+        return row
+
+    exact = left_row(nucleus.astype(np.int16))
+    assert exact["core_mean_ppb"] == pytest.approx(150.0, abs=1e-3)
+    assert exact["core_n_voxels"] == 7 ** 3 and exact["n_voxels"] == 9 ** 3
+    assert exact["mean_ppb"] < 120.0
+    shifted = np.zeros(shape, dtype=np.int16)
+    shifted[7:16, 6:15, 6:15] = 1  # one voxel off along x
+    row = left_row(shifted)
+    assert abs(row["core_mean_ppb"] - 150.0) < abs(row["mean_ppb"] - 150.0) / 3
+
+
+def test_label_core_keeps_a_region_too_small_to_erode():
+    from qsmprep.regions import MIN_CORE_VOXELS, label_core
+
+    small = np.zeros((8, 8, 8), dtype=bool)
+    small[3:5, 3:5, 3:5] = True  # 8 voxels: erosion would leave none
+    assert np.array_equal(label_core(small), small)
+    big = np.zeros((12, 12, 12), dtype=bool)
+    big[2:10, 2:10, 2:10] = True
+    core = label_core(big)
+    assert core.sum() == 6 ** 3 >= MIN_CORE_VOXELS and not (core & ~big).any()

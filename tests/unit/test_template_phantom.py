@@ -20,6 +20,7 @@ from qsmprep.phantom.template_head import (
     region_labels,
     warp_to_native,
 )
+from qsmprep.atlases import COMPOSITE_REGIONS
 from qsmprep.qsm.dipole import b0_direction_from_affine, forward_field_ppm, ppm_to_hz
 
 VOXEL_MM = 3.0
@@ -41,9 +42,16 @@ def template(atlas_dir):
 
 
 def _assigned_ppb(region, side):
-    value = REGION_VALUES_PPB.get(region, DEFAULT_REGION_SUSCEPTIBILITY_PPB[region])
-    if f"{region}_{'left' if side == 'L' else 'right'}" in REGION_VALUES_PPB:
-        value = REGION_VALUES_PPB[f"{region}_{'left' if side == 'L' else 'right'}"]
+    """The value given to an atlas region: its own, else that of a composite holding it
+    (``motor_cortex_right`` sets the right precentral parts), else the default."""
+    suffix = "left" if side == "L" else "right"
+    value = DEFAULT_REGION_SUSCEPTIBILITY_PPB[region]
+    for composite, parts in COMPOSITE_REGIONS.items():
+        if region in parts:
+            value = REGION_VALUES_PPB.get(composite, value)
+            value = REGION_VALUES_PPB.get(f"{composite}_{suffix}", value)
+    value = REGION_VALUES_PPB.get(region, value)
+    value = REGION_VALUES_PPB.get(f"{region}_{suffix}", value)
     return value[side] if isinstance(value, dict) else value
 
 
@@ -66,8 +74,11 @@ def test_atlas_regions_carry_their_values_on_the_right_side(template):
     # asymmetric values are not swapped
     putamen_left = phantom.susceptibility_ppm[phantom.labels == regions[("putamen", "L")]]
     assert np.allclose(putamen_left, 0.040)
-    assert phantom.region_susceptibility_ppm["motor_cortex_right"] == pytest.approx(0.070)
-    assert phantom.region_susceptibility_ppm["motor_cortex_left"] == pytest.approx(0.015)
+    for part in COMPOSITE_REGIONS["motor_cortex"]:  # the precentral gyrus
+        assert phantom.region_susceptibility_ppm[f"{part}_right"] == pytest.approx(0.070)
+        assert phantom.region_susceptibility_ppm[f"{part}_left"] == pytest.approx(0.015)
+    assert phantom.region_susceptibility_ppm["ba4_outside_precentral_right"] == \
+        pytest.approx(0.015)
 
 
 def test_head_tissues_and_masks(template):
@@ -215,7 +226,8 @@ def test_dataset_with_a_template_subject(tmp_path):
     rows = _read_tsv(truth["regions"])
     assert list(rows[0]) == ["region", "hemisphere", "chi_ppb", "mean_native_ppb", "n_voxels"]
     assert {(row["region"], row["hemisphere"]) for row in rows} == {
-        (region, side) for region in DEFAULT_REGION_SUSCEPTIBILITY_PPB for side in "LR"}
+        (region, side) for region in [*DEFAULT_REGION_SUSCEPTIBILITY_PPB, *COMPOSITE_REGIONS]
+        for side in "LR"}
     # the table agrees with the written truth images
     chi = nib.load(truth["Chimap"]).get_fdata()
     labels = nib.load(truth["dseg"]).get_fdata().astype(int)
@@ -224,6 +236,8 @@ def test_dataset_with_a_template_subject(tmp_path):
     assert np.allclose(nib.load(truth["Chimap"]).affine, magnitude.affine)
     for row in rows:
         region, side = row["region"], row["hemisphere"]
+        if region in COMPOSITE_REGIONS:  # unions of parts, checked below
+            continue
         assert float(row["chi_ppb"]) == pytest.approx(_assigned_ppb(region, side))
         inside = labels == names[f"{region}_{'left' if side == 'L' else 'right'}"]
         assert int(row["n_voxels"]) == inside.sum() > 0

@@ -1,0 +1,145 @@
+"""Nipype interfaces for the participant's tissue classes and the grey-matter restriction of
+cortical labels: thin wrappers around :mod:`qsmprep.tissue`."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from .images import load_array, load_mask, save_array
+
+LOGGER = logging.getLogger("qsmprep")
+
+#: Names of the tissue classes in the tables.
+TISSUE_NAMES = {"csf": "tissue_csf", "gm": "tissue_grey_matter", "wm": "tissue_white_matter"}
+
+
+class _ClassifyTissueInputSpec(BaseInterfaceInputSpec):
+    magnitude = File(exists=True, mandatory=True,
+                     desc="bias-corrected, echo-combined magnitude (native)")
+    r2star = File(exists=True, desc="R2* map (1/s), two echoes or more")
+    chimap = File(exists=True, mandatory=True, desc="susceptibility map (ppm)")
+    mask = File(exists=True, mandatory=True, desc="brain mask where every feature is defined")
+    inverse_transforms = InputMultiObject(File(exists=True), mandatory=True,
+                                          desc="template -> native transform(s)")
+    template_mask = File(exists=True, mandatory=True, desc="template brain mask (prior grid)")
+    seed = traits.Int(0, usedefault=True, desc="seed of the tie-breaking perturbation")
+
+
+class _ClassifyTissueOutputSpec(TraitedSpec):
+    tissue_dseg = File(exists=True, desc="0 background, 1 CSF, 2 grey matter, 3 white matter")
+    tissue_table = File(exists=True, desc="the dseg's TSV (index, name)")
+    gm_probability = File(exists=True, desc="grey-matter probability (native)")
+    tissue = traits.Dict(desc="Succeeded, Reason, Features, VolumesML, GMPriorDice")
+
+
+class ClassifyTissue(SimpleInterface):
+    """CSF / grey / white matter of the participant with Atropos, from the magnitude, R2* and
+    susceptibility and the template priors carried to the native grid
+    (:func:`qsmprep.tissue.classify_tissue`). A classification that fails its checks falls
+    back to the warped template priors, saying so in the log and in the ``tissue`` record."""
+
+    input_spec = _ClassifyTissueInputSpec
+    output_spec = _ClassifyTissueOutputSpec
+
+    def _run_interface(self, runtime):
+        from .. import registration, tissue
+        from ..errors import BadDataError
+
+        reference = self.inputs.chimap
+        affine = nib.load(reference).affine
+        mask = load_mask(self.inputs.mask)
+        template_priors = tissue.template_tissue_priors(self.inputs.template_mask, runtime.cwd)
+        priors = {}
+        for name in tissue.CLASSES:
+            warped = registration.template_image_to_native(
+                template_priors[name], reference, list(self.inputs.inverse_transforms),
+                os.path.join(runtime.cwd, f"prior_{name}_native.nii.gz"))
+            priors[name] = np.clip(load_array(warped), 0.0, 1.0) * mask
+        features = {"magnitude": load_array(self.inputs.magnitude)}
+        if isdefined(self.inputs.r2star):
+            features["R2*"] = load_array(self.inputs.r2star)
+        features["susceptibility"] = load_array(self.inputs.chimap)
+        for name, data in features.items():
+            if data.ndim == 4:  # a 4-D magnitude: its first volume
+                features[name] = data[..., 0]
+        record = {"Features": list(features)}
+        try:
+            result = tissue.classify_tissue(features, mask, priors, affine,
+                                            seed=self.inputs.seed)
+        except BadDataError as error:
+            LOGGER.warning("Tissue classification of %s failed (%s); the cortical regions use "
+                           "the template's grey-matter prior instead.", reference, error)
+            total = sum(priors.values())
+            posteriors = {name: np.where(total > 0, priors[name] / np.maximum(total, 1e-6), 0.0)
+                          for name in tissue.CLASSES}
+            labels = np.where(mask, 1 + np.argmax(np.stack([posteriors[n] for n in
+                                                            tissue.CLASSES]), axis=0), 0)
+            record.update(Succeeded=False, Reason=str(error))
+        else:
+            posteriors, labels = result.posteriors, result.labels
+            record.update(Succeeded=True, Reason="",
+                          GMPriorDice=round(float(result.gm_prior_dice), 4))
+        voxel_ml = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000.0
+        record["VolumesML"] = {name: round(float(np.count_nonzero(labels == index)) * voxel_ml, 2)
+                               for name, index in tissue.LABELS.items()}
+        self._results["tissue_dseg"] = save_array(
+            labels.astype(np.uint8), affine, os.path.join(runtime.cwd, "tissue_dseg.nii.gz"),
+            dtype=np.uint8)
+        table_path = os.path.join(runtime.cwd, "tissue_dseg.tsv")
+        with open(table_path, "w") as stream:
+            stream.write("index\tname\n" + "".join(
+                f"{index}\t{TISSUE_NAMES[name]}\n" for name, index in tissue.LABELS.items()))
+        self._results["tissue_table"] = table_path
+        self._results["gm_probability"] = save_array(
+            posteriors["gm"], affine, os.path.join(runtime.cwd, "gm_probability.nii.gz"))
+        self._results["tissue"] = record
+        return runtime
+
+
+class _RestrictCortexInputSpec(BaseInterfaceInputSpec):
+    labels = File(exists=True, mandatory=True, desc="atlas labels on the native grid")
+    atlas_table = File(exists=True, mandatory=True, desc="atlas TSV")
+    gm_probability = File(exists=True, mandatory=True, desc="grey-matter probability (native)")
+    cortical_regions = traits.List(traits.Str, mandatory=True,
+                                   desc="names of the regions kept on grey matter only")
+
+
+class _RestrictCortexOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="labels with cortical voxels outside grey matter cleared")
+
+
+class RestrictCortex(SimpleInterface):
+    """Cortical labels restricted to the participant's grey matter
+    (:func:`qsmprep.tissue.restrict_to_grey_matter`)."""
+
+    input_spec = _RestrictCortexInputSpec
+    output_spec = _RestrictCortexOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.atlases import read_atlas_table
+
+        from ..tissue import restrict_to_grey_matter
+
+        image = nib.load(self.inputs.labels)
+        labels = np.asarray(image.dataobj)
+        restricted = restrict_to_grey_matter(
+            labels, read_atlas_table(self.inputs.atlas_table),
+            load_array(self.inputs.gm_probability),
+            cortical_regions=list(self.inputs.cortical_regions))
+        self._results["out_file"] = save_array(
+            restricted, image.affine, os.path.join(runtime.cwd, "labels_grey_matter.nii.gz"),
+            dtype=labels.dtype)
+        return runtime
