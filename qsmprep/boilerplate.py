@@ -83,6 +83,12 @@ REFERENCES = {
     "rc2": "Marques JP, Meineke J, Milovic C, et al. QSM reconstruction challenge 2.0: a "
     "realistic in silico head phantom for MRI data simulation and evaluation of susceptibility "
     "mapping procedures. Magn Reson Med. 2021;86:526-542. doi:10.1002/mrm.28716",
+    "harvardoxford": "Desikan RS, Segonne F, Fischl B, et al. An automated labeling system "
+    "for subdividing the human cerebral cortex on MRI scans into gyral based regions of "
+    "interest. NeuroImage. 2006;31:968-980. doi:10.1016/j.neuroimage.2006.01.021",
+    "atropos": "Avants BB, Tustison NJ, Wu J, Cook PA, Gee JC. An open source multivariate "
+    "framework for n-tissue segmentation with evaluation on public data. Neuroinformatics. "
+    "2011;9:381-400. doi:10.1007/s12021-011-9109-y",
     "mni2009": "Fonov V, Evans AC, Botteron K, et al. Unbiased average age-appropriate atlases "
     "for pediatric studies. NeuroImage. 2011;54:313-327. doi:10.1016/j.neuroimage.2010.07.033",
     "cit168": "Pauli WM, Nili AN, Tyszka JM. A high-resolution probabilistic in vivo atlas of "
@@ -189,8 +195,12 @@ def _regions_text(config):
     else:
         atlas = (f"the qsmprep atlas (CIT168 subcortical nuclei {_cite('cit168')}, the "
                  f"thalamus of the HCP thalamic nuclei atlas {_cite('hcpthalamus')}, lateral "
-                 "ventricles from the template, and the grey matter of primary motor and "
-                 f"premotor cortex from the Juelich cytoarchitectonic maps {_cite('juelich')})")
+                 "ventricles from the template, the precentral gyrus of the Harvard-Oxford "
+                 f"cortical atlas {_cite('harvardoxford')} and the primary motor and premotor "
+                 f"areas of the Juelich cytoarchitectonic maps {_cite('juelich')}, the cortical "
+                 "regions measured on each participant's grey matter: Atropos "
+                 f"{_cite('atropos')} tissue classes from the magnitude, R2* and Chimap with "
+                 "the MNI ICBM 2009 tissue priors)")
     return (
         "The root-sum-of-squares magnitude of the echoes, bias-corrected (N4 " + _cite("n4")
         + ") and brain-extracted, was registered "
@@ -214,7 +224,8 @@ def _regions_text(config):
         "ppb) were computed in native space inside the reconstruction mask, relative to the "
         "whole brain and to the lateral ventricles (CSF), for each hemisphere and both, with the "
         "asymmetry index 200 (R - L) / (R + L) and its absolute-value form "
-        "200 (R - L) / (|R| + |L|).")
+        "200 (R - L) / (|R| + |L|), and the mean over each label's core (the label eroded by "
+        "one voxel), which partial volume at its edges does not reach.")
 
 
 def methods_boilerplate(*, config, runs) -> str:

@@ -214,8 +214,9 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
                                    ("outputnode.brain_mask", "inputnode.brain_mask")]),
         (qsm_wf, regions_wf, [("outputnode.chimap", "inputnode.chimap"),
                               ("outputnode.local_field_mask", "inputnode.local_field_mask")]),
-        (registration_wf, regions_wf, [("outputnode.prepared_magnitude",
-                                        "inputnode.magnitude")]),
+        (registration_wf, regions_wf, [("outputnode.prepared_magnitude", "inputnode.magnitude"),
+                                       ("outputnode.inverse_transform",
+                                        "inputnode.tissue_inverse_transform")]),
         (registration_wf, ds_wf, [("outputnode.figure", "inputnode.figure")]),
         (regions_wf, ds_wf, regional),
     ])

@@ -205,6 +205,10 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
         The prepared magnitude and the R2* map (native), for the tissue classification.
     forward_transform, inverse_transform : str
         From :func:`init_registration_wf` (or its refinement).
+    tissue_inverse_transform : str
+        The template -> native transform that carries the tissue priors (the first
+        registration's: the deep grey-matter refinement does not move the cortex, and the
+        classification then runs beside the refinement).
 
     Outputs
     -------
@@ -222,7 +226,7 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "chimap", "local_field_mask", "magnitude", "r2star", "forward_transform",
-        "inverse_transform"]), name="inputnode")
+        "inverse_transform", "tissue_inverse_transform"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "native_labels", "tissue_dseg", "tissue_table", "template_chimap", "regional_table",
         "regional_metadata", "template_regional_table", "template_regional_metadata"]),
@@ -240,7 +244,7 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
         (inputnode, to_native, [("chimap", "reference"), ("inverse_transform", "transforms")]),
         (inputnode, tissue, [("magnitude", "magnitude"), ("chimap", "chimap"),
                              ("local_field_mask", "mask"),
-                             ("inverse_transform", "inverse_transforms")]),
+                             ("tissue_inverse_transform", "inverse_transforms")]),
         (inputnode, to_template, [("chimap", "in_file"), ("forward_transform", "transforms")]),
         (inputnode, stats, [("chimap", "chimap"), ("local_field_mask", "mask")]),
         (tissue, stats, [("tissue_dseg", "tissue_dseg"), ("tissue_table", "tissue_table"),

@@ -269,10 +269,10 @@ class RefineDeepGreyRegistration(SimpleInterface):
             reason = result.reason
         if result is not None and result.accepted:
             logger.info("Deep grey-matter refinement of %s: mean displacement %.2f mm, "
-                        "correlation with the prior %.3f -> %.3f", self.inputs.chimap,
+                        "correlation with the prior %.3f -> %.3f (%.0f s)", self.inputs.chimap,
                         result.quality["displacement_mean_mm"],
                         result.quality["correlation_before"],
-                        result.quality["correlation_after"])
+                        result.quality["correlation_after"], result.quality["elapsed_s"])
             self._results.update(forward_transform=result.forward_transform,
                                  inverse_transform=result.inverse_transform)
         else:
@@ -281,13 +281,13 @@ class RefineDeepGreyRegistration(SimpleInterface):
             self._results.update(forward_transform=self.inputs.forward_transform,
                                  inverse_transform=self.inputs.inverse_transform)
         self._results["refinement"] = {
+            "Ran": result is not None,
             "Accepted": bool(result is not None and result.accepted),
             "Reason": reason,
             **({} if result is None else {
                 "CorrelationWithPriorBefore": result.quality["correlation_before"],
                 "CorrelationWithPriorAfter": result.quality.get("correlation_after"),
                 "DisplacementMeanMM": result.quality["displacement_mean_mm"],
-                "DisplacementMaxMM": result.quality["displacement_max_mm"],
-                "ElapsedSeconds": result.quality["elapsed_s"]}),
+                "DisplacementMaxMM": result.quality["displacement_max_mm"]}),
         }
         return runtime

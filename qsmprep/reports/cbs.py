@@ -49,9 +49,15 @@ back to the other one and a quality flag lowers the confidence (see :func:`asses
 
 Values
 ------
-Each region's value is the mean (``mean_ppb``) of each hemisphere and of both; [cbs-review]'s ranges
-are regional means. Each value is placed among each pattern's range as ``below`` / ``within`` /
-``above`` (bounds inclusive).
+Each region's value is the **core mean** (``core_mean_ppb``: the mean over the label eroded by
+one voxel, :func:`qsmprep.regions.label_core`) of each hemisphere and of both, or the plain
+mean (``mean_ppb``) where a table has no core mean. [cbs-review]'s ranges are regional means of
+regions of interest drawn inside each structure, which the core matches better than the whole
+label: the edge voxels of a small nucleus mix it with the white matter around it, and a label
+off by a voxel takes in more. On the independent digital patients of
+``bench/bench_independent.py`` (1 mm) the core means of 97 % of the region-sides were within
+max(15 ppb, 15 %) of the truth against 58 % for the plain means. Each value is placed among
+each pattern's range as ``below`` / ``within`` / ``above`` (bounds inclusive).
 
 Asymmetry
 ---------
@@ -378,7 +384,18 @@ def available_references(regional_rows) -> list[str]:
     return list(dict.fromkeys(row["reference"] for row in _rows_of(regional_rows)))
 
 
-def findings(regional_rows, *, reference="csf", reference_ranges=None) -> dict:
+#: The column of the regional table the report reads (see "Values" above).
+REPORT_STATISTIC = "core_mean_ppb"
+
+
+def _region_value(row, statistic):
+    """``row[statistic]``, or the plain mean when that is missing or not finite."""
+    value = _finite(row.get(statistic))
+    return value if value is not None else _finite(row["mean_ppb"])
+
+
+def findings(regional_rows, *, reference="csf", reference_ranges=None,
+             statistic=REPORT_STATISTIC) -> dict:
     """Per-region values, asymmetry and placement among the reference ranges.
 
     Parameters
@@ -391,6 +408,10 @@ def findings(regional_rows, *, reference="csf", reference_ranges=None) -> dict:
         CSF (see the module docstring). Pass the ``reference`` of the range table in use.
     reference_ranges : dict, optional
         From :func:`read_reference_ranges`; the package table when omitted.
+    statistic : str
+        The table's column read as each region's value: :data:`REPORT_STATISTIC` (the core
+        mean) by default, falling back to ``mean_ppb`` where it is missing; ``"mean_ppb"``
+        for the plain means.
 
     Returns
     -------
@@ -425,11 +446,12 @@ def findings(regional_rows, *, reference="csf", reference_ranges=None) -> dict:
     regions = []
     for name in dict.fromkeys(order):
         sides = by_region.get(name, {})
-        means = {side: _finite(sides[side]["mean_ppb"]) if side in sides else None
+        means = {side: _region_value(sides[side], statistic) if side in sides else None
                  for side in ("L", "R", "bilateral")}
         counts = {side: int(sides[side]["n_voxels"]) if side in sides else None
                   for side in ("L", "R", "bilateral")}
-        ai = _finite(sides["bilateral"].get("ai_abs_pct")) if "bilateral" in sides else None
+        ai = (_finite(sides["bilateral"].get("ai_abs_pct"))
+              if "bilateral" in sides and statistic == "mean_ppb" else None)
         if ai is None and means["L"] is not None and means["R"] is not None:
             ai = _finite(asymmetry_index(means["R"], means["L"])[1])
         side = favoured_side(means["L"], means["R"], ai)
@@ -472,6 +494,10 @@ def _refinement_checks(refinement) -> list[dict]:
         return []
     accepted = bool(refinement.get("Accepted"))
     reason = str(refinement.get("Reason") or "")
+    if not refinement.get("Ran", True):  # e.g. an atlas without deep grey-matter regions
+        return [_check("registration_refinement", "Registration: deep grey-matter refinement",
+                       "registration", None, unit="", rule=f"not run ({reason})",
+                       flagged=False)]
     value = "refined" if accepted else "first registration kept"
     return [_check("registration_refinement", "Registration: deep grey-matter refinement",
                    "registration", value, unit="",

@@ -15,6 +15,7 @@ from cli_helpers import RUN_SPECIFIC, derivatives_differences, run_cli
 
 from qsmprep.phantom.dataset import (ASYMMETRIC_REGIONS_PPB, asymmetric_digital_subject,
                                      write_phantom_dataset)
+from qsmprep.atlases import COMPOSITE_REGIONS
 from qsmprep.regions import read_regional_table
 
 PREFIX = "sub-01/anat/sub-01"
@@ -56,6 +57,7 @@ def test_registration_and_region_outputs_exist(digital_subject_run):
                  f"space-{TEMPLATE}_Chimap.nii.gz", f"space-{TEMPLATE}_Chimap.json",
                  "desc-qsmprep_dseg.nii.gz", "desc-qsmprep_dseg.tsv", "desc-qsmprep_dseg.json",
                  "desc-regions_stats.tsv", "desc-regions_stats.json",
+                 "desc-tissue_dseg.nii.gz", "desc-tissue_dseg.tsv", "desc-tissue_dseg.json",
                  f"space-{TEMPLATE}_desc-regions_stats.tsv"):
         assert (out / f"{PREFIX}_{name}").is_file(), name
     template_chimap = nib.load(out / f"{PREFIX}_space-{TEMPLATE}_Chimap.nii.gz")
@@ -80,12 +82,47 @@ def test_registration_quality_is_recorded_and_good(digital_subject_run):
     assert chimap_sidecar["RegistrationQuality"] == quality
 
 
+def test_nuclei_refinement_and_tissue_classes_are_recorded(digital_subject_run):
+    """The deep grey-matter refinement ran and was kept, the tissue classification succeeded,
+    the cortical labels sit on its grey matter, and its classes are rows of the table."""
+    out = digital_subject_run["out"]
+    sidecar = json.loads((out / f"{PREFIX}_desc-regions_stats.json").read_text())
+    refinement = sidecar["RegistrationQuality"]["deep_grey_refinement"]
+    assert refinement["Ran"] and refinement["Accepted"], refinement
+    assert refinement["CorrelationWithPriorAfter"] > refinement["CorrelationWithPriorBefore"]
+    assert 0.1 < refinement["DisplacementMeanMM"] < 5.0
+    tissue = sidecar["TissueClassification"]
+    assert tissue["Succeeded"], tissue
+    assert tissue["Features"] == ["magnitude", "R2*", "susceptibility"]
+    assert 400 < tissue["VolumesML"]["gm"] < 1200 and 300 < tissue["VolumesML"]["wm"] < 1000
+    classes = np.asarray(nib.load(out / f"{PREFIX}_desc-tissue_dseg.nii.gz").dataobj)
+    labels = np.asarray(nib.load(out / f"{PREFIX}_desc-qsmprep_dseg.nii.gz").dataobj)
+    cortex = np.isin(labels, range(21, 31))
+    assert cortex.sum() > 500 and np.mean(classes[cortex] == 2) > 0.95
+    rows = {(row["region"], row["hemisphere"], row["reference"]): row
+            for row in read_regional_table(out / f"{PREFIX}_desc-regions_stats.tsv")}
+    grey = rows[("tissue_grey_matter", "bilateral", "csf")]
+    white = rows[("tissue_white_matter", "bilateral", "csf")]
+    assert grey["mean_ppb"] > white["mean_ppb"] + 10  # white matter is diamagnetic
+    report = json.loads((out / PREFIX_REPORT).read_text())
+    checks = {check["name"]: check for check in report["qc"]["checks"]}
+    assert checks["registration_refinement"]["value"] == "refined"
+
+
 #: Tolerance of the regional means at 2 mm: max(15 ppb, this fraction of the truth). Nuclei
 #: under 0.5 mL (the subthalamic nucleus: about 30 voxels of 2 mm) lose up to half of their
 #: contrast to partial volume and to registration errors of about one voxel; the stricter
 #: 15 ppb / 15 % criterion is measured on 1 and 2 mm subjects by bench/bench_regions.py.
 RELATIVE_TOLERANCE = 0.3
 SMALL_NUCLEUS_ML, SMALL_NUCLEUS_TOLERANCE = 0.5, 0.5
+#: The cortex is a ribbon of about 2.5 mm: at 2 mm the reconstruction (total variation) loses
+#: a third of its contrast even over correctly placed labels (measured: precentral grey matter
+#: 35 ppb against 55, while the TRUE map over qsmprep's labels reads 52.5). Placement is held
+#: to the strict criterion separately (test_cortical_labels_are_placed_on_the_true_cortex).
+CORTICAL_REGIONS = ("precentral_ba4", "precentral_ba6", "precentral_other",
+                    "ba4_outside_precentral", "ba6_outside_precentral", "motor_cortex",
+                    "primary_motor_cortex", "premotor_cortex")
+CORTICAL_TOLERANCE = 0.45
 VOXEL_ML = 2.0 ** 3 / 1000  # the subject is simulated at 2 mm
 
 
@@ -113,12 +150,37 @@ def test_every_region_matches_the_truth(digital_subject_run):
             expected = truth_ppb - offset
             value = measured[(region, hemisphere)]["mean_ppb"]
             fraction = (SMALL_NUCLEUS_TOLERANCE if truth_ml[(region, hemisphere)] < SMALL_NUCLEUS_ML
+                        else CORTICAL_TOLERANCE if region in CORTICAL_REGIONS
                         else RELATIVE_TOLERANCE)
             absolute_errors.append(abs(value - expected))
             if abs(value - expected) > max(15.0, fraction * abs(expected)):
                 errors.append(f"{reference} {region} {hemisphere}: {value:.1f} vs {expected:.1f}")
     assert not errors, errors
     assert np.median(absolute_errors) < 10.0, sorted(absolute_errors)
+
+
+def test_cortical_labels_are_placed_on_the_true_cortex(digital_subject_run):
+    """Placement alone: the TRUE map averaged over qsmprep's cortical labels (on the
+    participant's grey matter, inside the mask) is within max(15 ppb, 15 %) of the truth, for
+    the motor, primary motor and premotor cortex on both sides."""
+    out, truth_dir = digital_subject_run["out"], digital_subject_run["truth"]
+    truth_csf = _truth_table(truth_dir)
+    true_chi_ppb = 1e3 * nib.load(truth_dir / "sub-01_Chimap.nii.gz").get_fdata()
+    labels = np.asarray(nib.load(out / f"{PREFIX}_desc-qsmprep_dseg.nii.gz").dataobj)
+    mask = nib.load(out / f"{PREFIX}_desc-localfield_mask.nii.gz").get_fdata() > 0.5
+    with (out / f"{PREFIX}_desc-qsmprep_dseg.tsv").open() as stream:
+        index = {(row["name"], row["hemisphere"]): int(row["index"])
+                 for row in csv.DictReader(stream, delimiter="\t")}
+    errors = []
+    for region in ("motor_cortex", "primary_motor_cortex", "premotor_cortex"):
+        for side in "LR":
+            ours = np.isin(labels, [index[(part, side)] for part in COMPOSITE_REGIONS[region]])
+            placed = float(true_chi_ppb[ours & mask].mean())
+            truth = truth_csf[(region, side)]
+            if abs(placed - truth) > max(15.0, 0.15 * abs(truth)):
+                errors.append(f"{region} {side}: true map over our labels {placed:.1f} vs "
+                              f"{truth:.1f}")
+    assert not errors, errors
 
 
 #: Tolerance of the regional medians: max(15 ppb, this fraction of the truth) for every region,
@@ -137,7 +199,9 @@ def test_every_regional_median_matches_the_truth(digital_subject_run):
         if region == "lateral_ventricle":
             continue
         value = measured[(region, hemisphere)]["median_ppb"]
-        if abs(value - truth_ppb) > max(15.0, MEDIAN_RELATIVE_TOLERANCE * abs(truth_ppb)):
+        fraction = CORTICAL_TOLERANCE if region in CORTICAL_REGIONS else \
+            MEDIAN_RELATIVE_TOLERANCE
+        if abs(value - truth_ppb) > max(15.0, fraction * abs(truth_ppb)):
             errors.append(f"{region} {hemisphere}: median {value:.1f} vs {truth_ppb:.1f}")
     assert not errors, errors
 
@@ -146,7 +210,9 @@ def test_sides_are_not_swapped_and_asymmetry_has_the_right_sign(digital_subject_
     out = digital_subject_run["out"]
     rows = read_regional_table(out / f"{PREFIX}_desc-regions_stats.tsv")
     measured = _measured(rows, "csf")
-    for region, values in ASYMMETRIC_REGIONS_PPB.items():
+    truth = _truth_table(digital_subject_run["truth"])  # overlapping cortical regions mix
+    for region in ASYMMETRIC_REGIONS_PPB:
+        values = {side: truth[(region, side)] for side in "LR"}
         if abs(values["R"] - values["L"]) < 20:
             continue
         expected_sign = np.sign(values["R"] - values["L"])
@@ -164,7 +230,9 @@ def test_small_nuclei_survive_in_native_space(digital_subject_run):
     for (region, hemisphere), row in _measured(rows, "csf").items():
         assert row["n_voxels"] > 0, (region, hemisphere)
     template_rows = read_regional_table(out / f"{PREFIX}_space-{TEMPLATE}_desc-regions_stats.tsv")
-    assert {row["region"] for row in template_rows} == {row["region"] for row in rows}
+    # the same regions in template space; the tissue classes are native only
+    assert {row["region"] for row in template_rows} == {
+        row["region"] for row in rows if not row["region"].startswith("tissue_")}
 
 
 def test_report_is_written_and_valid(digital_subject_run):

@@ -339,3 +339,39 @@ def test_msa_is_assessed_from_the_putamen_only_when_the_table_has_it(tmp_path):
     assert result["interpretation"]["confidence"] == "low"
     assert result["interpretation"]["asymmetry"]["region"] == "putamen"
     assert interpret(CBS_PATIENT, ranges=ranges)["interpretation"]["pattern"] == "CBS"
+
+
+def test_a_rejected_nuclei_refinement_is_flagged_and_one_not_run_is_not():
+    rejected = {"Ran": True, "Accepted": False, "Reason": "it moved the deep grey matter by "
+                "up to 7.1 mm (more than 5 mm): diverged"}
+    quality = cbs.assess_quality({**GOOD_QC, "deep_grey_refinement": rejected})
+    check = {c["name"]: c for c in quality["checks"]}["registration_refinement"]
+    assert check["flagged"] and check["value"] == "first registration kept"
+    assert "diverged" in check["rule"]
+    assert quality["flagged_categories"] == ["registration"]
+    refined = cbs.assess_quality({**GOOD_QC, "deep_grey_refinement": {
+        "Ran": True, "Accepted": True, "Reason": ""}})
+    assert refined["flagged_categories"] == []
+    not_run = cbs.assess_quality({**GOOD_QC, "deep_grey_refinement": {
+        "Ran": False, "Accepted": False, "Reason": "not run: the atlas has none of the deep "
+        "grey-matter regions"}})
+    check = {c["name"]: c for c in not_run["checks"]}["registration_refinement"]
+    assert not check["flagged"] and not check["measured"] and "not run" in check["rule"]
+
+
+def test_findings_read_the_core_mean_and_fall_back_to_the_plain_mean():
+    rows = []
+    for side, mean, core in (("L", 30.0, 70.0), ("R", 20.0, 25.0), ("bilateral", 25.0, 47.5)):
+        rows.append({"region": "motor_cortex", "hemisphere": side, "reference": "csf",
+                     "mean_ppb": mean, "core_mean_ppb": core, "n_voxels": 100,
+                     "ai_abs_pct": -40.0 if side == "bilateral" else math.nan})
+    rows.append({"region": "putamen", "hemisphere": "L", "reference": "csf", "mean_ppb": 60.0,
+                 "core_mean_ppb": math.nan, "n_voxels": 100, "ai_abs_pct": math.nan})
+    core = {region["region"]: region for region in cbs.findings(rows)["regions"]}
+    assert core["motor_cortex"]["left_ppb"] == 70.0 and core["motor_cortex"]["right_ppb"] == 25.0
+    # the asymmetry follows the values read, not the table's plain-mean index
+    assert core["motor_cortex"]["ai_pct"] == pytest.approx(200 * (25 - 70) / 95, abs=0.1)
+    assert core["putamen"]["left_ppb"] == 60.0  # no core mean: the plain mean
+    plain = {region["region"]: region
+             for region in cbs.findings(rows, statistic="mean_ppb")["regions"]}
+    assert plain["motor_cortex"]["left_ppb"] == 30.0 and plain["motor_cortex"]["ai_pct"] == -40.0
