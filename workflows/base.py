@@ -190,7 +190,7 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
         template_t1w=anatomy["template_t1w"], template_mask=anatomy["template_mask"],
         atlas_labels=anatomy["atlas_labels"], atlas_table=anatomy["atlas_table"],
         composites=anatomy["composites"], cortical_regions=anatomy["cortical_regions"],
-        has_r2star=has_r2star, seed=config.workflow.random_seed,
+        seed=config.workflow.random_seed,
         template_stats=config.workflow.template_stats)
     ds_wf = init_ds_regions_wf(
         run=run, output_dir=config.execution.output_dir, template=anatomy["template"],
@@ -213,9 +213,9 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
         (qsm_wf, registration_wf, [("outputnode.magnitude", "inputnode.magnitude"),
                                    ("outputnode.brain_mask", "inputnode.brain_mask")]),
         (qsm_wf, regions_wf, [("outputnode.chimap", "inputnode.chimap"),
-                              ("outputnode.local_field_mask", "inputnode.local_field_mask")]),
-        (registration_wf, regions_wf, [("outputnode.prepared_magnitude", "inputnode.magnitude"),
-                                       ("outputnode.inverse_transform",
+                              ("outputnode.local_field_mask", "inputnode.local_field_mask"),
+                              ("outputnode.magnitude", "inputnode.magnitude")]),
+        (registration_wf, regions_wf, [("outputnode.inverse_transform",
                                         "inputnode.tissue_inverse_transform")]),
         (registration_wf, ds_wf, [("outputnode.figure", "inputnode.figure")]),
         (regions_wf, ds_wf, regional),
@@ -236,8 +236,6 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
         (registered, ds_wf, [*transforms, ("outputnode.quality", "inputnode.quality")]),
     ])
 
-    if has_r2star:
-        workflow.connect(qsm_wf, "outputnode.r2star", regions_wf, "inputnode.r2star")
     report_wf = init_run_report_wf(
         run=run, output_dir=config.execution.output_dir,
         acquisition=acquisition_summary(run),

@@ -209,7 +209,7 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
 
     sink("ds_tissue_dseg", "tissue_dseg", suffix="dseg", desc="tissue",
          metadata={"Description": "The participant's tissue classes: 1 CSF, 2 grey matter, 3 "
-                   "white matter (Atropos on the magnitude, R2* and Chimap, with the MNI ICBM "
+                   "white matter (Atropos on the first-echo magnitude, with the MNI ICBM "
                    "2009 priors carried to the native grid; the warped priors when the "
                    "classification failed its checks, see the regional table's sidecar). The "
                    "cortical regions are measured on its grey matter.",

@@ -54,8 +54,6 @@ def init_registration_wf(*, template_t1w, template_mask, seed, omp_nthreads, t1w
         Native -> template and template -> native transforms.
     warped_magnitude : str
         The prepared magnitude in template space.
-    prepared_magnitude : str
-        The prepared (bias-corrected, brain-extracted) magnitude in native space.
     quality : dict
         Registration quality scores (normalised mutual information, Dice of brain masks).
     figure : str
@@ -65,8 +63,8 @@ def init_registration_wf(*, template_t1w, template_mask, seed, omp_nthreads, t1w
     inputnode = pe.Node(niu.IdentityInterface(fields=["magnitude", "brain_mask"]),
                         name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
-        "forward_transform", "inverse_transform", "warped_magnitude", "prepared_magnitude",
-        "quality", "figure"]), name="outputnode")
+        "forward_transform", "inverse_transform", "warped_magnitude", "quality", "figure"]),
+        name="outputnode")
 
     prepare = pe.Node(PrepareMovingImage(), name="prepare_magnitude",
                       mem_gb=_memory_gb(_TEMPLATE_VOXELS, 8))
@@ -87,7 +85,6 @@ def init_registration_wf(*, template_t1w, template_mask, seed, omp_nthreads, t1w
     workflow.connect([
         (inputnode, prepare, [("magnitude", "magnitude"), ("brain_mask", "mask")]),
         (prepare, register, [("prepared", "moving")]),
-        (prepare, outputnode, [("prepared", "prepared_magnitude")]),
         (inputnode, register, [("brain_mask", "moving_mask")]),
         (register, quality, [("nmi", "nmi"), ("dice_brain", "dice_brain")]),
         (register, plot, [("warped", "warped")]),
@@ -174,8 +171,7 @@ def _quality_scores(nmi, dice_brain):
 
 
 def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, composites,
-                    cortical_regions=(), has_r2star=True, seed=0, template_stats=False,
-                    name="regions_wf"):
+                    cortical_regions=(), seed=0, template_stats=False, name="regions_wf"):
     """Tissue classes, atlas into native space, Chimap into template space, and regional
     statistics.
 
@@ -190,8 +186,6 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
         Regions reported as unions of atlas regions.
     cortical_regions : sequence of str
         Atlas regions kept on the participant's grey matter only (empty: no restriction).
-    has_r2star : bool
-        Whether an R2* map feeds the tissue classification.
     seed : int
         Seed of the tissue classification's tie-breaking.
     template_stats : bool
@@ -201,8 +195,8 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
     ------
     chimap, local_field_mask : str
         The referenced Chimap and the mask where it is defined (native).
-    magnitude, r2star : str
-        The prepared magnitude and the R2* map (native), for the tissue classification.
+    magnitude : str
+        The echo magnitudes (native), whose first echo feeds the tissue classification.
     forward_transform, inverse_transform : str
         From :func:`init_registration_wf` (or its refinement).
     tissue_inverse_transform : str
@@ -225,7 +219,7 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
-        "chimap", "local_field_mask", "magnitude", "r2star", "forward_transform",
+        "chimap", "local_field_mask", "magnitude", "forward_transform",
         "inverse_transform", "tissue_inverse_transform"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "native_labels", "tissue_dseg", "tissue_table", "template_chimap", "regional_table",
@@ -242,8 +236,7 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
                     name="regional_statistics", mem_gb=_memory_gb(_TEMPLATE_VOXELS, 6))
     workflow.connect([
         (inputnode, to_native, [("chimap", "reference"), ("inverse_transform", "transforms")]),
-        (inputnode, tissue, [("magnitude", "magnitude"), ("chimap", "chimap"),
-                             ("local_field_mask", "mask"),
+        (inputnode, tissue, [("magnitude", "magnitude"), ("local_field_mask", "mask"),
                              ("tissue_inverse_transform", "inverse_transforms")]),
         (inputnode, to_template, [("chimap", "in_file"), ("forward_transform", "transforms")]),
         (inputnode, stats, [("chimap", "chimap"), ("local_field_mask", "mask")]),
@@ -254,8 +247,6 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
         (stats, outputnode, [("out_table", "regional_table"),
                              ("metadata", "regional_metadata")]),
     ])
-    if has_r2star:
-        workflow.connect(inputnode, "r2star", tissue, "r2star")
     if cortical_regions:
         restrict = pe.Node(RestrictCortex(atlas_table=atlas_table,
                                           cortical_regions=list(cortical_regions)),
