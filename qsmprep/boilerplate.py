@@ -199,8 +199,8 @@ def _regions_text(config):
                  f"cortical atlas {_cite('harvardoxford')} and the primary motor and premotor "
                  f"areas of the Juelich cytoarchitectonic maps {_cite('juelich')}, the cortical "
                  "regions measured on each participant's grey matter: Atropos "
-                 f"{_cite('atropos')} tissue classes from the N4-corrected first-echo magnitude with "
-                 "the MNI ICBM 2009 tissue priors)")
+                 f"{_cite('atropos')} tissue classes from the N4-corrected first-echo "
+                 "magnitude with the MNI ICBM 2009 tissue priors)")
     return (
         "The root-sum-of-squares magnitude of the echoes, bias-corrected (N4 " + _cite("n4")
         + ") and brain-extracted, was registered "

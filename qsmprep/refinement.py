@@ -177,7 +177,8 @@ def write_prior_files(atlas_labels_path, atlas_table_path, out_dir, *,
     """Write the susceptibility prior and the deep-grey-matter mask of an atlas.
 
     Grey- and white-matter probabilities are nilearn's MNI ICBM 2009 maps carried onto the
-    template grid by world coordinates (:func:`qsmprep.atlases.build.template_tissue_probabilities`).
+    template grid by world coordinates
+    (:func:`qsmprep.atlases.build.template_tissue_probabilities`).
     Returns ``{"prior": path, "mask": path}`` (float32 ppm and uint8 NIfTI files in
     ``out_dir``, with the atlas' affine).
     """
@@ -206,14 +207,8 @@ def write_prior_files(atlas_labels_path, atlas_table_path, out_dir, *,
 
 # --- the registration ----------------------------------------------------------------------
 def _box(mask, affine, margin_mm):
-    voxel = np.linalg.norm(affine[:3, :3], axis=0)
-    margin = np.ceil(margin_mm / voxel).astype(int)
-    where = np.argwhere(mask)
-    low = np.maximum(where.min(axis=0) - margin, 0)
-    high = np.minimum(where.max(axis=0) + margin + 1, mask.shape)
-    box_affine = affine.copy()
-    box_affine[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
-    return tuple(slice(a, b) for a, b in zip(low, high)), box_affine
+    margin = np.ceil(margin_mm / np.linalg.norm(affine[:3, :3], axis=0)).astype(int)
+    return registration.bounding_box(mask, affine, margin)
 
 
 def _taper(shape, voxel_size, margin_mm):

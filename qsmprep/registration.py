@@ -347,6 +347,22 @@ def _prefix(out_prefix) -> str:
     return prefix
 
 
+def bounding_box(mask, affine=None, margin_voxels=0):
+    """The bounding box of ``mask`` grown by ``margin_voxels`` (an int or one per axis) and
+    clipped to the grid: a tuple of slices, and with ``affine`` the affine of the box's grid
+    too (``(slices, box_affine)``)."""
+    mask = np.asarray(mask, dtype=bool)
+    where = np.argwhere(mask)
+    low = np.maximum(where.min(axis=0) - margin_voxels, 0)
+    high = np.minimum(where.max(axis=0) + np.asarray(margin_voxels) + 1, mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    if affine is None:
+        return box
+    box_affine = np.array(affine, dtype=np.float64)
+    box_affine[:3, 3] = box_affine[:3, :3] @ low + box_affine[:3, 3]
+    return box, box_affine
+
+
 def _crop_to_brain(template_path, mask_path, margin_mm, prefix):
     """Template and mask cut to the brain's bounding box plus ``margin_mm`` (uncompressed
     NIfTI files beside ``prefix``) and the first voxel of the box; ``None`` when cropping would
@@ -358,18 +374,13 @@ def _crop_to_brain(template_path, mask_path, margin_mm, prefix):
     if not support.any():
         return None
     margin = np.ceil(margin_mm / np.linalg.norm(affine[:3, :3], axis=0)).astype(int)
-    where = np.argwhere(support)
-    low = np.maximum(where.min(axis=0) - margin, 0)
-    high = np.minimum(where.max(axis=0) + margin + 1, data.shape)
-    if np.prod(high - low) > 0.8 * data.size:
+    box, box_affine = bounding_box(support, affine, margin)
+    if np.prod([b.stop - b.start for b in box]) > 0.8 * data.size:
         return None
-    box = tuple(slice(a, b) for a, b in zip(low, high))
-    box_affine = affine.copy()
-    box_affine[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
     cropped = _write_volume(data[box], box_affine, f"{prefix}template_crop.nii")
     cropped_mask = (_write_volume(support[box], box_affine, f"{prefix}template_crop_mask.nii",
                                   dtype=np.uint8) if mask_path else None)
-    return cropped, cropped_mask, tuple(int(v) for v in low)
+    return cropped, cropped_mask, tuple(b.start for b in box)
 
 
 def _uncrop(warped_path, template_path, low):

@@ -34,6 +34,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import BadDataError
+from .registration import bounding_box
 
 #: Tissue classes, in Atropos class order; the hard segmentation gives class ``k`` the label
 #: ``k + 1``.
@@ -305,13 +306,6 @@ def _checked_priors(priors, mask: np.ndarray, box, seed) -> list[np.ndarray]:
         volume[mask_box] = values
         volumes.append(volume)
     return volumes
-
-
-def _bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    where = np.argwhere(mask)
-    low = np.maximum(where.min(axis=0) - margin, 0)
-    high = np.minimum(where.max(axis=0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
 
 
 def estimation_strides(spacing, estimation_voxel_mm) -> tuple[int, ...]:
@@ -623,7 +617,7 @@ def classify_tissue(features, mask, priors, affine, *, prior_weight: float = 0.2
         raise BadDataError(f"brain mask is too small for tissue classification: {voxels} voxels "
                            f"(at least {MIN_MASK_VOXELS} needed)")
 
-    box = _bounding_box(mask)
+    box = bounding_box(mask, margin_voxels=1)
     mask_box = mask[box]
     normalised = [_normalised_feature(name, np.asarray(data)[box], mask_box)
                   for name, data in named]
@@ -686,6 +680,24 @@ def classify_tissue(features, mask, priors, affine, *, prior_weight: float = 0.2
             "expected); the classes may have swapped or the priors are misaligned")
     return TissueResult(posteriors=posteriors, labels=labels, volumes_ml=volumes_ml,
                         gm_prior_dice=float(dice))
+
+
+def classes_from_priors(priors, mask, affine) -> TissueResult:
+    """The fallback of a failed :func:`classify_tissue`: the priors themselves, normalised to
+    sum to one inside ``mask``, as posteriors, and their most probable class as the hard
+    segmentation (no image information; ``gm_prior_dice`` is 1 by construction)."""
+    mask = np.asarray(mask, dtype=bool)
+    stacked = np.stack([np.clip(np.asarray(priors[name], np.float32), 0, None) * mask
+                        for name in CLASSES])
+    total = stacked.sum(axis=0)
+    stacked = np.where(total > 0, stacked / np.maximum(total, 1e-6), 0.0).astype(np.float32)
+    labels = np.where(mask, np.argmax(stacked, axis=0) + 1, 0).astype(np.uint8)
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    return TissueResult(
+        posteriors=dict(zip(CLASSES, stacked)), labels=labels,
+        volumes_ml={name: int(np.count_nonzero(labels == label)) * voxel_ml
+                    for name, label in LABELS.items()},
+        gm_prior_dice=1.0)
 
 
 # --- cortical regions -------------------------------------------------------------------------

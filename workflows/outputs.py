@@ -138,7 +138,8 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
     """
     workflow = pe.Workflow(name=name)
     fields = ["forward_transform", "inverse_transform", "template_chimap", "native_labels",
-              "tissue_dseg", "tissue_table", "regional_table", "template_regional_table", "figure", "quality",
+              "tissue_dseg", "tissue_table", "regional_table", "template_regional_table",
+              "figure", "quality",
               "regional_metadata", "template_regional_metadata"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["regional_table", "figure"]),
@@ -213,7 +214,7 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
                    "2009 priors carried to the native grid; the warped priors when the "
                    "classification failed its checks, see the regional table's sidecar). The "
                    "cortical regions are measured on its grey matter.",
-                   "Sources": [chimap_uri, bids_uri(inverse_relative, output_dir, "")]})
+                   "Sources": [bids_uri(inverse_relative, output_dir, "")]})
     sink("ds_tissue_dseg_table", "tissue_table", suffix="dseg", desc="tissue", extension=".tsv")
 
     merge = pe.Node(niu.Function(function=_stats_metadata,

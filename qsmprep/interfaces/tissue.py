@@ -14,7 +14,6 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
-    isdefined,
     traits,
 )
 
@@ -84,19 +83,14 @@ class ClassifyTissue(SimpleInterface):
         except BadDataError as error:
             LOGGER.warning("Tissue classification of %s failed (%s); the cortical regions use "
                            "the template's grey-matter prior instead.", reference, error)
-            total = sum(priors.values())
-            posteriors = {name: np.where(total > 0, priors[name] / np.maximum(total, 1e-6), 0.0)
-                          for name in tissue.CLASSES}
-            labels = np.where(mask, 1 + np.argmax(np.stack([posteriors[n] for n in
-                                                            tissue.CLASSES]), axis=0), 0)
+            result = tissue.classes_from_priors(priors, mask, affine)
             record.update(Succeeded=False, Reason=str(error))
         else:
-            posteriors, labels = result.posteriors, result.labels
             record.update(Succeeded=True, Reason="",
                           GMPriorDice=round(float(result.gm_prior_dice), 4))
-        voxel_ml = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000.0
-        record["VolumesML"] = {name: round(float(np.count_nonzero(labels == index)) * voxel_ml, 2)
-                               for name, index in tissue.LABELS.items()}
+        posteriors, labels = result.posteriors, result.labels
+        record["VolumesML"] = {name: round(volume, 2)
+                               for name, volume in result.volumes_ml.items()}
         self._results["tissue_dseg"] = save_array(
             labels.astype(np.uint8), affine, os.path.join(runtime.cwd, "tissue_dseg.nii.gz"),
             dtype=np.uint8)

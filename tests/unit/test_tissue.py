@@ -379,3 +379,21 @@ def test_template_tissue_priors_refuses_another_grid(tmp_path):
     nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.uint8), np.eye(4)), mask_path)
     with pytest.raises(BadDataError, match="expected the MNI152NLin2009cAsym 1 mm grid"):
         tissue.template_tissue_priors(mask_path, tmp_path / "priors")
+
+
+def test_classes_from_priors_is_the_normalised_priors_and_their_most_probable_class():
+    """The fallback of a failed classification: posteriors are the priors normalised inside
+    the mask, the hard classes their argmax, the volumes counted on the affine's voxels."""
+    from qsmprep.tissue import classes_from_priors
+
+    mask = np.zeros((4, 4, 4), bool)
+    mask[1:3, 1:3, 1:3] = True
+    priors = {"csf": np.full(mask.shape, 0.2, np.float32),
+              "gm": np.full(mask.shape, 0.6, np.float32),
+              "wm": np.full(mask.shape, 0.2, np.float32)}
+    priors["wm"][1, 1, 1] = 1.8  # one voxel more white than grey
+    result = classes_from_priors(priors, mask, np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert np.allclose(sum(result.posteriors.values())[mask], 1.0)
+    assert not any(p[~mask].any() for p in result.posteriors.values())
+    assert result.labels[1, 1, 1] == 3 and np.count_nonzero(result.labels == 2) == 7
+    assert result.volumes_ml == pytest.approx({"csf": 0.0, "gm": 7 * 0.008, "wm": 0.008})
