@@ -57,7 +57,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from qsmprep.phantom.independent import (COMPOSITE_REGIONS, PATIENT_GROUPS, REGIONS,
+from qsmprep.phantom.independent import (COMPOSITE_REGIONS, HARVARD_OXFORD_THRESHOLD_PERCENT,
+                                         PATIENT_GROUPS, REGIONS,
                                          TRUTH_PIPELINE, resample_image,
                                          write_independent_dataset)
 
@@ -139,15 +140,19 @@ def truth_dir(base: Path, label: str) -> Path:
     return base / "bids" / "derivatives" / TRUTH_PIPELINE / f"sub-{label}" / "anat"
 
 
-def dataset_matches(base: Path, label: str, voxel_size: float, seed: int) -> bool:
-    """Whether ``base/bids`` holds this patient, made with this voxel size and seed."""
+def dataset_matches(base: Path, label: str, voxel_size: float, seed: int,
+                    cortex_threshold: float) -> bool:
+    """Whether ``base/bids`` holds this patient, made with this voxel size, seed and truth
+    threshold of the precentral gyrus."""
     sidecar = truth_dir(base, label) / f"sub-{label}_desc-truth_regions.json"
     anat = base / "bids" / f"sub-{label}" / "anat"
     if not sidecar.is_file() or not any(anat.glob("*_part-phase_MEGRE.nii.gz")):
         return False
     record = json.loads(sidecar.read_text())
     return (math.isclose(record.get("VoxelSizeMM", -1), voxel_size)
-            and record.get("Seed") == seed)
+            and record.get("Seed") == seed
+            and math.isclose(record.get("MotorCortexThresholdPercent",
+                                        HARVARD_OXFORD_THRESHOLD_PERCENT), cortex_threshold))
 
 
 def write_participants(bids: Path) -> None:
@@ -363,7 +368,8 @@ def _f(value, digits=0, sign=False) -> str:
 
 def markdown(results, summary, runs, settings) -> str:
     lines = [f"Independent digital patients, {settings['voxel_size']:g} mm, seed "
-             f"{settings['seed']} (qsmprep {settings['version']})", ""]
+             f"{settings['seed']}, truth's precentral gyrus from Harvard-Oxford "
+             f"{settings['cortex_threshold']:g} % (qsmprep {settings['version']})", ""]
     for result in results:
         label = result["label"]
         lines += [f"### sub-{label} ({PATIENT_GROUPS.get(label, '?')})", ""]
@@ -439,6 +445,11 @@ def main(argv=None) -> int:
                         choices=list(PATIENT_GROUPS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--truth-cortex-threshold", type=float,
+                        default=HARVARD_OXFORD_THRESHOLD_PERCENT, metavar="PERCENT",
+                        help="Harvard-Oxford probability from which the truth's precentral "
+                             "grey matter starts (default %(default)g; try others to see that a "
+                             "result does not hinge on it)")
     parser.add_argument("--reuse", action="store_true",
                         help="with --keep: reuse the dataset and the outputs found there")
     parser.add_argument("--nprocs", type=int, default=2)
@@ -464,13 +475,15 @@ def main(argv=None) -> int:
           f"in {base}", flush=True)
     missing = [label for label in arguments.patients
                if not (arguments.reuse
-                       and dataset_matches(base, label, arguments.voxel_size, arguments.seed))]
+                       and dataset_matches(base, label, arguments.voxel_size, arguments.seed,
+                                       arguments.truth_cortex_threshold))]
     if missing:
         started = time.perf_counter()
         if not arguments.reuse:
             shutil.rmtree(base / "bids", ignore_errors=True)
-        write_independent_dataset(base / "bids", missing, voxel_size_mm=arguments.voxel_size,
-                                  seed=arguments.seed)
+        write_independent_dataset(
+            base / "bids", missing, voxel_size_mm=arguments.voxel_size, seed=arguments.seed,
+            motor_cortex_threshold_percent=arguments.truth_cortex_threshold)
         write_participants(base / "bids")
         print(f"simulated {', '.join(missing)}: {time.perf_counter() - started:.0f} s",
               flush=True)
@@ -505,7 +518,9 @@ def main(argv=None) -> int:
     from qsmprep import __version__
 
     text = markdown(results, summary, runs, {"voxel_size": arguments.voxel_size,
-                                             "seed": arguments.seed, "version": __version__})
+                                             "seed": arguments.seed, "version": __version__,
+                                             "cortex_threshold":
+                                                 arguments.truth_cortex_threshold})
     print()
     print(text)
     if arguments.markdown:

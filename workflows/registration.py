@@ -195,8 +195,9 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
     ------
     chimap, local_field_mask : str
         The referenced Chimap and the mask where it is defined (native).
-    magnitude : str
-        The echo magnitudes (native), whose first echo feeds the tissue classification.
+    magnitude, brain_mask : str
+        The echo magnitudes and the brain mask (native): the first echo inside the brain
+        feeds the tissue classification, which so runs beside the dipole inversion.
     forward_transform, inverse_transform : str
         From :func:`init_registration_wf` (or its refinement).
     tissue_inverse_transform : str
@@ -219,7 +220,7 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
-        "chimap", "local_field_mask", "magnitude", "forward_transform",
+        "chimap", "local_field_mask", "magnitude", "brain_mask", "forward_transform",
         "inverse_transform", "tissue_inverse_transform"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "native_labels", "tissue_dseg", "tissue_table", "template_chimap", "regional_table",
@@ -236,7 +237,7 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
                     name="regional_statistics", mem_gb=_memory_gb(_TEMPLATE_VOXELS, 6))
     workflow.connect([
         (inputnode, to_native, [("chimap", "reference"), ("inverse_transform", "transforms")]),
-        (inputnode, tissue, [("magnitude", "magnitude"), ("local_field_mask", "mask"),
+        (inputnode, tissue, [("magnitude", "magnitude"), ("brain_mask", "mask"),
                              ("tissue_inverse_transform", "inverse_transforms")]),
         (inputnode, to_template, [("chimap", "in_file"), ("forward_transform", "transforms")]),
         (inputnode, stats, [("chimap", "chimap"), ("local_field_mask", "mask")]),

@@ -57,9 +57,9 @@ class LoadMultiEcho(SimpleInterface):
         def save(array, name, dtype=np.float32):
             return save_array(array, data.affine, os.path.join(runtime.cwd, name), dtype=dtype)
 
-        self._results["magnitude"] = save(data.magnitude, "magnitude.nii.gz")
-        self._results["phase"] = save(data.phase, "phase.nii.gz")
-        self._results["invalid_voxels"] = save(data.invalid_voxels, "invalid_voxels.nii.gz",
+        self._results["magnitude"] = save(data.magnitude, "magnitude.nii")
+        self._results["phase"] = save(data.phase, "phase.nii")
+        self._results["invalid_voxels"] = save(data.invalid_voxels, "invalid_voxels.nii",
                                                dtype=np.uint8)
         self._results["metadata"] = {
             "PhaseUnits": data.phase_units,

@@ -76,7 +76,7 @@ class BrainMask(SimpleInterface):
         if isdefined(self.inputs.invalid_voxels):
             mask &= ~load_mask(self.inputs.invalid_voxels)
         self._results["mask"] = save_like(mask, self.inputs.magnitude,
-                                          _out(runtime, "brain_mask.nii.gz"), dtype=np.uint8)
+                                          _out(runtime, "brain_mask.nii"), dtype=np.uint8)
         return runtime
 
 
@@ -103,7 +103,7 @@ class QualityMask(SimpleInterface):
                                     load_array(self.inputs.residual), voxel_size,
                                     threshold=self.inputs.threshold)
         self._results["mask"] = save_like(mask, self.inputs.brain_mask,
-                                          _out(runtime, "quality_mask.nii.gz"), dtype=np.uint8)
+                                          _out(runtime, "quality_mask.nii"), dtype=np.uint8)
         return runtime
 
 
@@ -137,7 +137,7 @@ class UnwrapPhase(SimpleInterface):
             mask=load_mask(self.inputs.mask) if isdefined(self.inputs.mask) else None,
             workers=self.inputs.num_threads)
         self._results["unwrapped_phase"] = save_like(
-            unwrapped, self.inputs.phase, _out(runtime, "unwrapped_phase.nii.gz"))
+            unwrapped, self.inputs.phase, _out(runtime, "unwrapped_phase.nii"))
         return runtime
 
 
@@ -171,7 +171,7 @@ class FitEchoes(SimpleInterface):
                       else None))
         for name in ("total_field_hz", "residual"):  # the phase offset is not used downstream
             self._results[name] = save_like(getattr(fit, name), self.inputs.mask,
-                                            _out(runtime, f"{name}.nii.gz"))
+                                            _out(runtime, f"{name}.nii"))
         return runtime
 
 
@@ -207,9 +207,9 @@ class RemoveBackground(SimpleInterface):
             threshold=self.inputs.threshold, regularization=self.inputs.regularization,
             workers=self.inputs.num_threads)
         self._results["local_field_hz"] = save_like(
-            result.local_field_hz, self.inputs.mask, _out(runtime, "local_field_hz.nii.gz"))
+            result.local_field_hz, self.inputs.mask, _out(runtime, "local_field_hz.nii"))
         self._results["mask"] = save_like(
-            result.mask, self.inputs.mask, _out(runtime, "local_field_mask.nii.gz"),
+            result.mask, self.inputs.mask, _out(runtime, "local_field_mask.nii"),
             dtype=np.uint8)
         return runtime
 
@@ -257,7 +257,7 @@ class InvertDipole(SimpleInterface):
             max_iter=self.inputs.max_iter, tolerance=self.inputs.tolerance,
             workers=self.inputs.num_threads)
         self._results["susceptibility_ppm"] = save_like(
-            susceptibility, self.inputs.mask, _out(runtime, "susceptibility_ppm.nii.gz"))
+            susceptibility, self.inputs.mask, _out(runtime, "susceptibility_ppm.nii"))
         return runtime
 
 
@@ -293,10 +293,10 @@ class ReferenceSusceptibility(SimpleInterface):
             logger=LOGGER)
         if result.csf_mask is not None:
             self._results["csf_mask"] = save_like(result.csf_mask, self.inputs.brain_mask,
-                                                  _out(runtime, "csf_mask.nii.gz"),
+                                                  _out(runtime, "csf_mask.nii"),
                                                   dtype=np.uint8)
         self._results["chimap"] = save_like(result.chimap_ppm, self.inputs.susceptibility_ppm,
-                                            _out(runtime, "chimap.nii.gz"))
+                                            _out(runtime, "chimap.nii"))
         self._results["metadata"] = result.metadata
         return runtime
 
@@ -326,7 +326,7 @@ class FitR2star(SimpleInterface):
             load_array(self.inputs.magnitude), self.inputs.echo_times,
             load_mask(self.inputs.mask), method=self.inputs.method)
         self._results["r2star"] = save_like(r2star_hz, self.inputs.mask,
-                                            _out(runtime, "r2star.nii.gz"))
+                                            _out(runtime, "r2star.nii"))
         self._results["t2star"] = save_like(t2star_s, self.inputs.mask,
-                                            _out(runtime, "t2star.nii.gz"))
+                                            _out(runtime, "t2star.nii"))
         return runtime

@@ -49,7 +49,7 @@ class PrepareMovingImage(SimpleInterface):
 
     def _run_interface(self, runtime):
         self._results["prepared"] = registration.prepare_moving_image(
-            self.inputs.magnitude, self.inputs.mask, _out(runtime, "prepared_magnitude.nii.gz"))
+            self.inputs.magnitude, self.inputs.mask, _out(runtime, "prepared_magnitude.nii"))
         return runtime
 
 
@@ -104,7 +104,7 @@ class RegisterToTemplate(SimpleInterface):
         if isdefined(self.inputs.moving_mask):
             warped_mask = registration.apply_transforms_to_template(
                 self.inputs.moving_mask, self.inputs.template, result.forward_transform,
-                _out(runtime, "native2template_mask.nii.gz"), interpolation="nearest")
+                _out(runtime, "native2template_mask.nii"), interpolation="nearest")
             self._results["warped_mask"] = warped_mask
         if isdefined(self.inputs.template_mask):
             quality = registration.registration_quality(
@@ -138,7 +138,7 @@ class ApplyTransformToTemplate(SimpleInterface):
     def _run_interface(self, runtime):
         self._results["out_file"] = registration.apply_transforms_to_template(
             self.inputs.in_file, self.inputs.template, list(self.inputs.transforms),
-            _out(runtime, "in_template.nii.gz"), interpolation=self.inputs.interpolation)
+            _out(runtime, "in_template.nii"), interpolation=self.inputs.interpolation)
         return runtime
 
 
@@ -165,7 +165,7 @@ class LabelsToNative(SimpleInterface):
     def _run_interface(self, runtime):
         self._results["out_file"] = registration.labels_to_native(
             self.inputs.labels, self.inputs.reference, list(self.inputs.transforms),
-            _out(runtime, "labels_native.nii.gz"),
+            _out(runtime, "labels_native.nii"),
             keep_small_labels=self.inputs.keep_small_labels)
         return runtime
 

@@ -70,11 +70,11 @@ class ClassifyTissue(SimpleInterface):
         for name in tissue.CLASSES:
             warped = registration.template_image_to_native(
                 template_priors[name], reference, list(self.inputs.inverse_transforms),
-                os.path.join(runtime.cwd, f"prior_{name}_native.nii.gz"))
+                os.path.join(runtime.cwd, f"prior_{name}_native.nii"))
             priors[name] = np.clip(load_array(warped), 0.0, 1.0) * mask
         first_echo = registration.prepare_moving_image(
             self.inputs.magnitude, self.inputs.mask,
-            os.path.join(runtime.cwd, "first_echo_n4.nii.gz"), echo_combination="first")
+            os.path.join(runtime.cwd, "first_echo_n4.nii"), echo_combination="first")
         features = {"first-echo magnitude": load_array(first_echo)}
         record = {"Features": list(features)}
         try:
@@ -92,7 +92,7 @@ class ClassifyTissue(SimpleInterface):
         record["VolumesML"] = {name: round(volume, 2)
                                for name, volume in result.volumes_ml.items()}
         self._results["tissue_dseg"] = save_array(
-            labels.astype(np.uint8), affine, os.path.join(runtime.cwd, "tissue_dseg.nii.gz"),
+            labels.astype(np.uint8), affine, os.path.join(runtime.cwd, "tissue_dseg.nii"),
             dtype=np.uint8)
         table_path = os.path.join(runtime.cwd, "tissue_dseg.tsv")
         with open(table_path, "w") as stream:
@@ -100,7 +100,7 @@ class ClassifyTissue(SimpleInterface):
                 f"{index}\t{TISSUE_NAMES[name]}\n" for name, index in tissue.LABELS.items()))
         self._results["tissue_table"] = table_path
         self._results["gm_probability"] = save_array(
-            posteriors["gm"], affine, os.path.join(runtime.cwd, "gm_probability.nii.gz"))
+            posteriors["gm"], affine, os.path.join(runtime.cwd, "gm_probability.nii"))
         self._results["tissue"] = record
         return runtime
 
@@ -136,6 +136,6 @@ class RestrictCortex(SimpleInterface):
             load_array(self.inputs.gm_probability),
             cortical_regions=list(self.inputs.cortical_regions))
         self._results["out_file"] = save_array(
-            restricted, image.affine, os.path.join(runtime.cwd, "labels_grey_matter.nii.gz"),
+            restricted, image.affine, os.path.join(runtime.cwd, "labels_grey_matter.nii"),
             dtype=labels.dtype)
         return runtime

@@ -544,15 +544,17 @@ def label_table() -> list[tuple[int, str, str]]:
     return [(region_label(name, side), name, side) for name in REGIONS for side in ("L", "R")]
 
 
-@lru_cache(maxsize=1)
-def template_anatomy() -> TemplateAnatomy:
+@lru_cache(maxsize=2)
+def template_anatomy(motor_cortex_threshold_percent: float = HARVARD_OXFORD_THRESHOLD_PERCENT
+                     ) -> TemplateAnatomy:
     """Tissue classes and region labels on the extended template grid (cached).
 
     Tissue: nilearn's ICBM 2009a symmetric T1 and brain mask resampled onto the grid; class
     intensities from :func:`fit_intensity_mixture`, fractions from
     :func:`partial_volume_fractions`, classes by the largest fraction. Regions:
     Harvard-Oxford at :data:`HARVARD_OXFORD_THRESHOLD_PERCENT` and CIT168, as in the module
-    docstring.
+    docstring; the precentral gyrus of the motor cortex at ``motor_cortex_threshold_percent``
+    (to check that a result does not hinge on where the truth's gyrus ends).
     """
     from nilearn import datasets
 
@@ -568,7 +570,7 @@ def template_anatomy() -> TemplateAnatomy:
     posteriors[:, brain] = partial_volume_fractions(values, means)
     tissue = np.zeros(shape, np.int8)
     tissue[brain] = 1 + np.argmax(posteriors[:, brain], axis=0)  # 1 CSF, 2 GM, 3 WM
-    labels = _source_labels(shape, affine, tissue)
+    labels = _source_labels(shape, affine, tissue, motor_cortex_threshold_percent)
     distance = ndimage.distance_transform_edt(~brain).astype(np.float32)
     return TemplateAnatomy(shape=shape, affine=affine, brain_mask=brain, posteriors=posteriors,
                            tissue=tissue, labels=labels, distance_mm=distance,
@@ -576,7 +578,7 @@ def template_anatomy() -> TemplateAnatomy:
                                     "weights": weights.tolist()})
 
 
-def _source_labels(shape, affine, tissue) -> np.ndarray:
+def _source_labels(shape, affine, tissue, motor_cortex_threshold_percent) -> np.ndarray:
     """Region labels from Harvard-Oxford and CIT168 on the grid (before deformation)."""
     files = source_files()
     maps = _harvard_oxford_maps(files, shape, affine)
@@ -630,7 +632,8 @@ def _source_labels(shape, affine, tissue) -> np.ndarray:
         paint(cit_regions == REGIONS.index(name) + 1, name)
     # Motor cortex: precentral gyrus in grey matter; lateral ventricles: in CSF.
     free = labels == 0
-    paint(free & (maps["precentral"] >= threshold) & (tissue == 2), "motor_cortex")
+    paint(free & (maps["precentral"] >= motor_cortex_threshold_percent) & (tissue == 2),
+          "motor_cortex")
     paint(free & (maps["ventricle"] >= threshold) & (tissue == 1), "lateral_ventricle")
     return labels
 
@@ -741,7 +744,9 @@ class PatientMaps:
     affine: np.ndarray
 
 
-def build_template_patient(patient: str, *, seed: int = 0) -> tuple[PatientMaps, dict]:
+def build_template_patient(patient: str, *, seed: int = 0,
+                           motor_cortex_threshold_percent: float =
+                           HARVARD_OXFORD_THRESHOLD_PERCENT) -> tuple[PatientMaps, dict]:
     """The patient on the extended template grid (before motion), and a record of the local
     deformation.
 
@@ -750,7 +755,7 @@ def build_template_patient(patient: str, *, seed: int = 0) -> tuple[PatientMaps,
     tissue fractions, the textures, the region values of :func:`patient_values` and the head
     tissues (module docstring, steps 3-5). Deterministic for a given patient and ``seed``.
     """
-    anatomy = template_anatomy()
+    anatomy = template_anatomy(motor_cortex_threshold_percent)
     streams = _streams(patient, seed)
     values = patient_values(patient)
     labels, rms = deform_subcortical_labels(anatomy.labels, streams["nuclei"])
@@ -1095,7 +1100,8 @@ def write_independent_dataset(bids_dir, patients=("control", "cbs", "psp", "pd")
                               voxel_size_mm: float = 1.0, seed: int = 0,
                               echo_times_s=(0.004, 0.009, 0.014, 0.019, 0.024),
                               field_strength_t: float = 3.0, peak_snr: float = 100.0,
-                              workdir=None) -> dict:
+                              motor_cortex_threshold_percent: float =
+                              HARVARD_OXFORD_THRESHOLD_PERCENT, workdir=None) -> dict:
     """Simulate the independent digital patients and write them as a raw BIDS dataset.
 
     Parameters
@@ -1113,6 +1119,9 @@ def write_independent_dataset(bids_dir, patients=("control", "cbs", "psp", "pd")
     echo_times_s, field_strength_t, peak_snr
         Acquisition: echo times (s), B0 (T), qsm-forward's peak SNR (noise SD per channel is
         the largest signal over ``peak_snr``).
+    motor_cortex_threshold_percent : float
+        Harvard-Oxford probability (percent) from which a grey-matter voxel belongs to the
+        precentral gyrus of the truth (the patterns' motor cortex).
     workdir : path, optional
         Where qsm-forward's intermediate files go (a temporary folder by default).
 
@@ -1154,7 +1163,9 @@ def write_independent_dataset(bids_dir, patients=("control", "cbs", "psp", "pd")
             written[patient] = _write_patient(
                 bids_dir, truth_root, patient, voxel_size_mm=float(voxel_size_mm), seed=seed,
                 echo_times_s=tuple(float(t) for t in echo_times_s),
-                field_strength_t=float(field_strength_t), peak_snr=peak_snr, workdir=folder)
+                field_strength_t=float(field_strength_t), peak_snr=peak_snr,
+                motor_cortex_threshold_percent=float(motor_cortex_threshold_percent),
+                workdir=folder)
     return written
 
 
@@ -1168,8 +1179,9 @@ def _version(distribution: str) -> str:
 
 
 def _write_patient(bids_dir, truth_root, patient, *, voxel_size_mm, seed, echo_times_s,
-                   field_strength_t, peak_snr, workdir) -> dict:
-    template, record = build_template_patient(patient, seed=seed)
+                   field_strength_t, peak_snr, motor_cortex_threshold_percent, workdir) -> dict:
+    template, record = build_template_patient(
+        patient, seed=seed, motor_cortex_threshold_percent=motor_cortex_threshold_percent)
     streams = _streams(patient, seed)
     motion = random_motion(streams["motion"])
     native, shape, affine = to_native(template, motion, streams["warp"], voxel_size_mm)
@@ -1237,6 +1249,7 @@ def _write_patient(bids_dir, truth_root, patient, *, voxel_size_mm, seed, echo_t
                                     "labels (ppb relative to CSF)"},
         "n_voxels": {"Description": "voxels of the true native labels"},
         "Group": PATIENT_GROUPS[patient], "Seed": seed, "VoxelSizeMM": voxel_size_mm,
+        "MotorCortexThresholdPercent": motor_cortex_threshold_percent,
         "NativeShape": list(shape), "EchoTimes": list(echo_times_s),
         "MagneticFieldStrength": field_strength_t, "PeakSNR": peak_snr,
         "Motion": motion.record(), **record})

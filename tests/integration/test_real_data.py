@@ -65,9 +65,9 @@ def _work_image(base, name):
 
 def test_unwrapped_phase_is_exact_and_linear(romeo_run):
     base = romeo_run["base"]
-    unwrapped = _work_image(base, "unwrapped_phase.nii.gz")
-    wrapped = _work_image(base, "phase.nii.gz")  # the loaded phase, in radians
-    mask = _work_image(base, "brain_mask.nii.gz") > 0
+    unwrapped = _work_image(base, "unwrapped_phase.nii")
+    wrapped = _work_image(base, "phase.nii")  # the loaded phase, in radians
+    mask = _work_image(base, "brain_mask.nii") > 0
     turns = (unwrapped - wrapped)[mask] / (2 * np.pi)
     assert np.abs(turns - np.round(turns)).max() < 1e-3  # exact: multiples of 2 pi
     # equally spaced echoes: the second difference over echoes is ~0 (no 2 pi jumps)

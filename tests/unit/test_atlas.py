@@ -39,12 +39,13 @@ VOLUME_RANGES_MM3 = {
     "thalamus": (5000, 15000),
     "lateral_ventricle": (2000, 30000),
     # the cortex spans the whole cortical thickness in template space (restricted to each
-    # participant's grey matter in native space)
-    "precentral_ba4": (2000, 15000),
-    "precentral_ba6": (5000, 30000),
-    "precentral_other": (5000, 30000),
-    "ba4_outside_precentral": (1000, 15000),
-    "ba6_outside_precentral": (5000, 40000),
+    # participant's grey matter in native space); the precentral gyrus (Harvard-Oxford at
+    # 50 %) holds about 10 mL a side, most of BA4 lies in the central sulcus' bank behind it
+    "precentral_ba4": (600, 15000),
+    "precentral_ba6": (3000, 30000),
+    "precentral_other": (1500, 30000),
+    "ba4_outside_precentral": (3000, 20000),
+    "ba6_outside_precentral": (10000, 60000),
 }
 
 
@@ -144,6 +145,42 @@ def test_full_atlas_adds_the_precentral_motor_and_premotor_cortex(full_atlas):
     assert not np.any(labels[~mask])
 
 
+def _probability_stack(tmp_path, maps, names):
+    """A 4D probability atlas (percent) in Fortran order, as FSL writes them, and its names."""
+    maps_path = tmp_path / "maps.nii.gz"
+    nb.save(nb.Nifti1Image(np.stack(maps, axis=3).astype(np.uint8), np.eye(4)), maps_path)
+    names_path = tmp_path / "names.csv"
+    names_path.write_text("index,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(names)))
+    return maps_path, names_path
+
+
+def test_maximum_probability_matches_a_voxelwise_argmax(tmp_path):
+    """Codes where a listed structure is the most probable one (first on ties, excluded maps
+    left out) and reaches the threshold; checked against a plain per-voxel reference."""
+    from qsmprep.atlases.build import maximum_probability
+
+    rng = np.random.default_rng(3)
+    maps = [rng.integers(0, 60, (9, 8, 7)) for _ in range(5)]
+    maps[1][0, 0, 0] = maps[3][0, 0, 0] = 55  # a tie between two listed structures
+    maps[0][0, 0, 0] = 10
+    maps[2][0, 0, 0] = maps[4][0, 0, 0] = 0
+    names = ["Precentral", "Postcentral", "Thalamus", "Frontal", "Occipital"]
+    maps_path, names_path = _probability_stack(tmp_path, maps, names)
+    structures = {"Postcentral": 7, "Frontal": 9}
+    for threshold in (25, 50):
+        codes, _ = maximum_probability(maps_path, names_path, structures,
+                                       threshold_percent=threshold, exclude=("Thalamus",))
+        competing = [0, 1, 3, 4]
+        stack = np.stack([maps[i] for i in competing], axis=3)
+        winner = np.argmax(stack, axis=3)
+        highest = np.max(stack, axis=3)
+        code_of = np.array([structures.get(names[i], 0) for i in competing])
+        expected = np.where(highest >= threshold, code_of[winner], 0)
+        np.testing.assert_array_equal(codes, expected)
+        assert codes[0, 0, 0] == 7  # the first of the tied maps
+        assert 0 < np.count_nonzero(codes) < codes.size
+
+
 def test_load_atlas_again_leaves_the_files_alone(full_atlas):
     labels_path, table_path, _, _ = full_atlas
     modified_before = (labels_path.stat().st_mtime_ns, table_path.stat().st_mtime_ns)
@@ -159,7 +196,7 @@ def test_region_in_both_hemispheres_with_plausible_volume(region_geometry, name)
         assert low <= count <= high, f"{name} {hemisphere}: {count} mm^3"
         assert (centroid[0] < 0) == (hemisphere == "L"), f"{name} {hemisphere} at x={centroid[0]}"
     left, right = region_geometry[name, "L"][0], region_geometry[name, "R"][0]
-    assert max(left, right) / min(left, right) < 1.5
+    assert max(left, right) / min(left, right) < 1.6
 
 
 @pytest.mark.parametrize("hemisphere", ["L", "R"])
