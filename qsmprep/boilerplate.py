@@ -9,8 +9,9 @@ import re
 from pathlib import Path
 
 from .__about__ import __version__
+from .qsm.pipeline import resharp_radius_mm, vsharp_radii_mm
 
-REFERENCES = {
+CITATIONS = {
     "consensus": "QSM Consensus Organization Committee. Recommended implementation of "
     "quantitative susceptibility mapping for clinical research in the brain: a consensus of the "
     "ISMRM electro-magnetic tissue properties study group. Magn Reson Med. 2024;91:1834-1862. "
@@ -139,12 +140,12 @@ def _background_text(workflow, runs):
         return (f"the Laplacian boundary value method (LBV) {_cite('lbv')}, after peeling about "
                 "2 mm from the mask edge")
     if workflow.background_removal == "resharp":
-        radii = sorted({workflow.resharp_radius(run.voxel_size) for run in runs})
+        radii = sorted({resharp_radius_mm(workflow, run.voxel_size) for run in runs})
         return (f"RESHARP {_cite('resharp')} (spherical kernel of "
                 f"{', '.join(f'{radius:g}' for radius in radii)} mm, Tikhonov weight "
                 f"{workflow.resharp_regularization:g})")
-    radii = sorted({radius for run in runs for radius in workflow.vsharp_radii_mm(run.voxel_size)},
-                   reverse=True)
+    radii = sorted({radius for run in runs
+                    for radius in vsharp_radii_mm(workflow, run.voxel_size)}, reverse=True)
     return (f"V-SHARP {_cite('vsharp')}{_cite('sharp')} (spherical kernels of {radii[0]:g} "
             f"down to {radii[-1]:g} mm, truncation threshold {workflow.vsharp_threshold:g})")
 
@@ -262,7 +263,7 @@ def methods_boilerplate(*, config, runs) -> str:
     body = "\n\n".join(paragraphs)
     cited = list(dict.fromkeys(re.findall(r"\[@(\w+)\]", body)))
     body = re.sub(r"\[@(\w+)\]", lambda match: f"[{cited.index(match.group(1)) + 1}]", body)
-    references = [f"{index}. {REFERENCES[key]}" for index, key in enumerate(cited, start=1)]
+    references = [f"{index}. {CITATIONS[key]}" for index, key in enumerate(cited, start=1)]
     return body + "\n\n" + "\n".join(references) + "\n"
 
 

@@ -47,6 +47,11 @@ ALGORITHMS = {
 }
 
 
+#: The one default seed of every random choice (ANTs sampling, the tissue classification's
+#: tie-breaking, simulations): ``--random-seed``.
+DEFAULT_SEED = 0
+
+
 @dataclasses.dataclass
 class ExecutionConfig:
     """What is processed, and where."""
@@ -86,7 +91,7 @@ class WorkflowConfig:
     atlas: str = ""  # user atlas label image in template space ("" = the qsmprep atlas)
     atlas_table: str = ""  # its TSV
     template_stats: bool = False  # also measure regions on the template-space Chimap
-    random_seed: int = 0  # seeds ANTs and every other random choice
+    random_seed: int = DEFAULT_SEED  # seeds ANTs and every other random choice
     reference_ranges: str = ""  # user table of CBS/PSP/PD reference ranges ("" = the package's)
     register_via_t1w: bool = False  # magnitude -> T1w -> template when the session has a T1w
     nuclei_refinement: bool = True  # refine the registration at the deep grey matter on the Chimap
@@ -114,60 +119,6 @@ class WorkflowConfig:
     inversion_tolerance: float = 1e-2
     reference: str = ALGORITHMS["reference"][0]
     r2star: str = ALGORITHMS["r2star"][0]
-
-    def vsharp_radii_mm(self, voxel_size) -> list:
-        """V-SHARP sphere radii (mm) for a run with ``voxel_size``, largest first."""
-        from .qsm.background import default_radii_mm
-
-        return list(default_radii_mm(voxel_size, largest_mm=self.vsharp_max_radius_mm or None,
-                                     smallest_mm=self.vsharp_min_radius_mm or None))
-
-    def resharp_radius(self, voxel_size) -> float:
-        """RESHARP sphere radius (mm) for a run with ``voxel_size``."""
-        return float(self.resharp_radius_mm or 2.0 * max(voxel_size))
-
-    def _background_parameters(self, voxel_size) -> dict:
-        if self.background_removal == "resharp":
-            return {"Algorithm": "resharp", "RadiusMM": self.resharp_radius(voxel_size),
-                    "Regularization": self.resharp_regularization}
-        if self.background_removal in ("pdf", "lbv"):
-            from .qsm.background import PDF_PEEL_VOXELS, default_peel_voxels
-
-            peeled = (PDF_PEEL_VOXELS if self.background_removal == "pdf"
-                      else default_peel_voxels(voxel_size))
-            return {"Algorithm": self.background_removal, "PeeledVoxels": peeled}
-        return {"Algorithm": "vsharp", "RadiiMM": self.vsharp_radii_mm(voxel_size),
-                "Threshold": self.vsharp_threshold}
-
-    def stage_parameters(self, voxel_size) -> dict:
-        """The algorithm and parameters of each stage for a run with ``voxel_size``, as written
-        into every sidecar."""
-        inversion_parameters = {
-            "tkd": {"Threshold": self.tkd_threshold},
-            "tikhonov": {"Regularization": self.tikhonov_regularization,
-                         "MaxIterations": self.inversion_max_iter,
-                         "Tolerance": self.inversion_tolerance},
-            "tv-admm": {"Regularization": self.tv_regularization,
-                        "GradientWeights": "magnitude edges in any echo",
-                        "OutsideMaskWeight": self.tv_outside_weight},
-            "rts": {"Delta": self.rts_delta},
-            "medi-l1": {"Regularization": self.medi_regularization,
-                        "GradientWeights": "magnitude edges in any echo"},
-        }[self.inversion]
-        masking = {"Algorithm": self.masking}
-        if self.masking == "magnitude-threshold":
-            masking["Threshold"] = self.mask_threshold or "automatic (Otsu)"
-        return {
-            "Masking": masking,
-            "PhaseQualityMasking": {"Quality": "1 - echo-fit residual / (10 x median residual)",
-                                    "Threshold": self.quality_threshold},
-            "Unwrapping": {"Algorithm": self.unwrapping},
-            "EchoCombination": {"Algorithm": self.echo_fit, "Weights": "magnitude squared"},
-            "BackgroundFieldRemoval": self._background_parameters(voxel_size),
-            "DipoleInversion": {"Algorithm": self.inversion, **inversion_parameters},
-            "Referencing": {"Region": self.reference},
-            "R2star": {"Algorithm": self.r2star},
-        }
 
 
 @dataclasses.dataclass

@@ -40,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import registration
+from .config import DEFAULT_SEED
 from .errors import BadDataError
 
 LOGGER = logging.getLogger("qsmprep")
@@ -253,7 +254,7 @@ def _write_field(like, displacement, path):
 
 def refine_deep_grey_registration(chimap_path, chimap_mask_path, forward_transform,
                                   inverse_transform, prior_path, prior_mask_path, *,
-                                  out_prefix, seed: int = registration.DEFAULT_SEED,
+                                  out_prefix, seed: int = DEFAULT_SEED,
                                   threads: int = 1,
                                   settings: RefinementSettings = DEFAULT_REFINEMENT
                                   ) -> RefinementResult:

@@ -40,13 +40,12 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from .config import DEFAULT_SEED
 from .errors import BadDataError, QSMPrepError
-from .interfaces.images import save_array
+from .imageio import save_array
 
 LOGGER = logging.getLogger("qsmprep")
 
-DEFAULT_SEED = 20080101
-"""Seed of the random sampling of the linear stages (any fixed value makes runs repeatable)."""
 
 _LPS = np.diag([-1.0, -1.0, 1.0])
 _INTERPOLATORS = {
@@ -129,9 +128,6 @@ class RegistrationResult:
     warped: str
     elapsed_s: float
     log: str
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # --- image I/O -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .config import DEFAULT_SEED
 from .errors import BadDataError
 from .registration import bounding_box
 
@@ -65,8 +66,6 @@ MIN_CLASS_FRACTION = 0.01
 MAX_CLASS_FRACTION = 0.90
 MIN_GM_PRIOR_DICE = 0.2
 
-DEFAULT_SEED = 20110101
-"""Default seed of the tie-breaking perturbation of the priors (any fixed value repeats runs)."""
 
 #: Changes whenever :func:`template_tissue_priors` writes different maps from the same inputs,
 #: so that cached maps from an earlier recipe are rebuilt.

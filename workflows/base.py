@@ -14,6 +14,7 @@ from nipype.pipeline import engine as pe
 from qsmprep.bids.derivatives import derivative_path
 from qsmprep.errors import BadDataError, MissingInputError
 from qsmprep.qsm.echo_fit import equally_spaced
+from qsmprep.qsm.pipeline import stage_parameters
 
 from .outputs import init_ds_qsm_wf, init_ds_regions_wf
 from .qsm import init_qsm_wf
@@ -241,7 +242,7 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
         run=run, output_dir=config.execution.output_dir,
         acquisition=acquisition_summary(run),
         provenance={"date": anatomy["date"], "command": config.execution.command_line,
-                    "processing": workflow_config.stage_parameters(run.voxel_size)},
+                    "processing": stage_parameters(workflow_config, run.voxel_size)},
         methods_markdown=anatomy["methods_markdown"],
         reference_ranges=config.workflow.reference_ranges, has_r2star=has_r2star)
     images = [("outputnode.chimap", "inputnode.chimap"),
@@ -298,7 +299,7 @@ def choices_for_run(workflow_config, run):
 
 
 def _stage_parameters(workflow_config, run, user_mask):
-    parameters = workflow_config.stage_parameters(run.voxel_size)
+    parameters = stage_parameters(workflow_config, run.voxel_size)
     if user_mask is not None:
         parameters["Masking"] = {"Algorithm": "user-supplied", "File": str(user_mask)}
     return parameters

@@ -45,7 +45,7 @@ def init_ds_qsm_wf(*, run, bids_dir, output_dir, stage_parameters, has_r2star=Tr
     bids_dir, output_dir : str
         Roots of the input and derivatives datasets.
     stage_parameters : dict
-        From :meth:`qsmprep.config.WorkflowConfig.stage_parameters`.
+        From :func:`qsmprep.qsm.pipeline.stage_parameters`.
     has_r2star : bool
         Whether R2*/T2* maps exist (two echoes or more).
     has_csf_reference : bool

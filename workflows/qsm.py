@@ -26,14 +26,13 @@ from qsmprep.interfaces.qsm import (
 )
 from qsmprep.qsm.pipeline import stage_arguments
 
+from . import memory_gb
+
 #: Nodes hold about this many float32 copies of one 3-D volume per echo (measured peak / size).
 _COPIES_PER_ECHO_VOLUME = 6
 #: Dipole inversion works on a grid padded to about twice the size along each axis.
 _INVERSION_COPIES = 40
 
-
-def _memory_gb(voxel_count: int, copies: float) -> float:
-    return round(0.2 + voxel_count * 4 * copies / 1024**3, 2)
 
 
 def merge_metadata(loading: dict, reference: dict) -> dict:
@@ -87,7 +86,7 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
     config = workflow_config
     echo_count = len(echo_times)
     voxel_count = math.prod(shape)
-    volume_mem = _memory_gb(voxel_count, _COPIES_PER_ECHO_VOLUME * echo_count)
+    volume_mem = memory_gb(voxel_count, _COPIES_PER_ECHO_VOLUME * echo_count)
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "magnitude_files", "phase_files", "real_files", "imaginary_files", "phase_units",
@@ -104,7 +103,7 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
     unwrap = pe.Node(UnwrapPhase(echo_times=list(echo_times), num_threads=omp_nthreads,
                                  **arguments["unwrapping"]),
                      name="unwrap_phase", n_procs=omp_nthreads,
-                     mem_gb=_memory_gb(voxel_count, 16 + 2 * echo_count))
+                     mem_gb=memory_gb(voxel_count, 16 + 2 * echo_count))
     fit = pe.Node(FitEchoes(echo_times=list(echo_times), **arguments["echo_fit"]),
                   name="fit_echoes", mem_gb=volume_mem)
     quality = pe.Node(QualityMask(**arguments["quality_mask"]), name="quality_mask",
@@ -112,14 +111,14 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
     bg_removal = pe.Node(
         RemoveBackground(num_threads=omp_nthreads, **arguments["background_removal"]),
         name="remove_background", n_procs=omp_nthreads,
-        mem_gb=_memory_gb(voxel_count, _INVERSION_COPIES))
+        mem_gb=memory_gb(voxel_count, _INVERSION_COPIES))
     invert = pe.Node(
         InvertDipole(field_strength_t=field_strength_t, echo_times=list(echo_times),
                      num_threads=omp_nthreads, **arguments["inversion"]),
         name="invert_dipole", n_procs=omp_nthreads,
-        mem_gb=_memory_gb(voxel_count, _INVERSION_COPIES))
+        mem_gb=memory_gb(voxel_count, _INVERSION_COPIES))
     reference = pe.Node(ReferenceSusceptibility(**arguments["referencing"]),
-                        name="reference_susceptibility", mem_gb=_memory_gb(voxel_count, 4))
+                        name="reference_susceptibility", mem_gb=memory_gb(voxel_count, 4))
     metadata = pe.Node(niu.Function(function=merge_metadata, input_names=["loading", "reference"],
                                     output_names=["metadata"]),
                        name="merge_metadata", run_without_submitting=True)

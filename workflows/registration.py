@@ -16,9 +16,8 @@ from qsmprep.interfaces.registration import (
     RegisterToTemplate,
 )
 
+from . import memory_gb
 
-def _memory_gb(voxel_count: int, copies: float) -> float:
-    return round(max(0.25, voxel_count * 4 * copies / 1024**3), 2)
 
 
 #: Voxels of the 1 mm template grid (193 x 229 x 193).
@@ -67,12 +66,12 @@ def init_registration_wf(*, template_t1w, template_mask, seed, omp_nthreads, t1w
         name="outputnode")
 
     prepare = pe.Node(PrepareMovingImage(), name="prepare_magnitude",
-                      mem_gb=_memory_gb(_TEMPLATE_VOXELS, 8))
+                      mem_gb=memory_gb(_TEMPLATE_VOXELS, 8))
     register = pe.Node(
         RegisterToTemplate(template=template_t1w, template_mask=template_mask, seed=seed,
                            num_threads=omp_nthreads),
         name="register_to_template", n_procs=omp_nthreads,
-        mem_gb=_memory_gb(_TEMPLATE_VOXELS, 60))
+        mem_gb=memory_gb(_TEMPLATE_VOXELS, 60))
     if t1w:
         register.inputs.t1w = t1w
     quality = pe.Node(niu.Function(function=_quality_scores,
@@ -80,7 +79,7 @@ def init_registration_wf(*, template_t1w, template_mask, seed, omp_nthreads, t1w
                                    output_names=["quality"]),
                       name="registration_quality", run_without_submitting=True)
     plot = pe.Node(PlotRegistration(template=template_t1w), name="plot_registration",
-                   mem_gb=_memory_gb(_TEMPLATE_VOXELS, 8))
+                   mem_gb=memory_gb(_TEMPLATE_VOXELS, 8))
 
     workflow.connect([
         (inputnode, prepare, [("magnitude", "magnitude"), ("brain_mask", "mask")]),
@@ -142,7 +141,7 @@ def init_nuclei_refinement_wf(*, atlas_labels, atlas_table, seed, omp_nthreads,
     refine = pe.Node(
         RefineDeepGreyRegistration(atlas_labels=atlas_labels, atlas_table=atlas_table,
                                    seed=seed, num_threads=omp_nthreads),
-        name="refine_deep_grey", n_procs=omp_nthreads, mem_gb=_memory_gb(_TEMPLATE_VOXELS, 12))
+        name="refine_deep_grey", n_procs=omp_nthreads, mem_gb=memory_gb(_TEMPLATE_VOXELS, 12))
     merge = pe.Node(niu.Function(function=_with_refinement, input_names=["quality", "refinement"],
                                  output_names=["quality"]),
                     name="refinement_quality", run_without_submitting=True)
@@ -228,13 +227,13 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
         name="outputnode")
 
     to_native = pe.Node(LabelsToNative(labels=atlas_labels), name="atlas_to_native",
-                        mem_gb=_memory_gb(_TEMPLATE_VOXELS, 10))
+                        mem_gb=memory_gb(_TEMPLATE_VOXELS, 10))
     tissue = pe.Node(ClassifyTissue(template_mask=template_mask, seed=seed),
-                     name="classify_tissue", mem_gb=_memory_gb(_TEMPLATE_VOXELS, 24))
+                     name="classify_tissue", mem_gb=memory_gb(_TEMPLATE_VOXELS, 24))
     to_template = pe.Node(ApplyTransformToTemplate(template=template_t1w),
-                          name="chimap_to_template", mem_gb=_memory_gb(_TEMPLATE_VOXELS, 10))
+                          name="chimap_to_template", mem_gb=memory_gb(_TEMPLATE_VOXELS, 10))
     stats = pe.Node(RegionalStatistics(atlas_table=atlas_table, composites=composites),
-                    name="regional_statistics", mem_gb=_memory_gb(_TEMPLATE_VOXELS, 6))
+                    name="regional_statistics", mem_gb=memory_gb(_TEMPLATE_VOXELS, 6))
     workflow.connect([
         (inputnode, to_native, [("chimap", "reference"), ("inverse_transform", "transforms")]),
         (inputnode, tissue, [("magnitude", "magnitude"), ("brain_mask", "mask"),
@@ -251,7 +250,7 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
     if cortical_regions:
         restrict = pe.Node(RestrictCortex(atlas_table=atlas_table,
                                           cortical_regions=list(cortical_regions)),
-                           name="cortex_on_grey_matter", mem_gb=_memory_gb(_TEMPLATE_VOXELS, 4))
+                           name="cortex_on_grey_matter", mem_gb=memory_gb(_TEMPLATE_VOXELS, 4))
         workflow.connect([
             (to_native, restrict, [("out_file", "labels")]),
             (tissue, restrict, [("gm_probability", "gm_probability")]),
@@ -265,7 +264,7 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
         template_regions = pe.Node(
             RegionalStatistics(atlas_table=atlas_table, composites=composites,
                                labels=atlas_labels),
-            name="template_regional_statistics", mem_gb=_memory_gb(_TEMPLATE_VOXELS, 6))
+            name="template_regional_statistics", mem_gb=memory_gb(_TEMPLATE_VOXELS, 6))
         workflow.connect([
             (to_template, template_regions, [("out_file", "chimap")]),
             (template_regions, outputnode, [("out_table", "template_regional_table"),

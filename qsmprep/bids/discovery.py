@@ -37,7 +37,7 @@ from ..errors import (
     NoMatchingRunsError,
     UsageError,
 )
-from ..qsm.dipole import voxel_size_from_affine
+from ..imageio import voxel_size_from_affine
 from .derivatives import entity_prefix
 from .loading import same_grid_problem
 

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import BadDataError
-from ..qsm.phase import (
+from .phase import (
     complex_to_magnitude_phase,
     finite_value_range,
     infer_phase_units,
@@ -97,7 +97,7 @@ def load_multiecho(
         The images, one list per part, in echo order.
     phase_units : {None, 'rad', 'arbitrary'}
         Units of the phase images (sidecar ``Units``). None: inferred from the values
-        (:func:`qsmprep.qsm.phase.infer_phase_units`), with a message. ``'rad'`` whose values
+        (:func:`qsmprep.bids.phase.infer_phase_units`), with a message. ``'rad'`` whose values
         span more than 2 pi is treated as ``'arbitrary'``, with a message. All echoes share
         one arbitrary-units scale: the minimum and maximum over every phase image. Ignored for
         real/imaginary inputs, whose phase is computed in radians.

@@ -8,14 +8,17 @@ a second rather than after an hour of processing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from ..__about__ import __version__
 from ..config import ALGORITHMS, Config, ExecutionConfig, NipypeConfig, WorkflowConfig
-from ..errors import MissingInputError, QSMPrepError, UsageError
+from ..config import DEFAULT_SEED
+from ..errors import MissingInputError, QSMPrepError, UnknownLevelError, UsageError
+
+#: The analysis levels of the BIDS-App specification that qsmprep runs.
+ANALYSIS_LEVELS = ("participant", "group")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("bids_dir", type=Path, help="the root folder of a BIDS dataset")
     parser.add_argument("output_dir", type=Path,
                         help="the folder where the BIDS derivatives are written")
-    parser.add_argument("analysis_level", choices=["participant", "group"],
+    parser.add_argument("analysis_level", metavar="{participant,group}",
                         help="processing stage: participant (per scan) or group (all scans)")
 
     bids = parser.add_argument_group("Options for filtering BIDS queries")
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(L, R or bilateral)")
     wf.add_argument("--template-stats", action="store_true",
                     help="also write regional statistics measured on the template-space Chimap")
-    wf.add_argument("--random-seed", type=_non_negative_int, default=0, metavar="SEED",
+    wf.add_argument("--random-seed", type=_non_negative_int, default=DEFAULT_SEED, metavar="SEED",
                     help="seed of ANTs registration, 0 or more (results are reproducible for a "
                     "given seed and --omp-nthreads)")
     wf.add_argument("--register-via-t1w", action="store_true",
@@ -224,6 +227,9 @@ def parse_args(argv=None) -> Config:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = build_parser().parse_args(argv)
+    if opts.analysis_level not in ANALYSIS_LEVELS:
+        raise UnknownLevelError(f"analysis level {opts.analysis_level!r} is not available: "
+                                f"choose {' or '.join(ANALYSIS_LEVELS)}")
 
     bids_dir = opts.bids_dir.expanduser().resolve()
     output_dir = opts.output_dir.expanduser().resolve()

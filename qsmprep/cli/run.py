@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 
-from ..errors import BadDataError, QSMPrepError  # noqa: E402
+from ..errors import QSMPrepError  # noqa: E402
 
 LOGGER = logging.getLogger("qsmprep")
 
@@ -65,8 +66,8 @@ def _run_group_level(config) -> int:
 
     execution = config.execution
     LOGGER.info("qsmprep %s: %s", __version__, execution.command_line)
-    written = run_group_level(execution.output_dir, execution.bids_dir,
-                              site_column=config.workflow.site_column)
+    run_group_level(execution.output_dir, execution.bids_dir,
+                    site_column=config.workflow.site_column)
     LOGGER.info("Group tables written to %s", Path(execution.output_dir) / "group")
     return 0
 
@@ -158,12 +159,13 @@ def _execute(workflow, config, logs_dir, runs=()) -> int:
     except RuntimeError:
         crash_files = sorted(crash_dir.glob("crash-*.txt"))
         LOGGER.critical("Processing failed: %d node(s) crashed.", len(crash_files))
-        exit_code = 1
+        exit_codes = []
         for crash_file in crash_files:
             summary = _summarise_crash(crash_file)
             LOGGER.critical("  %s", summary)
-            if "BadDataError" in summary:  # a data problem found while loading the images
-                exit_code = BadDataError.exit_code
+            exit_codes.append(crash_exit_code(summary))
+        # A user-fixable error found inside a node (e.g. bad data while loading) wins.
+        exit_code = max(exit_codes, key=lambda code: code != 1, default=1)
         LOGGER.critical("Crash reports are in %s; fix the cause and re-run the same command "
                         "to resume.", crash_dir)
         return exit_code
@@ -285,6 +287,20 @@ def _stderr_is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def crash_exit_code(summary: str) -> int:
+    """The exit code of the exception a crashed node raised: its class is found by name (the
+    last line of the traceback reads ``qsmprep.errors.BadDataError: ...``) among the
+    :class:`~qsmprep.errors.QSMPrepError` subclasses, whose ``exit_code`` it takes; anything
+    else is a processing failure (1)."""
+    from .. import errors
+
+    for name in re.findall(r"(?:^|[\s.:])([A-Za-z_]\w*Error)\s*:", summary):
+        error_class = getattr(errors, name, None)
+        if isinstance(error_class, type) and issubclass(error_class, QSMPrepError):
+            return error_class.exit_code
+    return QSMPrepError.exit_code
 
 
 def _summarise_crash(crash_file: Path) -> str:

@@ -17,8 +17,7 @@ from nipype.interfaces.base import (
 
 from ..bids.derivatives import write_derivative
 from ..bids.loading import load_multiecho
-from ..qsm.dipole import b0_direction_from_affine, voxel_size_from_affine
-from .images import save_array
+from ..imageio import b0_direction_from_affine, save_array, voxel_size_from_affine
 
 
 class _LoadMultiEchoInputSpec(BaseInterfaceInputSpec):

@@ -24,8 +24,8 @@ from nipype.interfaces.base import (
 )
 
 from ..qsm import pipeline
-from ..qsm.dipole import b0_direction_from_affine, voxel_size_from_affine
-from .images import load_array, load_mask, save_like
+from ..imageio import (b0_direction_from_affine, load_array, load_mask, save_like,
+                       voxel_size_from_affine)
 
 LOGGER = logging.getLogger("qsmprep")
 

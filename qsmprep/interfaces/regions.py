@@ -16,8 +16,7 @@ from nipype.interfaces.base import (
 )
 
 from .. import regions
-from ..qsm.dipole import voxel_size_from_affine
-from .images import load_array, load_mask
+from ..imageio import load_array, load_mask, voxel_size_from_affine
 
 
 class _RegionalStatisticsInputSpec(BaseInterfaceInputSpec):

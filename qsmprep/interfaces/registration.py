@@ -19,6 +19,7 @@ from nipype.interfaces.base import (
 )
 
 from .. import registration
+from ..config import DEFAULT_SEED
 
 
 def _out(runtime, name):
@@ -61,7 +62,7 @@ class _RegisterToTemplateInputSpec(BaseInterfaceInputSpec):
     moving_mask = File(exists=True, desc="native brain mask (metric mask, quality)")
     t1w = File(exists=True, desc="brain-extracted T1w of the same session: register through it")
     t1w_mask = File(exists=True, desc="brain mask of the T1w")
-    seed = traits.Int(registration.DEFAULT_SEED, usedefault=True,
+    seed = traits.Int(DEFAULT_SEED, usedefault=True,
                       desc="seed of the random metric sampling")
     num_threads = traits.Int(1, usedefault=True, desc="threads of antsRegistration")
 
@@ -171,32 +172,6 @@ class LabelsToNative(SimpleInterface):
 
 
 # --- quality and figure --------------------------------------------------------------------
-class _RegistrationQualityInputSpec(BaseInterfaceInputSpec):
-    warped = File(exists=True, mandatory=True, desc="registered image on the template grid")
-    template = File(exists=True, mandatory=True)
-    template_mask = File(exists=True, mandatory=True)
-    warped_mask = File(exists=True, desc="registered brain mask (default: from the image)")
-
-
-class _RegistrationQualityOutputSpec(TraitedSpec):
-    nmi = traits.Float(desc="normalised mutual information (1 to 2) inside the template mask")
-    dice_brain = traits.Float(desc="Dice of the registered brain and the template mask")
-
-
-class RegistrationQuality(SimpleInterface):
-    """Normalised mutual information and brain Dice of a registration
-    (:func:`qsmprep.registration.registration_quality`)."""
-
-    input_spec = _RegistrationQualityInputSpec
-    output_spec = _RegistrationQualityOutputSpec
-
-    def _run_interface(self, runtime):
-        self._results.update(registration.registration_quality(
-            self.inputs.warped, self.inputs.template, self.inputs.template_mask,
-            warped_mask_path=_optional(self.inputs.warped_mask)))
-        return runtime
-
-
 class _PlotRegistrationInputSpec(BaseInterfaceInputSpec):
     template = File(exists=True, mandatory=True)
     warped = File(exists=True, mandatory=True, desc="registered image on the template grid")
@@ -228,7 +203,7 @@ class _RefineDeepGreyInputSpec(BaseInterfaceInputSpec):
     inverse_transform = File(exists=True, mandatory=True, desc="first registration, inverse")
     atlas_labels = File(exists=True, mandatory=True, desc="atlas on the template grid")
     atlas_table = File(exists=True, mandatory=True, desc="the atlas' TSV")
-    seed = traits.Int(registration.DEFAULT_SEED, usedefault=True, desc="ANTs seed")
+    seed = traits.Int(DEFAULT_SEED, usedefault=True, desc="ANTs seed")
     num_threads = traits.Int(1, usedefault=True, desc="threads of antsRegistration")
 
 

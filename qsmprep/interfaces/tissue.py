@@ -17,7 +17,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from .images import load_array, load_mask, save_array
+from ..config import DEFAULT_SEED
+from ..imageio import load_array, load_mask, save_array
 
 LOGGER = logging.getLogger("qsmprep")
 
@@ -32,7 +33,8 @@ class _ClassifyTissueInputSpec(BaseInterfaceInputSpec):
     inverse_transforms = InputMultiObject(File(exists=True), mandatory=True,
                                           desc="template -> native transform(s)")
     template_mask = File(exists=True, mandatory=True, desc="template brain mask (prior grid)")
-    seed = traits.Int(0, usedefault=True, desc="seed of the tie-breaking perturbation")
+    seed = traits.Int(DEFAULT_SEED, usedefault=True,
+                      desc="seed of the tie-breaking perturbation")
 
 
 class _ClassifyTissueOutputSpec(TraitedSpec):

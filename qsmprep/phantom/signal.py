@@ -8,7 +8,7 @@ with ``f`` the total field (Hz) = dipole field of the total susceptibility + a s
 residual, and noise of standard deviation sigma = mean brain M0 / snr in each of the real and
 imaginary channels (so magnitude is Rician). The phase sign convention is
 ``phase = +2 pi f TE`` with ``f = ppm_to_hz(forward_field_ppm(chi))``, B0 along the scanner z
-axis expressed in voxel coordinates by :func:`~qsmprep.qsm.dipole.b0_direction_from_affine`, so an
+axis expressed in voxel coordinates by :func:`~qsmprep.imageio.b0_direction_from_affine`, so an
 oblique affine tilts the dipole pattern on the grid.
 
 The medium beyond the field of view is taken to continue the field-of-view border (the median of
@@ -24,12 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..qsm.dipole import (
-    b0_direction_from_affine,
-    forward_field_ppm,
-    ppm_to_hz,
-    voxel_size_from_affine,
-)
+from ..imageio import b0_direction_from_affine, voxel_size_from_affine
+from ..qsm.dipole import forward_field_ppm, ppm_to_hz
 from .head import HeadPhantom
 
 __all__ = [

@@ -311,7 +311,7 @@ def pdf(total_field_hz, mask, voxel_size, b0_direction, *, weight=None, max_iter
         Voxel edge lengths (mm).
     b0_direction : sequence of 3 floats
         Main-field direction in voxel coordinates
-        (:func:`qsmprep.qsm.dipole.b0_direction_from_affine`).
+        (:func:`qsmprep.imageio.b0_direction_from_affine`).
     weight : array_like, 3-D, optional
         Data weights W (magnitude, or the inverse of the field's noise SD), scaled to a mean
         of 1 in the mask; default uniform.

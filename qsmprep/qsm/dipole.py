@@ -1,4 +1,4 @@
-"""Physics shared by every stage: units, geometry, FFT padding and the k-space kernels.
+"""Physics shared by every stage: units, FFT padding and the k-space kernels.
 
 All Fourier work in qsmprep goes through :func:`rfftn` / :func:`irfftn` (real FFTs with a
 ``workers`` count) on a grid padded by :func:`padded_shape`, and every stage takes its
@@ -9,7 +9,7 @@ Conventions
 - Fields are in Hz inside the pipeline; susceptibility is in ppm on disk, ppb in tables.
 - ``voxel_size`` is in mm, ordered like the array axes.
 - ``b0_direction`` is a unit vector in *voxel* coordinates (array axes), obtained from the
-  image affine with :func:`b0_direction_from_affine`, so oblique slabs are handled.
+  image affine with :func:`qsmprep.imageio.b0_direction_from_affine`, so oblique slabs are handled.
 
 The dipole kernel in k-space is D(k) = 1/3 - (k . b0)^2 / |k|^2 (Salomir et al., Concepts Magn
 Reson B 2003;19B:26-34; Marques & Bowtell, Concepts Magn Reson B 2005;25B:65-78).
@@ -36,29 +36,6 @@ def ppm_to_hz(field_ppm, field_strength_t: float):
     return np.asarray(field_ppm, dtype=np.float32) * np.float32(
         GYROMAGNETIC_RATIO_MHZ_PER_T * field_strength_t
     )
-
-
-def ppm_to_ppb(values_ppm):
-    """Susceptibility in ppm (derivatives on disk) to ppb (tables and reports)."""
-    return np.asarray(values_ppm, dtype=np.float64) * 1000.0
-
-
-def voxel_size_from_affine(affine) -> np.ndarray:
-    """Voxel edge lengths (mm) along the array axes: the norms of the affine's columns."""
-    return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
-
-
-def b0_direction_from_affine(affine, b0_world=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """Main-field direction expressed in the voxel (array-axis) frame.
-
-    The scanner field points along the world z axis (NIfTI scanner/RAS space). The affine's
-    3x3 block maps voxel steps to world millimetres; normalising its columns gives the world
-    direction of each array axis, and projecting B0 on them gives B0 in array coordinates.
-    For an axial acquisition with an identity rotation this is (0, 0, 1).
-    """
-    rotation = np.asarray(affine, dtype=float)[:3, :3] / voxel_size_from_affine(affine)
-    direction = rotation.T @ np.asarray(b0_world, dtype=float)
-    return direction / np.linalg.norm(direction)
 
 
 def padded_shape(shape, *, pad_voxels=0) -> tuple[int, ...]:

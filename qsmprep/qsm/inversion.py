@@ -63,7 +63,7 @@ def tkd(local_field_ppm, mask, voxel_size, b0_direction, *, threshold: float = 0
         Voxel edge lengths (mm).
     b0_direction : sequence of 3 floats
         Main-field direction in voxel coordinates
-        (:func:`qsmprep.qsm.dipole.b0_direction_from_affine`).
+        (:func:`qsmprep.imageio.b0_direction_from_affine`).
     threshold : float
         Truncation level of |D|, in (0, 1/3]; 0.19 is the usual (Wharton et al. 2010) value.
     workers : int

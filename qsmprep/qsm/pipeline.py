@@ -31,6 +31,61 @@ STAGES = ("masking", "unwrapping", "echo_fit", "quality_mask", "background_remov
           "inversion", "r2star", "referencing")
 
 
+def vsharp_radii_mm(settings: WorkflowConfig, voxel_size) -> list:
+    """V-SHARP sphere radii (mm) for a run with ``voxel_size``, largest first."""
+    return list(background.default_radii_mm(
+        voxel_size, largest_mm=settings.vsharp_max_radius_mm or None,
+        smallest_mm=settings.vsharp_min_radius_mm or None))
+
+
+def resharp_radius_mm(settings: WorkflowConfig, voxel_size) -> float:
+    """RESHARP sphere radius (mm) for a run with ``voxel_size``."""
+    return float(settings.resharp_radius_mm or 2.0 * max(voxel_size))
+
+
+def _background_parameters(settings: WorkflowConfig, voxel_size) -> dict:
+    if settings.background_removal == "resharp":
+        return {"Algorithm": "resharp", "RadiusMM": resharp_radius_mm(settings, voxel_size),
+                "Regularization": settings.resharp_regularization}
+    if settings.background_removal in ("pdf", "lbv"):
+        peeled = (background.PDF_PEEL_VOXELS if settings.background_removal == "pdf"
+                  else background.default_peel_voxels(voxel_size))
+        return {"Algorithm": settings.background_removal, "PeeledVoxels": peeled}
+    return {"Algorithm": "vsharp", "RadiiMM": vsharp_radii_mm(settings, voxel_size),
+            "Threshold": settings.vsharp_threshold}
+
+
+def stage_parameters(settings: WorkflowConfig, voxel_size) -> dict:
+    """The algorithm and parameters of each stage for a run with ``voxel_size``, as written
+    into every sidecar (the same choices :func:`stage_arguments` hands to the stages)."""
+    inversion_parameters = {
+        "tkd": {"Threshold": settings.tkd_threshold},
+        "tikhonov": {"Regularization": settings.tikhonov_regularization,
+                     "MaxIterations": settings.inversion_max_iter,
+                     "Tolerance": settings.inversion_tolerance},
+        "tv-admm": {"Regularization": settings.tv_regularization,
+                    "GradientWeights": "magnitude edges in any echo",
+                    "OutsideMaskWeight": settings.tv_outside_weight},
+        "rts": {"Delta": settings.rts_delta},
+        "medi-l1": {"Regularization": settings.medi_regularization,
+                    "GradientWeights": "magnitude edges in any echo"},
+    }[settings.inversion]
+    masking_parameters = {"Algorithm": settings.masking}
+    if settings.masking == "magnitude-threshold":
+        masking_parameters["Threshold"] = settings.mask_threshold or "automatic (Otsu)"
+    return {
+        "Masking": masking_parameters,
+        "PhaseQualityMasking": {"Quality": "1 - echo-fit residual / (10 x median residual)",
+                                "Threshold": settings.quality_threshold},
+        "Unwrapping": {"Algorithm": settings.unwrapping},
+        "EchoCombination": {"Algorithm": settings.echo_fit, "Weights": "magnitude squared"},
+        "BackgroundFieldRemoval": _background_parameters(settings, voxel_size),
+        "DipoleInversion": {"Algorithm": settings.inversion, **inversion_parameters},
+        "Referencing": {"Region": settings.reference},
+        "R2star": {"Algorithm": settings.r2star},
+    }
+
+
 def stage_arguments(settings: WorkflowConfig, voxel_size) -> dict:
     """Keyword arguments of each stage function for a run with ``voxel_size``.
 
@@ -41,9 +96,9 @@ def stage_arguments(settings: WorkflowConfig, voxel_size) -> dict:
     also the input names of the matching nipype interface (``qsmprep.interfaces.qsm``).
     """
     if settings.background_removal == "vsharp":
-        radii_mm = [float(r) for r in settings.vsharp_radii_mm(voxel_size)]
+        radii_mm = [float(r) for r in vsharp_radii_mm(settings, voxel_size)]
     else:  # the RESHARP radius; PDF and LBV use none
-        radii_mm = [settings.resharp_radius(voxel_size)]
+        radii_mm = [resharp_radius_mm(settings, voxel_size)]
     regularization = {"tv-admm": settings.tv_regularization,
                       "medi-l1": settings.medi_regularization,
                       }.get(settings.inversion, settings.tikhonov_regularization)
@@ -284,7 +339,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size, b0_direction, field_
         Voxel edge lengths (mm).
     b0_direction : sequence of 3 floats
         Main-field direction in voxel coordinates
-        (:func:`qsmprep.qsm.dipole.b0_direction_from_affine`).
+        (:func:`qsmprep.imageio.b0_direction_from_affine`).
     field_strength_t : float
         Main field (T).
     settings : :class:`qsmprep.config.WorkflowConfig`, optional

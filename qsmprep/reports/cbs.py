@@ -160,14 +160,13 @@ import re
 from pathlib import Path
 
 from ..errors import UsageError
-from ..regions import asymmetry_index, read_regional_table
+from ..regions import REFERENCES, asymmetry_index, read_regional_table
 
 #: Patterns scored by :func:`score_patterns` (MSA only when the ranges have MSA rows).
 PATTERNS = ("CBS", "PSP", "PD", "MSA")
 #: Pattern names allowed in a reference-range table (``control`` ranges are shown, not scored).
 RANGE_PATTERNS = (*PATTERNS, "control")
 #: Reference regions a range table may name.
-REFERENCES = ("csf", "whole-brain")
 
 #: Regions of the reporting template [cbs-review], in its order: always listed.
 CORE_REGIONS = ("motor_cortex", "globus_pallidus_interna", "red_nucleus", "substantia_nigra",
@@ -234,11 +233,6 @@ _REGION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 # ----------------------------------------------------------------------------- reference ranges
-def default_reference_ranges_path() -> Path:
-    """The package's reference-range table (ranges of [cbs-review], relative to CSF)."""
-    return _PACKAGE_RANGES
-
-
 def _number(text, *, where):
     try:
         value = float(text)
@@ -309,7 +303,7 @@ def read_reference_ranges(path=None) -> dict:
         reference = (record.get("reference") or "csf").strip() or "csf"
         if reference not in REFERENCES:
             raise UsageError(f"{where}, column reference: {reference!r} is not one of "
-                             f"{', '.join(REFERENCES)}")
+                             f"{', '.join(sorted(REFERENCES))}")
         references.add(reference)
         if (region, pattern) in seen:
             raise UsageError(f"{where}: a second {pattern} range for {region} (the first is on "

@@ -8,7 +8,8 @@ import pytest
 
 from qsmprep.cli.parser import parse_args
 from qsmprep.config import Config
-from qsmprep.errors import MissingInputError, UsageError
+from qsmprep.errors import MissingInputError, UnknownLevelError, UsageError
+from qsmprep.qsm.pipeline import stage_parameters, vsharp_radii_mm
 
 
 @pytest.fixture
@@ -34,10 +35,11 @@ def test_invalid_label_is_usage_error(bids_dir, tmp_path):
     assert exit_info.value.code == 64
 
 
-def test_unknown_level_choice_exits_64(bids_dir, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
+def test_unknown_level_is_its_own_error_with_exit_code_17(bids_dir, tmp_path):
+    with pytest.raises(UnknownLevelError, match="'session' is not available: choose "
+                                                "participant or group") as error:
         parse_args([str(bids_dir), str(tmp_path / "out"), "session"])
-    assert exit_info.value.code == 64
+    assert error.value.exit_code == 17
 
 
 def test_missing_bids_dir(tmp_path):
@@ -93,10 +95,10 @@ def test_stage_options_reach_the_config_and_survive_a_round_trip(bids_dir, tmp_p
                          "--inversion", "tkd", "--tkd-threshold", "0.15",
                          "--vsharp-max-radius", "8", "--field-strength", "7"])
     assert config.workflow.inversion == "tkd"
-    assert config.workflow.stage_parameters((1.0, 1.0, 1.0))["DipoleInversion"] == {
+    assert stage_parameters(config.workflow, (1.0, 1.0, 1.0))["DipoleInversion"] == {
         "Algorithm": "tkd", "Threshold": 0.15}
-    assert config.workflow.vsharp_radii_mm((1.0, 1.0, 1.0)) == [8, 7, 6, 5, 4, 3, 2]
-    assert config.workflow.vsharp_radii_mm((2.0, 2.0, 2.0)) == [8, 6, 4]
+    assert vsharp_radii_mm(config.workflow, (1.0, 1.0, 1.0)) == [8, 7, 6, 5, 4, 3, 2]
+    assert vsharp_radii_mm(config.workflow, (2.0, 2.0, 2.0)) == [8, 6, 4]
     assert config.workflow.field_strength_t == 7.0
     saved = config.save(tmp_path / "logs")
     loaded = Config.load(saved)
@@ -131,3 +133,17 @@ def test_registration_options_in_config(bids_dir, tmp_path):
     with pytest.raises(SystemExit):
         parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
                     "--template", "Colin27"])
+
+
+@pytest.mark.parametrize("summary, code", [
+    ("run_sub_01_wf.qsm_wf.load_echoes: qsmprep.errors.BadDataError: sub-01_echo-2: no "
+     "EchoTime", 65),
+    ("load_echoes: MissingInputError: mask not found", 66),
+    ("invert_dipole: numpy.core._exceptions._ArrayMemoryError: Unable to allocate", 1),
+    ("remove_background: ValueError: operands could not be broadcast", 1),
+    ("see the crash file", 1),
+])
+def test_exit_code_of_a_crashed_node_comes_from_the_exception_type(summary, code):
+    from qsmprep.cli.run import crash_exit_code
+
+    assert crash_exit_code(summary) == code

@@ -112,7 +112,7 @@ def test_complex_parts_and_single_echo(tmp_path):
 def test_demo_dataset_holds_the_digital_patients(tmp_path):
     from qsmprep.phantom.dataset import (DEMO_ECHO_TIMES_S, DIGITAL_PATIENTS,
                                          TEMPLATE_NATIVE_SHAPE_2MM, make_demo_dataset)
-    from qsmprep.qsm.dipole import b0_direction_from_affine
+    from qsmprep.imageio import b0_direction_from_affine
 
     subjects = make_demo_dataset(tmp_path)
     assert [s.subject for s in subjects] == list(DIGITAL_PATIENTS)

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from qsmprep.qsm.phase import (
+from qsmprep.bids.phase import (
     complex_to_magnitude_phase,
     infer_phase_units,
     phase_to_radians,

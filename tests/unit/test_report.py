@@ -16,6 +16,7 @@ import pytest
 from test_cbs import (CBS_PATIENT, CONTROL, PD_PATIENT, PSP_PATIENT, regional_rows, swapped)
 
 from qsmprep.config import WorkflowConfig
+from qsmprep.qsm.pipeline import stage_parameters
 from qsmprep.regions import write_regional_table
 from qsmprep.reports import figures, render
 
@@ -80,7 +81,7 @@ def _build(out, values, *, volumes=None, ranges=None, provenance=None, prefix=PR
         regional_table_path=table, qc=QC, acquisition=ACQUISITION,
         provenance=provenance or {
             "date": "2026-11-21", "command": "qsmprep bids out participant",
-            "processing": WorkflowConfig().stage_parameters((1.0, 1.0, 1.0))},
+            "processing": stage_parameters(WorkflowConfig(), (1.0, 1.0, 1.0))},
         methods_markdown=METHODS, figures=figure_paths, reference_ranges_path=ranges)
 
 
@@ -236,7 +237,7 @@ def test_the_consensus_checklist_reports_what_ran(tmp_path):
     items = {item["item"].split(" ")[0]: item["status"] for item in _build(
         tmp_path, CBS_PATIENT, provenance={
             "date": None, "command": None,
-            "processing": laplacian.stage_parameters((1.0, 1.0, 1.0))})["methods"]["checklist"]}
+            "processing": stage_parameters(laplacian, (1.0, 1.0, 1.0))})["methods"]["checklist"]}
     assert (items["Exact"], items["Dipole"], items["Brain"]) == ("not met", "not met",
                                                                  "partly met")
     unrecorded = _build(tmp_path, CBS_PATIENT, provenance={"date": None, "command": None})

@@ -21,7 +21,8 @@ from qsmprep.phantom.template_head import (
     warp_to_native,
 )
 from qsmprep.atlases import COMPOSITE_REGIONS
-from qsmprep.qsm.dipole import b0_direction_from_affine, forward_field_ppm, ppm_to_hz
+from qsmprep.imageio import b0_direction_from_affine
+from qsmprep.qsm.dipole import forward_field_ppm, ppm_to_hz
 
 VOXEL_MM = 3.0
 REGION_VALUES_PPB = {"putamen": {"L": 40.0, "R": 80.0}, "red_nucleus": {"L": 150.0, "R": 90.0},

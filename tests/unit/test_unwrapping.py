@@ -217,7 +217,7 @@ def _load_romeo_small():
     if not (ROMEO_DATA / "Phase.nii").exists():
         pytest.skip(f"real test data not found at {ROMEO_DATA} (shared/data/romeo-small)")
     nibabel = pytest.importorskip("nibabel")
-    from qsmprep.qsm.phase import phase_to_radians
+    from qsmprep.bids.phase import phase_to_radians
 
     phase_image = nibabel.load(str(ROMEO_DATA / "Phase.nii"))
     phase = phase_to_radians(np.asarray(phase_image.dataobj, dtype=np.float32), "arbitrary")
