@@ -7,6 +7,8 @@ Every message names the file (or option) concerned and says what is wrong with i
 
 from __future__ import annotations
 
+import errno
+
 
 class QSMPrepError(Exception):
     """Base class; a processing failure (exit code 1)."""
@@ -48,3 +50,37 @@ class MissingInputError(QSMPrepError):
     """A required input file or folder does not exist (exit code 66)."""
 
     exit_code = 66
+
+
+class CannotCreateOutputError(QSMPrepError):
+    """An output or work folder cannot be created or written: no permission, a read-only file
+    system, a file in the way (exit code 73)."""
+
+    exit_code = 73
+
+
+class OutputIOError(QSMPrepError):
+    """Writing failed half-way: disk full, quota exceeded or an I/O error (exit code 74)."""
+
+    exit_code = 74
+
+
+#: errno values of each of the two errors above.
+_CANNOT_CREATE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
+                  errno.EISDIR}
+_IO_FAILURE = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
+
+
+def error_for_os_error(error: OSError) -> QSMPrepError | None:
+    """The qsmprep error of an operating-system error while writing (73 or 74, the message
+    naming the file and what to do), or None for any other ``OSError``."""
+    where = error.filename or "a file"
+    if error.errno in _CANNOT_CREATE:
+        return CannotCreateOutputError(
+            f"Cannot write {where}: {error.strerror}. Give an output folder and a work folder "
+            "(-w) that you can write to.")
+    if error.errno in _IO_FAILURE:
+        return OutputIOError(
+            f"Writing {where} failed: {error.strerror}. Free space (or quota) on that disk, "
+            "or choose another output or work folder, and re-run the same command to resume.")
+    return None

@@ -105,8 +105,13 @@ def init_subject_report_wf(*, subject, runs, output_dir, name="subject_report_wf
 
     Inputs
     ------
-    report_<i> : dict
-        Report content of the i-th run of ``runs`` (1-based).
+    in<i> : dict
+        Report content of the i-th run of ``runs`` (1-based: ``inputnode.in1``, ...; the
+        inputnode is a :class:`nipype.interfaces.utility.Merge`).
+
+    Outputs
+    -------
+    None: the node writes ``sub-<label>.html``, its figures and every run's JSON report.
     """
     workflow = pe.Workflow(name=name)
     merge = pe.Node(niu.Merge(len(runs)), name="inputnode", run_without_submitting=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 
-from ..errors import QSMPrepError  # noqa: E402
+from ..errors import QSMPrepError, error_for_os_error  # noqa: E402
 
 LOGGER = logging.getLogger("qsmprep")
 
@@ -52,6 +52,12 @@ def run(argv=None) -> int:
     except QSMPrepError as error:
         LOGGER.critical("%s", error)
         return error.exit_code
+    except OSError as error:  # the output or work folder: unwritable, full
+        qsmprep_error = error_for_os_error(error)
+        if qsmprep_error is None:
+            raise
+        LOGGER.critical("%s", qsmprep_error)
+        return qsmprep_error.exit_code
     except KeyboardInterrupt:
         LOGGER.critical("Interrupted; %s.", RESUME_HINT)
         return 130
@@ -292,14 +298,20 @@ def _stderr_is_terminal() -> bool:
 def crash_exit_code(summary: str) -> int:
     """The exit code of the exception a crashed node raised: its class is found by name (the
     last line of the traceback reads ``qsmprep.errors.BadDataError: ...``) among the
-    :class:`~qsmprep.errors.QSMPrepError` subclasses, whose ``exit_code`` it takes; anything
-    else is a processing failure (1)."""
+    :class:`~qsmprep.errors.QSMPrepError` subclasses, whose ``exit_code`` it takes; an
+    operating-system error number of a full disk (74) or an unwritable folder (73) maps as in
+    :func:`qsmprep.errors.error_for_os_error`; anything else is a processing failure (1)."""
     from .. import errors
 
     for name in re.findall(r"(?:^|[\s.:])([A-Za-z_]\w*Error)\s*:", summary):
         error_class = getattr(errors, name, None)
         if isinstance(error_class, type) and issubclass(error_class, QSMPrepError):
             return error_class.exit_code
+    number = re.search(r"\[Errno (\d+)\]", summary)
+    if number:  # an operating-system error inside the node: a full disk, a read-only folder
+        mapped = errors.error_for_os_error(OSError(int(number.group(1)), "", None))
+        if mapped is not None:
+            return mapped.exit_code
     return QSMPrepError.exit_code
 
 

@@ -267,39 +267,17 @@ def pdf(total_field_hz, mask, voxel_size, b0_direction, *, weight=None, max_iter
 
     The sources live on the mask's bounding box grown by ``pad_mm`` on every side, beyond
     the field of view where the box reaches it (sources below a slab are represented).
-    Sources farther away give fields in the mask that sources in that shell reproduce, so the
-    rest of the field of view is left out: on the 1 mm head phantom the local field is the
-    same to 0.02 ppb RMS with 10, 20 or 30 mm around the box as with the whole field of view
-    plus 20 mm, on a grid of 144 x 180 x 144 instead of 200 x 240 x 200 (2.5 to 3.5 times
-    faster). On a 60 mm slab of the 2 mm phantom whose mask reaches the slab's faces, the
-    error is 3.78 / 3.72 / 3.74 / 3.71 ppb RMS with 8 / 12 / 20 / 40 mm and 6.69 ppb without
-    a margin.
-
     D(0) = 0, so a constant field cannot be fitted: the weighted mean of f in M is removed
     first and the local field is returned with a weighted mean of 0 in M (it is defined up to
-    a constant anyway).
+    a constant anyway). The mask is first peeled by ``peel_voxels`` outer layers (the peeled
+    rim, where partial-volume voxels with skull or air sit, joins the region where background
+    sources may lie) and the result is valid on the peeled mask.
 
-    The mask is first peeled by ``peel_voxels`` outer layers (the peeled rim joins the region
-    where background sources may lie) and the result is valid on the peeled mask. The outer
-    layer of a magnitude mask is where partial-volume voxels with skull or air sit, whose
-    fitted field can be far off (310 voxels of the 1 mm head phantom, all in that layer,
-    are 20 to 1200 Hz off after the phase-quality mask); one layer is peeled at any voxel
-    size. On the head phantom after ROMEO, the echo fit and the phase-quality mask
-    (``bench/bench_accuracy.py``, both simulators), the local-field error is the same with
-    0, 1 or 2 peeled layers (3.7-4.1 ppb RMS at 2 mm and 1 mm) while 2 layers at 1 mm leave
-    2 % of the brain uncovered on one of them.
-
-    Accuracy and limit: even from the exact total field and brain mask, PDF removes about
-    10 % of the local field (regression slope 0.88-0.90 of the estimate on the truth), most
-    of it within 4 mm of the mask edge (error 6.6 ppb RMS there against 1.8 ppb deeper):
-    sources just outside the mask reproduce much of the field of the brain's outer layer,
-    the known non-orthogonality of PDF. The TV-ADMM inversion that follows by default leaves
-    the susceptibility just outside the mask almost free (:func:`qsmprep.qsm.inversion.
-    gradient_weights`), which repairs most of it. ``tolerance`` 1e-3 is the plateau (1e-2
-    stops too early: the default chain then loses 0.07 of XSIM at 2 mm); weighting by the
-    magnitude or the echo-fit SNR was no better than uniform weights (within 0.02 of XSIM,
-    better on one simulator and worse on the other). Time on 2 shared cores (2 FFT threads):
-    0.5-1 s at 2 mm, 3.5-5 s at 1 mm (22-44 iterations).
+    PDF removes part of the local field near the mask edge (its known non-orthogonality);
+    the TV-ADMM inversion that follows by default leaves the susceptibility just outside the
+    mask almost free, which repairs most of it. The measurements behind the margin, the peel,
+    the tolerance, the weights and the speed are in ``bench/RESULTS.md``, "PDF background
+    removal".
 
     Parameters
     ----------

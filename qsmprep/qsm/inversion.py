@@ -510,81 +510,20 @@ def tv_admm(local_field_ppm, mask, voxel_size, b0_direction, *, regularization: 
     ``margin_mm``, not on the padded field of view; the voxelwise steps run as compiled loops
     on ``workers`` threads.
 
-    The weighted data term was chosen over the one-split version that fits the field set to 0
-    outside the mask (``(|D|^2 + rho |E|^2) chi = D F f + rho F(grad^T (z - u))``): on the
-    true local field of the phantom below its NRMSE is 12.0 / 16.0 % at lambda 5e-4 / 1e-3
-    against 18.6 / 26.9 % for the unweighted version; on the V-SHARP field both give 41-44 %
-    (the unweighted one converges in 20 iterations instead of 90-270).
+    Outside the mask (``outside_weight``): background removal leaves harmonic errors near the
+    mask edge that sources outside the mask explain; weighting the TV penalty of gradients
+    that leave the mask by ``outside_weight`` lets those sources absorb them, as in total
+    field inversion (Liu Z et al., MRM 2018;79:2795-2803). It relies on the magnitude edges,
+    so the default is 0.1 with ``magnitude`` and 1 without.
 
     With ``magnitude``, the gradient penalty is weighted as in MEDI (Liu J et al., NeuroImage
     2012;59:2560-2568): M = ``edge_weight`` on the ``edge_fraction`` of in-mask gradient
     components where the magnitude changes most (in any echo, see :func:`_edge_weights`), 1
-    elsewhere, so tissue boundaries seen in the magnitude stay sharp and flat regions are
-    smoothed harder.
+    elsewhere.
 
-    Outside the mask (``outside_weight``). Background removal cannot tell the part of the
-    brain's own field that is harmonic in the mask from a background field: PDF removes about
-    10 % of the local field, most of it near the mask edge (:func:`qsmprep.qsm.background.pdf`),
-    and leaves some background there. Such harmonic errors are fields of sources outside the
-    mask; they are matched by susceptibility changes that vanish under the Laplacian of the
-    field inside it, the simplest being a paraboloid a |r|^2 ((1/3 laplacian - d^2/dz^2) r^2
-    = 0). With full TV weight outside, inversion of the field from PDF shows exactly that
-    bowl on the head phantom below (susceptibility 23 ppb too low within 2 mm of the brain
-    edge, 8 ppb too high beyond 16 mm). Weighting the TV penalty of every gradient component
-    that leaves the mask by ``outside_weight`` lets sources outside the mask explain those
-    fields, as in total field inversion (Liu Z et al., MRM 2018;79:2795-2803) where the
-    susceptibility outside the brain is cheap to change, and leaves the harmonic components
-    inside to the edge-weighted TV prior: the bowl falls to -5 / +0.3 ppb (weight 0.05).
-    This relies on the magnitude edges: with plain TV the prior itself prefers a bowl that
-    flattens the radial steps of the cortex (true local field, 2 mm: NRMSE 17.6 % with
-    weight 1, 40.1 % with 0.1). The default is therefore 0.1 with ``magnitude`` and 1
-    without. Weights
-    1 / 0.5 / 0.3 / 0.2 / 0.1 / 0.05 with magnitude edges, 2 mm phantom, qsmprep / qsm-forward
-    simulators, default chain (ROMEO, linear fit, phase-quality mask, PDF): NRMSE 40.2 / 28.1
-    / 22.4 / 18.5 / 13.8 / 11.7 % and 41.7 / 35.4 / 33.3 / 32.6 / 30.9 / 28.8 %, XSIM 0.44 /
-    0.69 / 0.79 / 0.82 / 0.85 / 0.86 and 0.49 / 0.68 / 0.76 / 0.78 / 0.80 / 0.83, DGM slope
-    0.84 to 0.92 and 0.93 to 0.98; from the true local field, 12.5 / 8.2 / 7.9 / 6.1 / 5.5 /
-    4.3 % and 11.3 / 10.8 / 11.0 / 11.1 / 13.2 / 17.0 %. At 1 mm with 0.1: chain 11.5 % and
-    25.4 % (XSIM 0.92, slope 0.93 / 0.98), true local field 6.7 % and 14.0 % (weight 1:
-    14.1 %, 13.3 %). On the small phantom of ``tests/unit/test_inversion.py`` with a thin
-    shell of positive susceptibility on the mask edge that the magnitude does not mark, 0.1
-    costs accuracy from the exact field (NRMSE 10.9 -> 24.9 %); a residual background field
-    from a source next to the mask moves the result 3 to 4 times less than with weight 1.
-
-    The margin of 8 mm gives the same result as 16 mm with the free outside (2 mm: within
-    0.3 point of NRMSE and 0.004 of XSIM; 1 mm within 0.2 point) on a smaller grid (1 mm:
-    9.9 s instead of 13.6 s); with weight 1 a 16 mm margin was better (16.0 against 17.6 %
-    from the true field).
-
-    Earlier tuning, with V-SHARP and full outside weight, on the full-size 2 mm head phantom
-    of ``bench/bench_reconstruction.py`` (80 x 96 x 80, 4 echoes, ROMEO, echo fit,
-    phase-quality mask; demeaned NRMSE and deep grey-matter (DGM) slope in the V-SHARP mask
-    within the brain). For ``regularization`` 4e-4 / 6e-4 / 1e-3 / 1.5e-3 / 2e-3, plain TV:
-
-    - SNR 100: NRMSE 43.7 / 42.1 / 42.9 / 44.0 / 46.6 %, DGM slope 0.86 / 0.86 / 0.83 / 0.82 /
-      0.80; SNR 50: 49.8 / 47.1 / 44.7 / 44.3 / 46.6 %, slope 0.84 to 0.80;
-    - 15 degree oblique slab, SNR 100: 35.7 / 33.7 / 33.9 / 35.4 / 37.8 %, slope 1.01 to 0.93;
-      SNR 50: 42.4 / 37.3 / 34.9 / 35.8 / 38.0 %;
-    - true local field (noise-free, brain mask): 11.5 / 12.6 / 16.0 / 19.4 / 22.8 %, slope
-      0.98 / 0.97 / 0.94 / 0.93 / 0.91.
-
-    With magnitude edge weights (first-echo magnitude, defaults), lambda 6e-4 / 1e-3 / 1.5e-3 /
-    2e-3: SNR 100 42.6 / 38.3 / 36.7 / 36.4 % (slope 0.85 / 0.83 / 0.82 / 0.79), SNR 50 50.0 /
-    43.1 / 38.2 / 37.8 %, oblique 31.4 / 27.4 / 24.3 / 22.9 %, true local field 8.7 / 9.2 /
-    9.2 / 10.5 %. An edge fraction of 0.1 gave 36 % at SNR 100 but a lower slope (0.81), edge
-    weights 0 / 0.1 / 0.3 were alike. For comparison, iterative Tikhonov gives 58.5 / 64.6 /
-    52.4 % (slope 0.66 / 0.66 / 0.78) and TKD 60.2 / 70.4 / 55.4 %. The DGM slope from the
-    axial V-SHARP field stays below 0.9 at any lambda while it is 0.94 from the true field:
-    the lost contrast is V-SHARP's. Isotropic TV (vector shrinkage) was 1 to 2 points worse.
-    ADMM with ``penalty`` 0.1 stops after 90 to 270 iterations at ``tolerance`` 3e-3 (penalty
-    0.03: about twice as many). With the free outside and the PDF field it stops after 45 to
-    75 iterations (2 mm) and 60 to 75 (1 mm): tolerance 1e-2 / 5e-3 / 3e-3 / 1e-3 gives XSIM
-    0.835 / 0.864 / 0.866 / 0.870 (qsmprep simulator) and 0.820 / 0.836 / 0.851 / 0.861
-    (qsm-forward) for 25 / 44 / 57 / 129 iterations; ``penalty`` 0.05 and 0.2 were within
-    0.005 of XSIM. Edge fraction 0.2 / 0.3 / 0.4 (weight 0.1) gave XSIM 0.947 / 0.866 / 0.769
-    and 0.824 / 0.851 / 0.845 on the two simulators; edge weight 0.03 was no better. About
-    0.025 s an iteration at 2 mm and 0.17 s at 1 mm (grid 152 x 180 x 144) on 2 threads, most
-    of it in the four FFTs.
+    The measurements behind every default (data weighting, outside weight, margin,
+    regularisation, tolerance, penalty, edge fraction, speed) are in ``bench/RESULTS.md``,
+    "TV-ADMM dipole inversion".
 
     Parameters
     ----------

@@ -18,6 +18,7 @@ from qsmprep import errors  # noqa: E402
 from qsmprep.__about__ import __version__  # noqa: E402
 from qsmprep.cli import run  # noqa: E402
 from qsmprep.cli.parser import (  # noqa: E402
+    ANALYSIS_LEVELS,
     _non_negative_int,
     _positive_float,
     _positive_int,
@@ -116,7 +117,7 @@ def test_positional_arguments(inputs):
     assert [item["type"] for item in by_key["[BIDS_DIR]"]] == ["File"]
     assert {item["type"] for item in by_key["[OUTPUT_DIR]"]} == {"File", "String"}
     (level,) = by_key["[ANALYSIS_LEVEL]"]
-    assert level["value-choices"] == list(actions["analysis_level"].choices)
+    assert level["value-choices"] == list(ANALYSIS_LEVELS)
     assert not any(item.get("optional") for item in by_key["[BIDS_DIR]"] + [level])
 
 

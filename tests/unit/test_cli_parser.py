@@ -142,8 +142,33 @@ def test_registration_options_in_config(bids_dir, tmp_path):
     ("invert_dipole: numpy.core._exceptions._ArrayMemoryError: Unable to allocate", 1),
     ("remove_background: ValueError: operands could not be broadcast", 1),
     ("see the crash file", 1),
+    ("ds_chimap: OSError: [Errno 28] No space left on device: '/out/sub-01'", 74),
+    ("load_echoes: PermissionError: [Errno 13] Permission denied: '/work/x'", 73),
+    ("fit: OSError: [Errno 22] Invalid argument", 1),
 ])
 def test_exit_code_of_a_crashed_node_comes_from_the_exception_type(summary, code):
     from qsmprep.cli.run import crash_exit_code
 
     assert crash_exit_code(summary) == code
+
+
+def test_an_unwritable_output_folder_exits_73_with_its_name(bids_dir, tmp_path):
+    """A folder where the output should go, taken by a file: a clear message, exit 73, no
+    traceback."""
+    from qsmprep.cli.run import run
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    assert run([str(bids_dir), str(blocker / "out"), "participant", "-w",
+                str(tmp_path / "work")]) == 73
+
+
+@pytest.mark.parametrize("number, code", [(28, 74), (122, 74), (13, 73), (30, 73), (2, None)])
+def test_operating_system_errors_map_to_exit_codes(number, code):
+    from qsmprep.errors import error_for_os_error
+
+    mapped = error_for_os_error(OSError(number, "some reason", "/out/sub-01/anat/x.nii.gz"))
+    if code is None:
+        assert mapped is None
+    else:
+        assert mapped.exit_code == code and "/out/sub-01/anat/x.nii.gz" in str(mapped)
