@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 
-from ..errors import QSMPrepError, error_for_os_error  # noqa: E402
+from ..errors import QSMPrepError, WorkFolderBusyError, error_for_os_error  # noqa: E402
 
 LOGGER = logging.getLogger("qsmprep")
 
@@ -78,7 +80,47 @@ def _run_group_level(config) -> int:
     return 0
 
 
+#: File in the work folder that a participant-level run locks while it uses the folder.
+WORK_LOCK_NAME = ".qsmprep.lock"
+
+
+@contextlib.contextmanager
+def work_folder_lock(work_dir):
+    """Hold an exclusive lock on ``work_dir`` (``flock`` on :data:`WORK_LOCK_NAME`) while a
+    run uses it, so that two runs never write the same nipype nodes. The lock goes with the
+    process (a crashed or killed run leaves none behind). A second run gets
+    :class:`~qsmprep.errors.WorkFolderBusyError` naming the holder; where the file system has
+    no locks (some network mounts) a warning is logged and the run goes on."""
+    import fcntl
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with open(work_dir / WORK_LOCK_NAME, "a+", encoding="utf-8") as stream:
+        try:
+            fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            stream.seek(0)
+            holder = stream.read().strip() or "another process"
+            raise WorkFolderBusyError(
+                f"The work folder {work_dir} is in use by another qsmprep run ({holder}). "
+                "Wait for it to finish, or give this run its own folder with -w.") from None
+        except OSError as error:
+            LOGGER.warning("Could not lock the work folder %s (%s); make sure no other run "
+                           "uses it at the same time.", work_dir, error.strerror)
+        else:
+            stream.seek(0)
+            stream.truncate()
+            stream.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            stream.flush()
+        yield
+
+
 def _run_participant_level(config) -> int:
+    with work_folder_lock(config.execution.work_dir):
+        return _run_participants(config)
+
+
+def _run_participants(config) -> int:
     from ..__about__ import __url__, __version__
     from ..bids.derivatives import write_dataset_description
     from ..bids.discovery import discover_runs

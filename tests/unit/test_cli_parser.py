@@ -8,7 +8,7 @@ import pytest
 
 from qsmprep.cli.parser import parse_args
 from qsmprep.config import Config
-from qsmprep.errors import MissingInputError, UnknownLevelError, UsageError
+from qsmprep.errors import MissingInputError, UnknownLevelError, UsageError, WorkFolderBusyError
 from qsmprep.qsm.pipeline import stage_parameters, vsharp_radii_mm
 
 
@@ -172,3 +172,35 @@ def test_operating_system_errors_map_to_exit_codes(number, code):
         assert mapped is None
     else:
         assert mapped.exit_code == code and "/out/sub-01/anat/x.nii.gz" in str(mapped)
+
+
+def test_a_work_folder_in_use_exits_75_and_names_the_holder(bids_dir, tmp_path):
+    """While another process holds the work folder's lock, a run stops at once with exit 75
+    and a message naming the folder and the holder; once it is released the lock is free."""
+    import subprocess
+    import sys
+
+    from qsmprep.cli.run import WORK_LOCK_NAME, run, work_folder_lock
+
+    work = tmp_path / "work"
+    work.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time\n"
+         f"f = open({str(work / WORK_LOCK_NAME)!r}, 'a+')\n"
+         "fcntl.flock(f, fcntl.LOCK_EX)\n"
+         "f.write('pid 1234 on elsewhere\\n'); f.flush()\n"
+         "print('locked', flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run([str(bids_dir), str(tmp_path / "out"), "participant", "-w", str(work)]) == 75
+        with pytest.raises(WorkFolderBusyError, match="pid 1234 on elsewhere"):
+            with work_folder_lock(work):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with work_folder_lock(work):  # free again once the holder is gone
+        assert (work / WORK_LOCK_NAME).read_text().startswith("pid ")
