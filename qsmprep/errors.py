@@ -65,14 +65,14 @@ class OutputIOError(QSMPrepError):
     exit_code = 74
 
 
-
 class WorkFolderBusyError(QSMPrepError):
     """Another qsmprep run holds the work folder (exit code 75: try again later, or use
     another work folder)."""
 
     exit_code = 75
 
-#: errno values of each of the two errors above.
+
+#: errno values of CannotCreateOutputError and OutputIOError.
 _CANNOT_CREATE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
                   errno.EISDIR}
 _IO_FAILURE = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}

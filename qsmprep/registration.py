@@ -205,8 +205,9 @@ def prepare_moving_image(magnitude_path, mask_path, out_path, *,
 
     N4 bias-field correction (Tustison et al., IEEE Trans Med Imaging 2010;29:1310-1320) inside
     the brain mask, with a B-spline control-point distance of ``spline_distance_mm``, fitted on
-    the image shrunk to voxels of 8 mm or more (the field is smooth on the scale of the
-    control-point distance; at 1 mm this takes N4 from about 10 s to 5 s on two cores). Everything outside the mask is then set to zero and intensities are divided by
+    the image shrunk to voxels of :data:`N4_SHRINK_TO_MM` or more (the field is smooth on the
+    scale of the control-point distance; at 1 mm this takes N4 from about 10 s to 5 s on two
+    cores). Everything outside the mask is then set to zero and intensities are divided by
     their ``upper_percentile`` inside the mask and clipped to [0, 1], so bright vessels or
     artefacts do not dominate the mutual-information histogram of the registration (Mattes
     et al., IEEE Trans Med Imaging 2003;22:120-128; Avants et al., Med Image Anal

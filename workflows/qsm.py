@@ -34,7 +34,6 @@ _COPIES_PER_ECHO_VOLUME = 6
 _INVERSION_COPIES = 40
 
 
-
 def merge_metadata(loading: dict, reference: dict) -> dict:
     """Sidecar fields computed while running, merged for the derivatives writers."""
     return {**loading, **reference}

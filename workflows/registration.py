@@ -19,7 +19,6 @@ from qsmprep.interfaces.registration import (
 from . import memory_gb
 
 
-
 #: Voxels of the 1 mm template grid (193 x 229 x 193).
 _TEMPLATE_VOXELS = 193 * 229 * 193
 

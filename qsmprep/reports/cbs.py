@@ -166,7 +166,6 @@ from ..regions import REFERENCES, asymmetry_index, read_regional_table
 PATTERNS = ("CBS", "PSP", "PD", "MSA")
 #: Pattern names allowed in a reference-range table (``control`` ranges are shown, not scored).
 RANGE_PATTERNS = (*PATTERNS, "control")
-#: Reference regions a range table may name.
 
 #: Regions of the reporting template [cbs-review], in its order: always listed.
 CORE_REGIONS = ("motor_cortex", "globus_pallidus_interna", "red_nucleus", "substantia_nigra",
