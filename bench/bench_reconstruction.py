@@ -102,7 +102,7 @@ def main(argv=None):
 
     def arguments(stage, **choices):
         changed = dataclasses.replace(settings, **choices)
-        return pipeline.stage_arguments(changed, voxel_size)[stage]
+        return pipeline.stage_arguments(changed)[stage]
 
     alternatives = []
     vsharp_removal = _measure(

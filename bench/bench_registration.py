@@ -29,7 +29,7 @@ import pandas as pd
 from scipy import ndimage
 
 from qsmprep import registration
-from qsmprep.atlases import ATLAS_DIR, OPEN_LABELS_NAME, template_files
+from qsmprep.atlases import OPEN_LABELS_NAME, TEMPLATE_DIR, template_files
 
 LPS = np.diag([-1.0, -1.0, 1.0])
 CENTRE_RAS = np.array([0.0, -18.0, 12.0])  # middle of the template brain (mm)
@@ -115,7 +115,7 @@ def _map_points(points_lps, transforms):
 
 
 def _labels(folder, template_path):
-    path = ATLAS_DIR / OPEN_LABELS_NAME
+    path = TEMPLATE_DIR / OPEN_LABELS_NAME
     if path.exists():
         return str(path)
     image = nib.load(str(template_path))

@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 
 from .__about__ import __version__
-from .qsm.pipeline import resharp_radius_mm, vsharp_radii_mm
+from .qsm.pipeline import stage_parameters
+from .stages import STAGES
 
 CITATIONS = {
     "consensus": "QSM Consensus Organization Committee. Recommended implementation of "
@@ -107,86 +108,45 @@ def _cite(key):
     return f"[@{key}]"  # numbered in order of first appearance, see methods_boilerplate
 
 
-def _unwrapping_text(workflow):
-    spatial = {
-        "romeo": f"a ROMEO-style quality-guided region-growing algorithm {_cite('romeo')}",
-        "laplacian": f"a Laplacian-based algorithm {_cite('laplacian')} snapped to the nearest "
-                     "2-pi-congruent phase",
-    }[workflow.unwrapping]
-    return (f"The phase of the first echo, and the phase difference between the first two "
-            f"echoes, were unwrapped spatially with {spatial}; later echoes were unwrapped "
-            "temporally against the line through the earlier ones.")
+def _entry_text(value):
+    """A sidecar entry as the methods text says it (a list of radii as its range)."""
+    if isinstance(value, (list, tuple)):
+        return (f"{max(value):g} down to {min(value):g}" if len(value) > 1
+                else f"{value[0]:g}")
+    return value
 
 
-def _echo_fit_text(workflow):
-    text = ("Echoes were combined by a magnitude-weighted least-squares fit of the unwrapped "
-            "phase over echo time, with an intercept absorbing the phase offset")
-    if workflow.echo_fit == "nonlinear":
-        text += (f", refined by a nonlinear fit of the complex signal {_cite('complexfit')} "
-                 "started from it")
-    text += ", giving the total field in Hz and a map of the fit residual."
-    if workflow.quality_threshold > 0:
-        text += (" Voxels whose residual exceeded "
-                 f"{10 * (1 - workflow.quality_threshold):g} times the median residual were "
-                 "removed from the mask (phase-quality masking).")
-    return text
+def _stage_text(declared, workflow, block) -> str:
+    """The methods sentence of one stage (:attr:`qsmprep.stages.Stage.methods`), filled in
+    from the configuration and the stage's sidecar ``block``."""
+    values = {key: _entry_text(value) for key, value in block.items()}
+    for parameter in declared.parameters:
+        value = getattr(workflow, parameter.field)
+        values[parameter.field] = (
+            parameter.methods_automatic or parameter.automatic
+            if parameter.is_automatic(value) else parameter.methods.format(value=value))
+    chosen = getattr(workflow, declared.name) if declared.choice_key else declared.default
+    values["algorithm"] = declared.algorithm(chosen).methods.format(**values)
+    return declared.methods.format(**values)
 
 
-def _background_text(workflow, runs):
-    if workflow.background_removal == "pdf":
-        return (f"projection onto dipole fields (PDF) {_cite('pdf')}, after peeling one voxel "
-                "layer from the mask edge")
-    if workflow.background_removal == "lbv":
-        return (f"the Laplacian boundary value method (LBV) {_cite('lbv')}, after peeling about "
-                "2 mm from the mask edge")
-    if workflow.background_removal == "resharp":
-        radii = sorted({resharp_radius_mm(workflow, run.voxel_size) for run in runs})
-        return (f"RESHARP {_cite('resharp')} (spherical kernel of "
-                f"{', '.join(f'{radius:g}' for radius in radii)} mm, Tikhonov weight "
-                f"{workflow.resharp_regularization:g})")
-    radii = sorted({radius for run in runs
-                    for radius in vsharp_radii_mm(workflow, run.voxel_size)}, reverse=True)
-    return (f"V-SHARP {_cite('vsharp')}{_cite('sharp')} (spherical kernels of {radii[0]:g} "
-            f"down to {radii[-1]:g} mm, truncation threshold {workflow.vsharp_threshold:g})")
-
-
-def _inversion_text(workflow):
-    if workflow.inversion == "tv-admm":
-        return ("total-variation regularised inversion solved with ADMM, FANSI-style "
-                f"{_cite('tvadmm')}{_cite('fansi')} (lambda = {workflow.tv_regularization:g}, "
-                "gradient penalty relaxed at the magnitude edges of every echo and weighted "
-                f"{workflow.tv_outside_weight:g} on gradients leaving the mask, so that sources "
-                f"just outside it absorb residual background at the rim {_cite('tfi')})")
-    if workflow.inversion == "rts":
-        return (f"the rapid two-step method (RTS, delta = {workflow.rts_delta:g}) "
-                f"{_cite('rts')}")
-    if workflow.inversion == "medi-l1":
-        return (f"morphology-enabled dipole inversion (MEDI, lambda = "
-                f"{workflow.medi_regularization:g}) {_cite('medi')}")
-    if workflow.inversion == "tkd":
-        return (f"thresholded k-space division (TKD, threshold {workflow.tkd_threshold:g}) "
-                f"{_cite('tkd')}")
-    return ("an iterative Tikhonov-regularised least-squares inversion with a gradient penalty "
-            f"(lambda = {workflow.tikhonov_regularization:g}, conjugate gradient, at most "
-            f"{workflow.inversion_max_iter} iterations) {_cite('tikhonov')}")
-
-
-def _reference_text(workflow):
-    if workflow.reference == "csf":
-        region = ("the mean over the lateral ventricles (deep voxels of low R2*) "
-                  f"{_cite('csf')}; the whole-brain mean is recorded beside it")
-    else:
-        region = ("the mean over the whole brain (the mask of the background removal); the "
-                  "mean of the lateral ventricles (CSF) relative to it is recorded when found")
-    return f"referenced to {region}, in each Chimap sidecar."
-
-
-def _r2star_text(workflow):
-    if workflow.r2star == "arlo":
-        return (f"R2* and T2* were estimated with ARLO {_cite('arlo')} (log-linear fit where "
-                "the echoes are not equally spaced).")
-    return ("R2* and T2* were estimated by a magnitude-weighted log-linear fit of the "
-            f"magnitude decay {_cite('r2star')}.")
+def _reconstruction_text(config, runs) -> str:
+    """One sentence per stage, in the order they ran; a stage whose sentence differs between
+    runs (radii that follow the voxel size) gets one per distinct sentence."""
+    workflow = config.workflow
+    blocks = [stage_parameters(workflow, run.voxel_size) for run in runs] or [
+        stage_parameters(workflow, (1.0, 1.0, 1.0))]
+    sentences = []
+    for declared in STAGES:
+        if declared.name == "masking" and config.execution.brain_mask_dir:
+            sentences.append("Brain masks were supplied by the user.")
+            continue
+        if declared.disabled_by_zero and not getattr(workflow, declared.disabled_by_zero):
+            continue
+        sentences.extend(dict.fromkeys(
+            _stage_text(declared, workflow, run_blocks[declared.sidecar])
+            for run_blocks in blocks))
+    return " ".join(sentences)
 
 
 def _regions_text(config):
@@ -235,15 +195,6 @@ def methods_boilerplate(*, config, runs) -> str:
     workflow = config.workflow
     echo_counts = sorted({len(run.echoes) for run in runs})
     strengths = sorted({run.field_strength_t for run in runs})
-    if config.execution.brain_mask_dir:
-        masking = "Brain masks were supplied by the user."
-    else:
-        threshold = (f"a threshold of {workflow.mask_threshold:g} of the 99th percentile"
-                     if workflow.mask_threshold else f"Otsu's automatic threshold {_cite('otsu')}")
-        masking = ("A brain mask was computed from the first-echo magnitude with "
-                   f"{threshold}, morphological opening, selection of the connected component "
-                   "holding the deepest voxel, closing and hole filling; voxels with non-finite "
-                   "input were excluded.")
     paragraphs = [
         "## Methods",
         f"Quantitative susceptibility maps were reconstructed with qsmprep {__version__}, which "
@@ -251,12 +202,7 @@ def methods_boilerplate(*, config, runs) -> str:
         f"Nipype {_cite('nipype')}; input data were found with PyBIDS {_cite('pybids')}. "
         f"{len(runs)} gradient-echo run(s) with {', '.join(map(str, echo_counts))} echo(es) at "
         f"{', '.join(f'{value:g}' for value in strengths)} T were processed.",
-        " ".join([
-            masking, _unwrapping_text(workflow), _echo_fit_text(workflow),
-            f"Background fields were removed with {_background_text(workflow, runs)}.",
-            f"Susceptibility was obtained by {_inversion_text(workflow)}, with the dipole kernel "
-            "oriented along the main field in the image's voxel coordinates, and "
-            + _reference_text(workflow), _r2star_text(workflow)]),
+        _reconstruction_text(config, runs),
         *([] if workflow.qsm_only else [_regions_text(config)]),
         "### References",
     ]

@@ -29,23 +29,12 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 import tomli_w
 
 from .__about__ import __version__
+from .stages import configuration_fields
 
 #: Packages whose versions are recorded with every run.
 KEY_DEPENDENCIES = (
     "nipype", "pybids", "nibabel", "nilearn", "templateflow", "antspyx", "numpy", "scipy",
 )
-
-#: Algorithm choices per stage; the first entry of each is the default.
-ALGORITHMS = {
-    "masking": ("magnitude-threshold",),
-    "unwrapping": ("romeo", "laplacian"),
-    "echo_fit": ("weighted-linear", "nonlinear"),
-    "background_removal": ("pdf", "vsharp", "resharp", "lbv"),
-    "inversion": ("tv-admm", "tikhonov", "tkd", "rts", "medi-l1"),
-    "reference": ("whole-brain", "csf"),
-    "r2star": ("loglinear", "arlo"),
-}
-
 
 #: The one default seed of every random choice (ANTs sampling, the tissue classification's
 #: tie-breaking, simulations): ``--random-seed``.
@@ -83,8 +72,8 @@ class NipypeConfig:
 
 
 @dataclasses.dataclass
-class WorkflowConfig:
-    """Every processing choice. Defaults follow the 2024 ISMRM QSM consensus where it applies."""
+class _RunChoices:
+    """The processing choices outside the reconstruction stages."""
 
     qsm_only: bool = False
     template: str = "MNI152NLin2009cAsym"
@@ -97,28 +86,21 @@ class WorkflowConfig:
     nuclei_refinement: bool = True  # refine the registration at the deep grey matter on the Chimap
     site_column: str = "site"  # participants.tsv / sessions.tsv column naming the site (group)
     field_strength_t: float = 0.0
-    masking: str = ALGORITHMS["masking"][0]
-    mask_threshold: float = 0.0
-    quality_threshold: float = 0.5  # 0 disables the phase-quality refinement of the mask
-    unwrapping: str = ALGORITHMS["unwrapping"][0]
-    echo_fit: str = ALGORITHMS["echo_fit"][0]
-    background_removal: str = ALGORITHMS["background_removal"][0]
-    vsharp_max_radius_mm: float = 0.0  # 0: 24 mm, or 12 voxel edges if larger
-    vsharp_min_radius_mm: float = 0.0  # 0: 2 voxel edges
-    vsharp_threshold: float = 0.05
-    resharp_radius_mm: float = 0.0  # 0: 2 voxel edges
-    resharp_regularization: float = 1e-3
-    inversion: str = ALGORITHMS["inversion"][0]
-    tkd_threshold: float = 0.19
-    tv_regularization: float = 1e-3
-    tv_outside_weight: float = 0.1  # TV weight of the gradients leaving the mask
-    rts_delta: float = 0.15
-    medi_regularization: float = 1e-3
-    tikhonov_regularization: float = 0.01
-    inversion_max_iter: int = 100
-    inversion_tolerance: float = 1e-2
-    reference: str = ALGORITHMS["reference"][0]
-    r2star: str = ALGORITHMS["r2star"][0]
+
+
+#: Every processing choice: the fields of :class:`_RunChoices`, then one field per stage (its
+#: algorithm) and per stage parameter, generated from :data:`qsmprep.stages.STAGES`. Defaults
+#: follow the 2024 ISMRM QSM consensus where it applies.
+WorkflowConfig = dataclasses.make_dataclass(
+    "WorkflowConfig",
+    [(name, kind, dataclasses.field(default=default))
+     for name, kind, default in configuration_fields()],
+    bases=(_RunChoices,),
+    namespace={"__doc__": "Every processing choice: the run's (registration, atlas, seed, ...) "
+               "and one field per reconstruction stage and stage parameter "
+               "(:data:`qsmprep.stages.STAGES`)."},
+)
+WorkflowConfig.__module__ = __name__
 
 
 @dataclasses.dataclass
@@ -154,10 +136,13 @@ class Config:
     def load(cls, path) -> "Config":
         """Read a configuration written by :meth:`save`."""
         data = tomllib.loads(Path(path).read_text())
+        workflow = data.get("workflow", {})
+        if "reference" in workflow:  # the field of the referencing stage in older configurations
+            workflow.setdefault("referencing", workflow.pop("reference"))
         return cls(
             execution=ExecutionConfig(**data.get("execution", {})),
             nipype=NipypeConfig(**data.get("nipype", {})),
-            workflow=WorkflowConfig(**data.get("workflow", {})),
+            workflow=WorkflowConfig(**workflow),
             environment=data.get("environment", {}),
         )
 

@@ -37,30 +37,39 @@ def init_qsmprep_wf(*, config, runs):
     Returns
     -------
     nipype Workflow named ``qsmprep_wf`` with ``base_dir`` set to the work folder, holding one
-    ``sub_<label>_wf`` per participant.
+    ``sub_<label>_wf`` per participant and, unless ``--qsm-only``, the atlas node that feeds
+    them all (the built-in atlas is merged by it while the graph runs, not while it is built).
     """
     workflow = pe.Workflow(name="qsmprep_wf", base_dir=config.execution.work_dir)
-    anatomy = None
+    anatomy = atlas = None
     if not config.workflow.qsm_only:
         from qsmprep.boilerplate import methods_boilerplate
 
         anatomy = resolve_anatomy(config)
         anatomy["methods_markdown"] = methods_boilerplate(config=config, runs=runs)
         anatomy["date"] = datetime.date.today().isoformat()
+        atlas = init_atlas_node(anatomy)
     for subject in sorted({run.subject for run in runs}):
         subject_runs = [run for run in runs if run.subject == subject]
-        workflow.add_nodes([init_participant_wf(config=config, subject=subject,
-                                                runs=subject_runs, anatomy=anatomy)])
+        participant_wf = init_participant_wf(config=config, subject=subject,
+                                             runs=subject_runs, anatomy=anatomy)
+        workflow.add_nodes([participant_wf])
+        if atlas is not None:
+            workflow.connect(atlas, "labels", participant_wf, "inputnode.atlas_labels")
+            workflow.connect(atlas, "table", participant_wf, "inputnode.atlas_table")
     return workflow
 
 
 def resolve_anatomy(config) -> dict:
-    """The template and atlas files of this run (embedded or the user's), found once.
+    """The template and atlas of this run (embedded or the user's), found once; no file is
+    written.
 
     Returns a dict with ``template`` (name), ``template_t1w``, ``template_mask``,
-    ``atlas_labels``, ``atlas_table``, ``atlas_name`` (``qsmprep`` or ``custom``),
-    ``composites`` (unions of regions reported as regions) and ``cortical_regions`` (regions
-    measured on the participant's grey matter only; none for a user's atlas).
+    ``atlas_labels`` and ``atlas_table`` (the user's files; None for the qsmprep atlas, which
+    :func:`init_atlas_node` builds while the graph runs), ``atlas_name`` (``qsmprep`` or
+    ``custom``), ``composites`` (unions of regions reported as regions) and
+    ``cortical_regions`` (regions measured on the participant's grey matter only; none for a
+    user's atlas).
     """
     from qsmprep import atlases
 
@@ -69,15 +78,32 @@ def resolve_anatomy(config) -> dict:
         labels, table = config.workflow.atlas, config.workflow.atlas_table
         atlas_name = "custom"
     else:
-        labels, table = atlases.load_atlas(Path(config.execution.work_dir) / "atlas")
+        labels = table = None
         atlas_name = "qsmprep"
-    LOGGER.info("Template %s: %s; atlas: %s", config.workflow.template, template["T1w"], labels)
+    LOGGER.info("Template %s: %s; atlas: %s", config.workflow.template, template["T1w"],
+                labels or "qsmprep (built in the work folder)")
     return {"template": config.workflow.template, "template_t1w": str(template["T1w"]),
-            "template_mask": str(template["mask"]), "atlas_labels": str(labels),
-            "atlas_table": str(table), "atlas_name": atlas_name,
+            "template_mask": str(template["mask"]), "atlas_labels": labels,
+            "atlas_table": table, "atlas_name": atlas_name,
             "composites": {name: list(parts)
                            for name, parts in atlases.COMPOSITE_REGIONS.items()},
             "cortical_regions": [] if config.workflow.atlas else list(atlases.CORTICAL_REGIONS)}
+
+
+def init_atlas_node(anatomy: dict):
+    """The node whose outputs ``labels`` and ``table`` are the atlas: the qsmprep atlas,
+    merged while the graph runs (:class:`qsmprep.interfaces.regions.BuildAtlas`), or the
+    user's files."""
+    from nipype.interfaces import utility as niu
+
+    from qsmprep.interfaces.regions import BuildAtlas
+
+    if anatomy["atlas_labels"] is None:
+        return pe.Node(BuildAtlas(), name="build_atlas", mem_gb=1.5)
+    atlas = pe.Node(niu.IdentityInterface(fields=["labels", "table"]), name="atlas")
+    atlas.inputs.labels = anatomy["atlas_labels"]
+    atlas.inputs.table = anatomy["atlas_table"]
+    return atlas
 
 
 def sidecar_sources(anatomy: dict) -> dict:
@@ -93,46 +119,63 @@ def sidecar_sources(anatomy: dict) -> dict:
 
     builtin_atlas = anatomy["atlas_name"] == "qsmprep"
     template_image = Path(anatomy["template_t1w"])
-    embedded_template = template_image.parent == atlases.ATLAS_DIR
+    embedded_template = template_image.parent == atlases.TEMPLATE_DIR
     return {
-        "Atlas": Path(anatomy["atlas_labels"]).name if builtin_atlas else anatomy["atlas_labels"],
-        "AtlasTable": (Path(anatomy["atlas_table"]).name if builtin_atlas
-                       else anatomy["atlas_table"]),
+        "Atlas": atlases.FULL_LABELS_NAME if builtin_atlas else anatomy["atlas_labels"],
+        "AtlasTable": atlases.FULL_TABLE_NAME if builtin_atlas else anatomy["atlas_table"],
         "Template": anatomy["template"],
         "TemplateImage": template_image.name if embedded_template else str(template_image),
     }
 
 
 def init_participant_wf(*, config, subject, runs, anatomy=None, name=None):
-    """All runs of one participant (every session), each in its own ``init_run_wf``.
+    """All runs of one participant (every session), each in its own ``init_run_wf``, and,
+    given ``anatomy``, the participant's report.
 
-    Inputs / Outputs: none; every run is self-contained and writes its own derivatives.
+    Inputs
+    ------
+    atlas_labels, atlas_table : str
+        The atlas (given ``anatomy``), handed to every run.
     """
     workflow = pe.Workflow(name=name or f"sub_{subject}_wf")
     run_wfs = [init_run_wf(config=config, run=run, anatomy=anatomy) for run in runs]
     workflow.add_nodes(run_wfs)
     if anatomy is not None:
+        from nipype.interfaces import utility as niu
+
+        inputnode = pe.Node(niu.IdentityInterface(fields=["atlas_labels", "atlas_table"]),
+                            name="inputnode")
         report_wf = init_subject_report_wf(subject=subject, runs=runs,
                                            output_dir=config.execution.output_dir)
         for index, run_wf in enumerate(run_wfs, start=1):
-            workflow.connect(run_wf, "report_wf.outputnode.report",
-                             report_wf, f"inputnode.in{index}")
+            workflow.connect([
+                (inputnode, run_wf, [("atlas_labels", "inputnode.atlas_labels"),
+                                     ("atlas_table", "inputnode.atlas_table")]),
+                (run_wf, report_wf, [("anatomy_wf.outputnode.report", f"inputnode.in{index}")]),
+            ])
     return workflow
 
 
 def init_run_wf(*, config, run, anatomy=None, name=None):
     """Reconstruct one run and write its derivatives; then, given ``anatomy``
-    (:func:`resolve_anatomy`), register it to the template and measure the atlas regions.
+    (:func:`resolve_anatomy`), register it to the template and measure the atlas regions
+    (:func:`init_anatomy_wf`).
 
     Parameters
     ----------
     config : :class:`qsmprep.config.Config`
     run : :class:`qsmprep.bids.discovery.Run`
     anatomy : dict, optional
-        Template and atlas files; None stops after the QSM derivatives.
+        Template and atlas; None stops after the QSM derivatives.
 
-    The run's files and metadata are set as node inputs here, so the graph has no inputs.
+    Inputs
+    ------
+    atlas_labels, atlas_table : str
+        The atlas (given ``anatomy``). The run's files and metadata are set as node inputs
+        here.
     """
+    from nipype.interfaces import utility as niu
+
     workflow = pe.Workflow(name=name or f"run_{run.name.replace('-', '_')}_wf")
     user_mask = find_user_mask(config.execution.brain_mask_dir, run)
     workflow_config = choices_for_run(config.workflow, run)
@@ -157,11 +200,11 @@ def init_run_wf(*, config, run, anatomy=None, name=None):
         output_dir=config.execution.output_dir,
         stage_parameters=_stage_parameters(workflow_config, run, user_mask),
         has_r2star=len(run.echoes) >= 2,
-        has_csf_reference=workflow_config.reference == "csf",
+        has_csf_reference=workflow_config.referencing == "csf",
     )
     fields = ["chimap", "brain_mask", "quality_mask", "local_field_mask", "total_field_hz",
               "local_field_hz", "metadata"]
-    if workflow_config.reference == "csf":
+    if workflow_config.referencing == "csf":
         fields.append("csf_mask")
     if len(run.echoes) >= 2:
         fields += ["r2star", "t2star"]
@@ -169,35 +212,75 @@ def init_run_wf(*, config, run, anatomy=None, name=None):
         (qsm_wf, ds_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in fields]),
     ])
     if anatomy is not None:
-        _connect_regions(workflow, qsm_wf, config=config, run=run, anatomy=anatomy,
-                         workflow_config=workflow_config)
+        inputnode = pe.Node(niu.IdentityInterface(fields=["atlas_labels", "atlas_table"]),
+                            name="inputnode")
+        anatomy_wf = init_anatomy_wf(config=config, run=run, anatomy=anatomy,
+                                     workflow_config=workflow_config)
+        images = ["chimap", "local_field_mask", "magnitude", "brain_mask", "quality_mask",
+                  "fit_residual"] + (["r2star"] if len(run.echoes) >= 2 else [])
+        workflow.connect([
+            (inputnode, anatomy_wf, [("atlas_labels", "inputnode.atlas_labels"),
+                                     ("atlas_table", "inputnode.atlas_table")]),
+            (qsm_wf, anatomy_wf, [(f"outputnode.{image}", f"inputnode.{image}")
+                                  for image in images]),
+        ])
     return workflow
 
 
-def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config):
-    """Registration, atlas propagation, regional statistics, the report and their outputs."""
+def init_anatomy_wf(*, config, run, anatomy, workflow_config, name="anatomy_wf"):
+    """Registration to the template (refined at the deep grey matter), the atlas on the
+    run's grid, regional statistics, their derivatives and the run's report.
+
+    Parameters
+    ----------
+    config : :class:`qsmprep.config.Config`
+    run : :class:`qsmprep.bids.discovery.Run`
+    anatomy : dict
+        From :func:`resolve_anatomy`, with ``methods_markdown`` and ``date``.
+    workflow_config : :class:`qsmprep.config.WorkflowConfig`
+        The choices this run was reconstructed with (:func:`choices_for_run`).
+
+    Inputs
+    ------
+    atlas_labels, atlas_table : str
+        The atlas in template space and its TSV.
+    chimap, local_field_mask, magnitude, brain_mask, quality_mask, fit_residual, r2star : str
+        From :func:`qsmprep.workflows.qsm.init_qsm_wf` (``r2star`` with two echoes or more).
+
+    Outputs
+    -------
+    report : dict
+        The run's report content, for the participant's report.
+    """
+    from nipype.interfaces import utility as niu
+
     from qsmprep.reports.render import acquisition_summary
 
     if config.workflow.register_via_t1w and not run.t1w:
         LOGGER.warning("%s: no T1w image in this session; registering the magnitude directly "
                        "to the template.", run.name)
+    has_r2star = len(run.echoes) >= 2
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=[
+        "atlas_labels", "atlas_table", "chimap", "local_field_mask", "magnitude", "brain_mask",
+        "quality_mask", "fit_residual", "r2star"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["report"]), name="outputnode")
 
     registration_wf = init_registration_wf(
         template_t1w=anatomy["template_t1w"], template_mask=anatomy["template_mask"],
         seed=config.workflow.random_seed, omp_nthreads=config.nipype.omp_nthreads,
         t1w=run.t1w if config.workflow.register_via_t1w else None)
-    has_r2star = len(run.echoes) >= 2
     regions_wf = init_regions_wf(
         template_t1w=anatomy["template_t1w"], template_mask=anatomy["template_mask"],
-        atlas_labels=anatomy["atlas_labels"], atlas_table=anatomy["atlas_table"],
         composites=anatomy["composites"], cortical_regions=anatomy["cortical_regions"],
         seed=config.workflow.random_seed,
         template_stats=config.workflow.template_stats)
     ds_wf = init_ds_regions_wf(
         run=run, output_dir=config.execution.output_dir, template=anatomy["template"],
-        atlas_name=anatomy["atlas_name"], atlas_table=anatomy["atlas_table"],
-        atlas_sources=sidecar_sources(anatomy),
+        atlas_name=anatomy["atlas_name"], atlas_sources=sidecar_sources(anatomy),
         template_stats=config.workflow.template_stats)
+    atlas = [("atlas_labels", "inputnode.atlas_labels"),
+             ("atlas_table", "inputnode.atlas_table")]
     transforms = [("outputnode.forward_transform", "inputnode.forward_transform"),
                   ("outputnode.inverse_transform", "inputnode.inverse_transform")]
     regional = [("outputnode.native_labels", "inputnode.native_labels"),
@@ -211,25 +294,25 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
                      ("outputnode.template_regional_metadata",
                       "inputnode.template_regional_metadata")]
     workflow.connect([
-        (qsm_wf, registration_wf, [("outputnode.magnitude", "inputnode.magnitude"),
-                                   ("outputnode.brain_mask", "inputnode.brain_mask")]),
-        (qsm_wf, regions_wf, [("outputnode.chimap", "inputnode.chimap"),
-                              ("outputnode.local_field_mask", "inputnode.local_field_mask"),
-                              ("outputnode.magnitude", "inputnode.magnitude"),
-                              ("outputnode.brain_mask", "inputnode.brain_mask")]),
+        (inputnode, registration_wf, [("magnitude", "inputnode.magnitude"),
+                                      ("brain_mask", "inputnode.brain_mask")]),
+        (inputnode, regions_wf, [*atlas, ("chimap", "inputnode.chimap"),
+                                 ("local_field_mask", "inputnode.local_field_mask"),
+                                 ("magnitude", "inputnode.magnitude"),
+                                 ("brain_mask", "inputnode.brain_mask")]),
+        (inputnode, ds_wf, [("atlas_table", "inputnode.atlas_table")]),
         (registration_wf, regions_wf, [("outputnode.inverse_transform",
                                         "inputnode.tissue_inverse_transform")]),
         (registration_wf, ds_wf, [("outputnode.figure", "inputnode.figure")]),
         (regions_wf, ds_wf, regional),
     ])
-    registered = registration_wf  # the node whose outputnode holds the final transforms
+    registered = registration_wf  # the workflow whose outputnode holds the final transforms
     if config.workflow.nuclei_refinement:
         registered = init_nuclei_refinement_wf(
-            atlas_labels=anatomy["atlas_labels"], atlas_table=anatomy["atlas_table"],
             seed=config.workflow.random_seed, omp_nthreads=config.nipype.omp_nthreads)
         workflow.connect([
-            (qsm_wf, registered, [("outputnode.chimap", "inputnode.chimap"),
-                                  ("outputnode.local_field_mask", "inputnode.chimap_mask")]),
+            (inputnode, registered, [*atlas, ("chimap", "inputnode.chimap"),
+                                     ("local_field_mask", "inputnode.chimap_mask")]),
             (registration_wf, registered, [*transforms,
                                            ("outputnode.quality", "inputnode.quality")]),
         ])
@@ -245,20 +328,18 @@ def _connect_regions(workflow, qsm_wf, *, config, run, anatomy, workflow_config)
                     "processing": stage_parameters(workflow_config, run.voxel_size)},
         methods_markdown=anatomy["methods_markdown"],
         reference_ranges=config.workflow.reference_ranges, has_r2star=has_r2star)
-    images = [("outputnode.chimap", "inputnode.chimap"),
-              ("outputnode.magnitude", "inputnode.magnitude"),
-              ("outputnode.brain_mask", "inputnode.brain_mask"),
-              ("outputnode.quality_mask", "inputnode.quality_mask"),
-              ("outputnode.fit_residual", "inputnode.fit_residual")]
+    images = ["chimap", "magnitude", "brain_mask", "quality_mask", "fit_residual"]
     if has_r2star:
-        images.append(("outputnode.r2star", "inputnode.r2star"))
+        images.append("r2star")
     workflow.connect([
-        (qsm_wf, report_wf, images),
+        (inputnode, report_wf, [(image, f"inputnode.{image}") for image in images]),
         (regions_wf, report_wf, [("outputnode.native_labels", "inputnode.native_labels")]),
         (registered, report_wf, [("outputnode.quality", "inputnode.registration_quality")]),
         (ds_wf, report_wf, [("outputnode.regional_table", "inputnode.regional_table"),
                             ("outputnode.figure", "inputnode.registration_figure")]),
+        (report_wf, outputnode, [("outputnode.report", "report")]),
     ])
+    return workflow
 
 
 def find_user_mask(mask_dir, run):
@@ -291,10 +372,10 @@ def choices_for_run(workflow_config, run):
         LOGGER.warning("%s: ARLO needs 3 or more equally spaced echoes; using the log-linear "
                        "R2* fit.", run.name)
         changes["r2star"] = "loglinear"
-    if workflow_config.reference == "csf" and len(echo_times) < 2:
+    if workflow_config.referencing == "csf" and len(echo_times) < 2:
         LOGGER.warning("%s: the CSF reference needs R2* (two echoes or more); referencing to "
                        "the whole brain.", run.name)
-        changes["reference"] = "whole-brain"
+        changes["referencing"] = "whole-brain"
     return dataclasses.replace(workflow_config, **changes) if changes else workflow_config
 
 

@@ -6,7 +6,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from qsmprep.bids.derivatives import bids_uri, derivative_path
-from qsmprep.interfaces.bids import DerivativesDataSink
+from qsmprep.interfaces.bids import WriteDerivative
 
 #: (outputnode field, suffix, desc, units, is a mask, description) of each QSM derivative.
 QSM_DERIVATIVES = (
@@ -90,7 +90,7 @@ def init_ds_qsm_wf(*, run, bids_dir, output_dir, stage_parameters, has_r2star=Tr
             metadata.update({"Units": units, "SkullStripped": True,
                              "Sources": [*raw_sources, mask_uri]})
         node = pe.Node(
-            DerivativesDataSink(output_dir=str(output_dir), entities=run.entities,
+            WriteDerivative(output_dir=str(output_dir), entities=run.entities,
                                 suffix=suffix, metadata=metadata, **({"desc": desc} if desc else {})),
             name=f"ds_{field}", run_without_submitting=True, mem_gb=0.2)
         workflow.connect([(inputnode, node, [(field, "in_file"), ("metadata", "extra_metadata")])])
@@ -99,7 +99,7 @@ def init_ds_qsm_wf(*, run, bids_dir, output_dir, stage_parameters, has_r2star=Tr
     return workflow
 
 
-def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, atlas_sources,
+def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_sources,
                        template_stats=False, name="ds_regions_wf"):
     """Write the registration and regional outputs of ``run``.
 
@@ -118,8 +118,6 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
         Template name (the ``space``/``to`` label).
     atlas_name : str
         ``desc`` label of the native atlas (e.g. ``qsmprep``).
-    atlas_table : str
-        The atlas's TSV, copied beside the native atlas.
     atlas_sources : dict
         ``{"Atlas": ..., "AtlasTable": ..., "Template": ...}`` paths or names for the sidecars.
     template_stats : bool
@@ -127,6 +125,8 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
 
     Inputs
     ------
+    atlas_table : str
+        The atlas's TSV, copied beside the native atlas.
     forward_transform, inverse_transform, template_chimap, native_labels, tissue_dseg,
     tissue_table, regional_table, template_regional_table, figure : str
     quality, regional_metadata, template_regional_metadata : dict
@@ -137,7 +137,7 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
         The written regional table and registration figure (for the report).
     """
     workflow = pe.Workflow(name=name)
-    fields = ["forward_transform", "inverse_transform", "template_chimap", "native_labels",
+    fields = ["atlas_table", "forward_transform", "inverse_transform", "template_chimap", "native_labels",
               "tissue_dseg", "tissue_table", "regional_table", "template_regional_table",
               "figure", "quality",
               "regional_metadata", "template_regional_metadata"]
@@ -173,7 +173,7 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
             options["metadata"] = metadata
         if datatype_figures:
             options["datatype"] = "figures"
-        interface = DerivativesDataSink(output_dir=str(output_dir), entities=run.entities,
+        interface = WriteDerivative(output_dir=str(output_dir), entities=run.entities,
                                         suffix=suffix, **options)
         node = pe.Node(interface, name=node_name, run_without_submitting=True, mem_gb=0.2)
         workflow.connect(inputnode, field, node, "in_file")
@@ -201,12 +201,10 @@ def init_ds_regions_wf(*, run, output_dir, template, atlas_name, atlas_table, at
          metadata={**atlas_sources, "Description": "The atlas on the run's native grid "
                    "(inverse transform, generic-label interpolation, small nuclei kept).",
                    "Sources": [bids_uri(inverse_relative, output_dir, "")]})
-    table = pe.Node(niu.IdentityInterface(fields=["in_file"]), name="atlas_table")
-    table.inputs.in_file = atlas_table
-    dseg_table = pe.Node(DerivativesDataSink(
+    dseg_table = pe.Node(WriteDerivative(
         output_dir=str(output_dir), entities=run.entities, suffix="dseg", desc=atlas_name,
         extension=".tsv"), name="ds_native_dseg_table", run_without_submitting=True, mem_gb=0.2)
-    workflow.connect(table, "in_file", dseg_table, "in_file")
+    workflow.connect(inputnode, "atlas_table", dseg_table, "in_file")
 
     sink("ds_tissue_dseg", "tissue_dseg", suffix="dseg", desc="tissue",
          metadata={"Description": "The participant's tissue classes: 1 CSF, 2 grey matter, 3 "

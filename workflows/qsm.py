@@ -96,7 +96,7 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
         name="outputnode")
 
     # the stage parameters of this run, as reconstruct() on arrays gets them
-    arguments = stage_arguments(config, voxel_size)
+    arguments = stage_arguments(config)
     load = pe.Node(LoadMultiEcho(), name="load_echoes", mem_gb=volume_mem)
     mask = pe.Node(BrainMask(**arguments["masking"]), name="brain_mask", mem_gb=volume_mem)
     unwrap = pe.Node(UnwrapPhase(echo_times=list(echo_times), num_threads=omp_nthreads,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from qsmprep.config import DEFAULT_SEED
 from qsmprep.interfaces.regions import RegionalStatistics
 from qsmprep.interfaces.tissue import ClassifyTissue, RestrictCortex
 from qsmprep.interfaces.registration import (
@@ -95,8 +96,7 @@ def init_registration_wf(*, template_t1w, template_mask, seed, omp_nthreads, t1w
     return workflow
 
 
-def init_nuclei_refinement_wf(*, atlas_labels, atlas_table, seed, omp_nthreads,
-                              name="nuclei_refinement_wf"):
+def init_nuclei_refinement_wf(*, seed, omp_nthreads, name="nuclei_refinement_wf"):
     """Refine the registration at the deep grey matter with the participant's Chimap.
 
     The small iron-rich nuclei barely show on the magnitude that drives the first registration;
@@ -108,8 +108,6 @@ def init_nuclei_refinement_wf(*, atlas_labels, atlas_table, seed, omp_nthreads,
 
     Parameters
     ----------
-    atlas_labels, atlas_table : str
-        The atlas in template space and its TSV (the prior is painted from it).
     seed : int
         ANTs random seed.
     omp_nthreads : int
@@ -117,6 +115,8 @@ def init_nuclei_refinement_wf(*, atlas_labels, atlas_table, seed, omp_nthreads,
 
     Inputs
     ------
+    atlas_labels, atlas_table : str
+        The atlas in template space and its TSV (the prior is painted from it).
     chimap, chimap_mask : str
         The native Chimap and the mask where it is defined.
     forward_transform, inverse_transform : str
@@ -133,19 +133,19 @@ def init_nuclei_refinement_wf(*, atlas_labels, atlas_table, seed, omp_nthreads,
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
-        "chimap", "chimap_mask", "forward_transform", "inverse_transform", "quality"]),
-        name="inputnode")
+        "atlas_labels", "atlas_table", "chimap", "chimap_mask", "forward_transform",
+        "inverse_transform", "quality"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "forward_transform", "inverse_transform", "quality"]), name="outputnode")
     refine = pe.Node(
-        RefineDeepGreyRegistration(atlas_labels=atlas_labels, atlas_table=atlas_table,
-                                   seed=seed, num_threads=omp_nthreads),
+        RefineDeepGreyRegistration(seed=seed, num_threads=omp_nthreads),
         name="refine_deep_grey", n_procs=omp_nthreads, mem_gb=memory_gb(_TEMPLATE_VOXELS, 12))
     merge = pe.Node(niu.Function(function=_with_refinement, input_names=["quality", "refinement"],
                                  output_names=["quality"]),
                     name="refinement_quality", run_without_submitting=True)
     workflow.connect([
-        (inputnode, refine, [("chimap", "chimap"), ("chimap_mask", "chimap_mask"),
+        (inputnode, refine, [("atlas_labels", "atlas_labels"), ("atlas_table", "atlas_table"),
+                             ("chimap", "chimap"), ("chimap_mask", "chimap_mask"),
                              ("forward_transform", "forward_transform"),
                              ("inverse_transform", "inverse_transform")]),
         (inputnode, merge, [("quality", "quality")]),
@@ -168,8 +168,8 @@ def _quality_scores(nmi, dice_brain):
     return {"nmi": round(float(nmi), 4), "dice_brain": round(float(dice_brain), 4)}
 
 
-def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, composites,
-                    cortical_regions=(), seed=0, template_stats=False, name="regions_wf"):
+def init_regions_wf(*, template_t1w, template_mask, composites, cortical_regions=(),
+                    seed=DEFAULT_SEED, template_stats=False, name="regions_wf"):
     """Tissue classes, atlas into native space, Chimap into template space, and regional
     statistics.
 
@@ -178,8 +178,6 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
     template_t1w, template_mask : str
         The template (grid of the template-space outputs) and its brain mask (grid of the
         tissue priors).
-    atlas_labels, atlas_table : str
-        The atlas in template space and its TSV.
     composites : dict
         Regions reported as unions of atlas regions.
     cortical_regions : sequence of str
@@ -191,6 +189,8 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
 
     Inputs
     ------
+    atlas_labels, atlas_table : str
+        The atlas in template space and its TSV.
     chimap, local_field_mask : str
         The referenced Chimap and the mask where it is defined (native).
     magnitude, brain_mask : str
@@ -218,27 +218,30 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
-        "chimap", "local_field_mask", "magnitude", "brain_mask", "forward_transform",
-        "inverse_transform", "tissue_inverse_transform"]), name="inputnode")
+        "atlas_labels", "atlas_table", "chimap", "local_field_mask", "magnitude", "brain_mask",
+        "forward_transform", "inverse_transform", "tissue_inverse_transform"]),
+        name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "native_labels", "tissue_dseg", "tissue_table", "template_chimap", "regional_table",
         "regional_metadata", "template_regional_table", "template_regional_metadata"]),
         name="outputnode")
 
-    to_native = pe.Node(LabelsToNative(labels=atlas_labels), name="atlas_to_native",
+    to_native = pe.Node(LabelsToNative(), name="atlas_to_native",
                         mem_gb=memory_gb(_TEMPLATE_VOXELS, 10))
     tissue = pe.Node(ClassifyTissue(template_mask=template_mask, seed=seed),
                      name="classify_tissue", mem_gb=memory_gb(_TEMPLATE_VOXELS, 24))
     to_template = pe.Node(ApplyTransformToTemplate(template=template_t1w),
                           name="chimap_to_template", mem_gb=memory_gb(_TEMPLATE_VOXELS, 10))
-    stats = pe.Node(RegionalStatistics(atlas_table=atlas_table, composites=composites),
+    stats = pe.Node(RegionalStatistics(composites=composites),
                     name="regional_statistics", mem_gb=memory_gb(_TEMPLATE_VOXELS, 6))
     workflow.connect([
-        (inputnode, to_native, [("chimap", "reference"), ("inverse_transform", "transforms")]),
+        (inputnode, to_native, [("atlas_labels", "labels"), ("chimap", "reference"),
+                                ("inverse_transform", "transforms")]),
         (inputnode, tissue, [("magnitude", "magnitude"), ("brain_mask", "mask"),
                              ("tissue_inverse_transform", "inverse_transforms")]),
         (inputnode, to_template, [("chimap", "in_file"), ("forward_transform", "transforms")]),
-        (inputnode, stats, [("chimap", "chimap"), ("local_field_mask", "mask")]),
+        (inputnode, stats, [("atlas_table", "atlas_table"), ("chimap", "chimap"),
+                            ("local_field_mask", "mask")]),
         (tissue, stats, [("tissue_dseg", "tissue_dseg"), ("tissue_table", "tissue_table"),
                          ("tissue", "tissue")]),
         (tissue, outputnode, [("tissue_dseg", "tissue_dseg"), ("tissue_table", "tissue_table")]),
@@ -247,10 +250,10 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
                              ("metadata", "regional_metadata")]),
     ])
     if cortical_regions:
-        restrict = pe.Node(RestrictCortex(atlas_table=atlas_table,
-                                          cortical_regions=list(cortical_regions)),
+        restrict = pe.Node(RestrictCortex(cortical_regions=list(cortical_regions)),
                            name="cortex_on_grey_matter", mem_gb=memory_gb(_TEMPLATE_VOXELS, 4))
         workflow.connect([
+            (inputnode, restrict, [("atlas_table", "atlas_table")]),
             (to_native, restrict, [("out_file", "labels")]),
             (tissue, restrict, [("gm_probability", "gm_probability")]),
             (restrict, stats, [("out_file", "labels")]),
@@ -261,10 +264,11 @@ def init_regions_wf(*, template_t1w, template_mask, atlas_labels, atlas_table, c
                           (to_native, outputnode, [("out_file", "native_labels")])])
     if template_stats:
         template_regions = pe.Node(
-            RegionalStatistics(atlas_table=atlas_table, composites=composites,
-                               labels=atlas_labels),
+            RegionalStatistics(composites=composites),
             name="template_regional_statistics", mem_gb=memory_gb(_TEMPLATE_VOXELS, 6))
         workflow.connect([
+            (inputnode, template_regions, [("atlas_labels", "labels"),
+                                           ("atlas_table", "atlas_table")]),
             (to_template, template_regions, [("out_file", "chimap")]),
             (template_regions, outputnode, [("out_table", "template_regional_table"),
                                             ("metadata", "template_regional_metadata")]),

@@ -8,7 +8,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from qsmprep.bids.derivatives import derivative_path
-from qsmprep.interfaces.bids import DerivativesDataSink
+from qsmprep.interfaces.bids import WriteDerivative
 from qsmprep.interfaces.reports import ReportFigures, RunReport, SubjectReport
 
 #: (figure name, output field of ReportFigures, suffix, desc) of the run's QC mosaics.
@@ -64,7 +64,8 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
                                    input_names=["qsm", "mask", "r2star", "registration"],
                                    output_names=["figures"]),
                       name="collect_figures", run_without_submitting=True)
-    report = pe.Node(RunReport(acquisition=acquisition, provenance=provenance,
+    report = pe.Node(RunReport(entities=dict(run.entities), acquisition=acquisition,
+                               provenance=provenance,
                                methods_markdown=methods_markdown,
                                reference_ranges=reference_ranges),
                      name="run_report", mem_gb=0.5)
@@ -86,7 +87,7 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
     for field, suffix, desc in REPORT_FIGURES:
         if field == "r2star" and not has_r2star:
             continue
-        sink = pe.Node(DerivativesDataSink(output_dir=str(output_dir), entities=run.entities,
+        sink = pe.Node(WriteDerivative(output_dir=str(output_dir), entities=run.entities,
                                            suffix=suffix, desc=desc, extension=".svg",
                                            datatype="figures"),
                        name=f"ds_{field}_figure", run_without_submitting=True, mem_gb=0.2)

@@ -184,7 +184,7 @@ def write_dataset_description(output_dir, *, bids_dir, version: str, code_url: s
     }
     target = Path(output_dir) / "dataset_description.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(target, sidecar_text(description).encode("utf-8"))
+    write_atomically(target, sidecar_text(description).encode("utf-8"))
     return target
 
 
@@ -256,10 +256,10 @@ def write_derivative(
         content = Path(source_image_path).read_bytes()
 
     image_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(image_path, content)
+    write_atomically(image_path, content)
     if sidecar is None:
         return str(image_path), None
-    _write_atomically(sidecar_path, sidecar_text(sidecar).encode("utf-8"))
+    write_atomically(sidecar_path, sidecar_text(sidecar).encode("utf-8"))
     return str(image_path), str(sidecar_path)
 
 
@@ -308,8 +308,17 @@ def _encode_image(image, *, suffix: str, space: str | None) -> bytes:
     return output.to_bytes()
 
 
-def _write_atomically(target: Path, content: bytes) -> None:
-    """Write ``content`` to ``target`` through a temporary file in the same folder."""
+#: Name pattern of the temporary files :func:`write_atomically` writes before renaming them.
+TEMPORARY_FILES = ".*.tmp"
+
+
+def write_atomically(target, content: bytes | str) -> Path:
+    """Write ``content`` (text is UTF-8 encoded) to ``target`` through a temporary file in
+    the same folder (:data:`TEMPORARY_FILES`), renamed into place; creates the folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        content = content.encode("utf-8")
     handle, temporary = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
     )
@@ -324,6 +333,27 @@ def _write_atomically(target: Path, content: bytes) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    return target
+
+
+def remove_temporary_files(folder) -> list[Path]:
+    """Delete the temporary files of :func:`write_atomically` that a killed process left
+    under ``folder``; returns those removed."""
+    removed = []
+    for path in Path(folder).rglob(TEMPORARY_FILES):
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def report_entities(entities: dict) -> dict:
+    """The entities a report names its run by, with their BIDS keys (``sub``, ``ses``,
+    ``acq``, ``rec``, ``run``), from pybids entity names."""
+    return {key: str(entities[name]) for name, key in ENTITY_ORDER
+            if key in ("sub", "ses", "acq", "rec", "run") and entities.get(name) is not None}
 
 
 def _relative_inside(path: Path, root: Path) -> Path:

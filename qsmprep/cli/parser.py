@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from ..__about__ import __version__
-from ..config import ALGORITHMS, Config, ExecutionConfig, NipypeConfig, WorkflowConfig
-from ..config import DEFAULT_SEED
+from ..config import DEFAULT_SEED, Config, ExecutionConfig, NipypeConfig, WorkflowConfig
 from ..errors import MissingInputError, QSMPrepError, UnknownLevelError, UsageError
+from ..stages import STAGES, Parameter, configuration_fields
 
 #: The analysis levels of the BIDS-App specification that qsmprep runs.
 ANALYSIS_LEVELS = ("participant", "group")
@@ -60,13 +60,67 @@ def _label(prefix: str):
     return strip
 
 
+def _in_range(parameter: Parameter):
+    """Argument type of a stage parameter: its type, within its declared bounds."""
+    kind = "an integer" if parameter.type is int else "a number"
+    low = f"{'>=' if parameter.minimum_inclusive else '>'} {parameter.minimum:g}"
+    high = "" if parameter.maximum is None else f" and < {parameter.maximum:g}"
+
+    def convert(value: str):
+        try:
+            number = parameter.type(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {value}") from None
+        above = (number >= parameter.minimum if parameter.minimum_inclusive
+                 else number > parameter.minimum)
+        if not above or (parameter.maximum is not None and not number < parameter.maximum):
+            raise argparse.ArgumentTypeError(f"expected {kind} {low}{high}, got {value}")
+        return number
+
+    convert.parameter = parameter  # the declaration, for the Boutiques descriptor
+    return convert
+
+
+def _option_name(flag: str) -> str:
+    """``--tv-lambda`` -> ``TV_LAMBDA`` (argparse's metavar, Boutiques' value-key)."""
+    return flag.lstrip("-").upper().replace("-", "_")
+
+
+def _add_stage_options(group) -> None:
+    """One option per stage with a choice and per stage parameter (:data:`qsmprep.stages.STAGES`);
+    each stores into the configuration field of the same name."""
+    for stage in STAGES:
+        if stage.choice_key:
+            group.add_argument(stage.flag, *stage.aliases, dest=stage.name,
+                               choices=stage.choices, default=stage.default, help=stage.help)
+        for parameter in stage.parameters:
+            help_text = parameter.help
+            if parameter.unit:
+                help_text += f", in {parameter.unit}"
+            if parameter.automatic:
+                help_text += f" (default: {parameter.automatic})"
+            group.add_argument(parameter.flag, dest=parameter.field, type=_in_range(parameter),
+                               default=None if parameter.automatic else parameter.default,
+                               metavar=parameter.metavar or _option_name(parameter.flag),
+                               help=help_text)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The qsmprep argument parser, grouped like fMRIPrep's."""
     parser = _Parser(
         prog="qsmprep",
         description=f"qsmprep {__version__}: quantitative susceptibility mapping from multi-echo "
         "gradient-echo BIDS data, with regional iron measures.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="the root folder of a BIDS dataset")
     parser.add_argument("output_dir", type=Path,
@@ -135,56 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(sub-*/[ses-*/]anat/*_desc-brain_mask.nii[.gz], same entities as the run); "
                     "they replace the automatic mask")
 
-    defaults = WorkflowConfig()
-    qsm = parser.add_argument_group("QSM reconstruction stages")
-    qsm.add_argument("--masking", choices=ALGORITHMS["masking"], default=defaults.masking,
-                     help="brain mask from the magnitude")
-    qsm.add_argument("--mask-threshold", type=_positive_float, default=None,
-                     help="magnitude threshold as a fraction of the 99th percentile "
-                     "(default: automatic, Otsu)")
-    qsm.add_argument("--quality-threshold", type=float, default=defaults.quality_threshold,
-                     metavar="Q", help="drop mask voxels whose phase quality (from the echo-fit "
-                     "residual, in [0, 1]) is below Q; 0 disables it")
-    qsm.add_argument("--unwrapping", choices=ALGORITHMS["unwrapping"],
-                     default=defaults.unwrapping, help="phase unwrapping algorithm")
-    qsm.add_argument("--echo-fit", choices=ALGORITHMS["echo_fit"], default=defaults.echo_fit,
-                     help="echo combination into the total field (Hz)")
-    qsm.add_argument("--bg-removal", choices=ALGORITHMS["background_removal"],
-                     default=defaults.background_removal, help="background field removal")
-    qsm.add_argument("--vsharp-max-radius", type=_positive_float, default=None, metavar="MM",
-                     help="largest V-SHARP sphere radius (default: 24 mm, or 12 voxel "
-                     "edges if larger)")
-    qsm.add_argument("--vsharp-min-radius", type=_positive_float, default=None, metavar="MM",
-                     help="smallest V-SHARP sphere radius (default: 2 voxel edges); radii "
-                     "step by one voxel edge")
-    qsm.add_argument("--vsharp-threshold", type=_positive_float,
-                     default=defaults.vsharp_threshold,
-                     help="truncation threshold of the V-SHARP deconvolution")
-    qsm.add_argument("--resharp-radius", type=_positive_float, default=None, metavar="MM",
-                     help="RESHARP sphere radius (default: 2 voxel edges)")
-    qsm.add_argument("--resharp-lambda", type=_positive_float,
-                     default=defaults.resharp_regularization,
-                     help="RESHARP Tikhonov regularisation weight")
-    qsm.add_argument("--inversion", choices=ALGORITHMS["inversion"], default=defaults.inversion,
-                     help="dipole inversion algorithm")
-    qsm.add_argument("--tkd-threshold", type=_positive_float, default=defaults.tkd_threshold,
-                     help="TKD k-space truncation threshold")
-    qsm.add_argument("--tv-lambda", type=_positive_float, default=defaults.tv_regularization,
-                     help="TV-ADMM regularisation weight")
-    qsm.add_argument("--rts-delta", type=_positive_float, default=defaults.rts_delta,
-                     help="RTS threshold of the well-conditioned k-space region")
-    qsm.add_argument("--medi-lambda", type=_positive_float,
-                     default=defaults.medi_regularization, help="MEDI regularisation weight")
-    qsm.add_argument("--tikhonov-lambda", type=_positive_float,
-                     default=defaults.tikhonov_regularization,
-                     help="iterative Tikhonov gradient regularisation weight")
-    qsm.add_argument("--inversion-max-iter", type=_positive_int,
-                     default=defaults.inversion_max_iter,
-                     help="maximum conjugate-gradient iterations of iterative inversions")
-    qsm.add_argument("--reference", choices=ALGORITHMS["reference"], default=defaults.reference,
-                     help="susceptibility reference region")
-    qsm.add_argument("--r2star", choices=ALGORITHMS["r2star"], default=defaults.r2star,
-                     help="R2* estimation from the magnitudes")
+    _add_stage_options(parser.add_argument_group("QSM reconstruction stages"))
 
     other = parser.add_argument_group("Other options")
     other.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
@@ -245,10 +250,8 @@ def parse_args(argv=None) -> Config:
         raise UsageError(f"The BIDS input {bids_dir} is inside the output folder {output_dir}.")
     if opts.brain_mask_dir is not None and not opts.brain_mask_dir.is_dir():
         raise MissingInputError(f"--brain-mask-dir: folder not found: {opts.brain_mask_dir}")
-    if not 0.0 <= opts.quality_threshold < 1.0:
-        raise UsageError(f"--quality-threshold must be in [0, 1), got {opts.quality_threshold}")
-    if (opts.vsharp_min_radius and opts.vsharp_max_radius
-            and opts.vsharp_min_radius > opts.vsharp_max_radius):
+    if (opts.vsharp_min_radius_mm and opts.vsharp_max_radius_mm
+            and opts.vsharp_min_radius_mm > opts.vsharp_max_radius_mm):
         raise UsageError("--vsharp-min-radius must not exceed --vsharp-max-radius")
 
     atlas, atlas_table = _validated_atlas(opts)
@@ -299,26 +302,8 @@ def parse_args(argv=None) -> Config:
         nuclei_refinement=not opts.no_nuclei_refinement,
         site_column=opts.site_column,
         field_strength_t=opts.field_strength or 0.0,
-        masking=opts.masking,
-        mask_threshold=opts.mask_threshold or 0.0,
-        quality_threshold=opts.quality_threshold,
-        unwrapping=opts.unwrapping,
-        echo_fit=opts.echo_fit,
-        background_removal=opts.bg_removal,
-        vsharp_max_radius_mm=opts.vsharp_max_radius or 0.0,
-        vsharp_min_radius_mm=opts.vsharp_min_radius or 0.0,
-        vsharp_threshold=opts.vsharp_threshold,
-        resharp_radius_mm=opts.resharp_radius or 0.0,
-        resharp_regularization=opts.resharp_lambda,
-        inversion=opts.inversion,
-        tkd_threshold=opts.tkd_threshold,
-        tv_regularization=opts.tv_lambda,
-        rts_delta=opts.rts_delta,
-        medi_regularization=opts.medi_lambda,
-        tikhonov_regularization=opts.tikhonov_lambda,
-        inversion_max_iter=opts.inversion_max_iter,
-        reference=opts.reference,
-        r2star=opts.r2star,
+        **{name: default if getattr(opts, name) is None else getattr(opts, name)
+           for name, _, default in configuration_fields()},
     )
     return Config(execution=execution, nipype=nipype, workflow=workflow)
 

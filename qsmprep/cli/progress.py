@@ -18,6 +18,9 @@ STAGES = {
     "report_wf": "report",
 }
 
+#: Sub-workflows that only group others: the stage is named after the one inside.
+CONTAINERS = ("anatomy_wf",)
+
 
 @dataclass(frozen=True)
 class NodeLabel:
@@ -55,6 +58,8 @@ def parse_node_name(fullname: str) -> NodeLabel:
         participant = "sub-" + rest.pop(0)[len("sub_"):-len("_wf")]
     if rest and rest[0].startswith("run_") and rest[0].endswith("_wf") and len(rest) > 1:
         run = _bids_name(rest.pop(0)[len("run_"):-len("_wf")])
+    if rest and rest[0] in CONTAINERS and len(rest) > 2:
+        rest.pop(0)
     if rest and len(rest) > 1 and rest[0].endswith("_wf"):
         workflow = rest.pop(0)
         stage = STAGES.get(workflow, workflow.removesuffix("_wf").replace("_", " "))
@@ -178,5 +183,7 @@ def count_nodes(workflow) -> int:
     from nipype.interfaces.utility import IdentityInterface
     from nipype.pipeline.engine import JoinNode
 
-    return sum(1 for node in workflow._get_all_nodes()
+    from qsmprep.workflows import all_nodes
+
+    return sum(1 for node in all_nodes(workflow)
                if isinstance(node, JoinNode) or not isinstance(node.interface, IdentityInterface))

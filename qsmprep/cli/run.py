@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import re
 import signal
@@ -161,11 +162,12 @@ def _run_participants(config) -> int:
 
 
 def _build_workflow(config, runs):
+    from qsmprep.workflows import all_nodes
     from qsmprep.workflows.base import init_qsmprep_wf
 
     workflow = init_qsmprep_wf(config=config, runs=runs)
     LOGGER.info("Built the workflow: %d run(s) of %d participant(s), %d nodes.", len(runs),
-                len({run.subject for run in runs}), len(workflow._get_all_nodes()))
+                len({run.subject for run in runs}), len(all_nodes(workflow)))
     return workflow
 
 
@@ -255,7 +257,9 @@ def _add_slurm_resources(workflow, sbatch_args: str) -> None:
     has_cpus = any(word.startswith(("--cpus-per-task", "-c")) for word in words)
     has_memory = any(word.startswith(("--mem", "--mem-per-cpu", "--mem-per-gpu"))
                      for word in words)
-    for node in workflow._get_all_nodes():
+    from qsmprep.workflows import all_nodes
+
+    for node in all_nodes(workflow):
         options = []
         if not has_cpus and node.n_procs and node.n_procs > 1:
             options.append(f"--cpus-per-task={int(node.n_procs)}")
@@ -293,8 +297,7 @@ def _stop_workers(runner) -> None:
         return
     # the pool reports each future broken by the kill with a traceback: expected here
     logging.getLogger("concurrent.futures").disabled = True
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # ProcessPoolExecutor
-    processes += list(getattr(pool, "_pool", None) or [])  # multiprocessing.Pool
+    processes = multiprocessing.active_children()  # the pool's workers are our children
     for process in processes:
         try:
             process.kill()
@@ -315,19 +318,16 @@ def _stop_workers(runner) -> None:
 
 
 def _remove_partial_files(output_dir, runs) -> None:
-    """Delete the temporary files (``.<name>.<random>.tmp``) that killed workers may have left
-    in the folders of this run's participants; finished derivatives are written atomically."""
-    subjects = {f"sub-{run.subject}" for run in runs}
-    for subject in subjects:
+    """Delete the temporary files that killed workers may have left in the folders of this
+    run's participants (:func:`qsmprep.bids.derivatives.remove_temporary_files`); finished
+    derivatives are written atomically."""
+    from ..bids.derivatives import remove_temporary_files
+
+    for subject in sorted({f"sub-{run.subject}" for run in runs}):
         folder = Path(output_dir) / subject
-        if not folder.is_dir():
-            continue
-        for path in folder.rglob(".*.tmp"):
-            try:
-                path.unlink()
+        if folder.is_dir():
+            for path in remove_temporary_files(folder):
                 LOGGER.debug("removed the partial file %s", path)
-            except OSError:
-                pass
 
 
 def _stderr_is_terminal() -> bool:

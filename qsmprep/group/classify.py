@@ -14,6 +14,7 @@ separation. Small cohorts give optimistic or unstable estimates (Varoquaux, Neur
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import math
 from pathlib import Path
@@ -26,6 +27,7 @@ from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..bids.derivatives import write_atomically
 from ..reports.cbs import RANGE_PATTERNS
 
 #: Fewest scans each diagnosis of a pair needs to be classified.
@@ -195,13 +197,12 @@ def learned_reference_ranges(tidy, *, reference="csf", hemisphere="bilateral", l
 
 def write_reference_ranges(ranges, path) -> Path:
     """Write :func:`learned_reference_ranges` as a tab-separated reference-range table."""
-    path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream, delimiter="\t", lineterminator="\n")
-        writer.writerow(list(ranges.columns))
-        for record in ranges.itertuples(index=False):
-            writer.writerow(["n/a" if isinstance(value, float) and math.isnan(value)
-                             else (f"{value:.2f}" if isinstance(value, float) else value)
-                             for value in record])
-    return path
+    stream = io.StringIO()
+    writer = csv.writer(stream, delimiter="\t", lineterminator="\n")
+    writer.writerow(list(ranges.columns))
+    for record in ranges.itertuples(index=False):
+        writer.writerow(["n/a" if isinstance(value, float) and math.isnan(value)
+                         else (f"{value:.2f}" if isinstance(value, float) else value)
+                         for value in record])
+    return write_atomically(path, stream.getvalue())
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..bids.derivatives import write_atomically
 from ..errors import BadDataError
 from .classify import classify_diagnoses, learned_reference_ranges, write_reference_ranges
 from .collect import collect_participant_results, qc_exclusions, scan_table, wide_table
@@ -26,9 +27,9 @@ FLOAT_FORMAT = "%.6g"
 
 
 def _write(table: pd.DataFrame, path: Path) -> Path:
-    table.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format=FLOAT_FORMAT,
-                 lineterminator="\n")
-    return path
+    text = table.to_csv(sep="\t", index=False, na_rep="n/a", float_format=FLOAT_FORMAT,
+                        lineterminator="\n")
+    return write_atomically(path, text)
 
 
 def run_group_level(output_dir, bids_dir=None, *, site_column: str = "site") -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..__about__ import __version__
+from ..bids.derivatives import write_atomically
 from .collect import scan_table
 from .statistics import site_effects
 
@@ -362,5 +363,5 @@ def write_group_report(output_dir, written: dict, *, tidy, wide, harmonised=None
         "top_rows": TOP_ROWS,
     }
     html = _environment().get_template(TEMPLATE_NAME).render(**context)
-    html_path.write_text(html, encoding="utf-8")
+    write_atomically(html_path, html)
     return {"html": html_path, "figures": figures}

@@ -69,7 +69,7 @@ class LoadMultiEcho(SimpleInterface):
         return runtime
 
 
-class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
+class _WriteDerivativeInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="the image to write")
     output_dir = traits.Str(mandatory=True, desc="root of the derivatives dataset")
     entities = traits.Dict(mandatory=True, desc="BIDS entities of the source run")
@@ -84,19 +84,21 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     extra_metadata = traits.Dict(desc="sidecar fields computed while running")
 
 
-class _DerivativesDataSinkOutputSpec(TraitedSpec):
+class _WriteDerivativeOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="the written file")
     out_meta = File(desc="its JSON sidecar, when one was written")
 
 
-class DerivativesDataSink(SimpleInterface):
+class WriteDerivative(SimpleInterface):
     """Write one image (or table, transform, figure) and its sidecar into the derivatives
-    dataset with its BIDS name (:func:`qsmprep.bids.derivatives.write_derivative`). Always runs,
+    dataset with its BIDS name (:func:`qsmprep.bids.derivatives.write_derivative`). Named
+    apart from niworkflows' ``DerivativesDataSink``, whose inputs differ (here: entities,
+    suffix, desc, space and metadata, no source file). Always runs,
     so deleted outputs are restored on a re-run; writes are atomic. A non-image file gets a
     sidecar only when metadata is given."""
 
-    input_spec = _DerivativesDataSinkInputSpec
-    output_spec = _DerivativesDataSinkOutputSpec
+    input_spec = _WriteDerivativeInputSpec
+    output_spec = _WriteDerivativeOutputSpec
     _always_run = True
 
     def _run_interface(self, runtime):

@@ -3,8 +3,10 @@
 Each interface is a thin wrapper: read the input images, call one stage function of
 :mod:`qsmprep.qsm.pipeline` (the functions :func:`~qsmprep.qsm.pipeline.reconstruct` chains on
 arrays), write the result next to the node. The names of the stage parameters among the
-inputs are those of :func:`qsmprep.qsm.pipeline.stage_arguments`, which the workflow passes
-through unchanged. All the science lives in :mod:`qsmprep.qsm`.
+inputs are made from the stage's declaration (:data:`qsmprep.stages.STAGES`, by
+:func:`with_stage_inputs`): ``method`` and one input per parameter, named as the keys of
+:func:`qsmprep.qsm.pipeline.stage_arguments`, which the workflow passes through unchanged. All
+the science lives in :mod:`qsmprep.qsm`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from .. import stages
 from ..qsm import pipeline
 from ..imageio import (b0_direction_from_affine, load_array, load_mask, save_like,
                        voxel_size_from_affine)
@@ -39,6 +42,34 @@ def _out(runtime, name):
     return os.path.join(runtime.cwd, name)
 
 
+def with_stage_inputs(stage_name: str):
+    """Class decorator adding to an input spec the inputs of one stage's declaration
+    (:func:`qsmprep.stages.stage`): ``method`` (its algorithms, the default first) when it has
+    a choice, and one input per parameter, typed and defaulted as declared."""
+    declared = stages.stage(stage_name)
+
+    def decorate(spec):
+        if declared.choice_key:
+            spec.add_class_trait("method", traits.Enum(*declared.choices, usedefault=True,
+                                                       desc=declared.help))
+        for parameter in declared.parameters:
+            trait = traits.Int if parameter.type is int else traits.Float
+            spec.add_class_trait(parameter.field, trait(parameter.default, usedefault=True,
+                                                        desc=parameter.help))
+        return spec
+
+    return decorate
+
+
+def stage_inputs(inputs, stage_name: str) -> dict:
+    """The values of the inputs :func:`with_stage_inputs` added, as keyword arguments of the
+    stage function."""
+    declared = stages.stage(stage_name)
+    names = ["method"] if declared.choice_key else []
+    names += [parameter.field for parameter in declared.parameters]
+    return {name: getattr(inputs, name) for name in names}
+
+
 def _first_echo(path) -> np.ndarray:
     """The first echo of a 4-D image (float32), without reading the other echoes."""
     image = nib.load(os.fspath(path))
@@ -48,11 +79,11 @@ def _first_echo(path) -> np.ndarray:
 
 
 # --- masking -------------------------------------------------------------------------------
+@with_stage_inputs("masking")
 class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     magnitude = File(exists=True, mandatory=True, desc="4-D multi-echo magnitude")
     invalid_voxels = File(exists=True, desc="voxels with NaN/inf input, excluded from the mask")
     user_mask = File(exists=True, desc="a mask supplied by the user, used instead of the automatic one")
-    threshold = traits.Float(0.0, usedefault=True, desc="0 for automatic (Otsu)")
 
 
 class _BrainMaskOutputSpec(TraitedSpec):
@@ -72,7 +103,7 @@ class BrainMask(SimpleInterface):
             mask = load_mask(self.inputs.user_mask)
         else:
             mask = pipeline.compute_brain_mask(_first_echo(self.inputs.magnitude), voxel_size,
-                                               threshold=self.inputs.threshold)
+                                               **stage_inputs(self.inputs, "masking"))
         if isdefined(self.inputs.invalid_voxels):
             mask &= ~load_mask(self.inputs.invalid_voxels)
         self._results["mask"] = save_like(mask, self.inputs.magnitude,
@@ -80,10 +111,10 @@ class BrainMask(SimpleInterface):
         return runtime
 
 
+@with_stage_inputs("quality_mask")
 class _QualityMaskInputSpec(BaseInterfaceInputSpec):
     brain_mask = File(exists=True, mandatory=True)
     residual = File(exists=True, mandatory=True, desc="echo-fit residual map")
-    threshold = traits.Float(0.5, usedefault=True, desc="0 keeps the brain mask as it is")
 
 
 class _QualityMaskOutputSpec(TraitedSpec):
@@ -101,19 +132,19 @@ class QualityMask(SimpleInterface):
         voxel_size, _ = _geometry(self.inputs.brain_mask)
         mask = pipeline.refine_mask(load_mask(self.inputs.brain_mask),
                                     load_array(self.inputs.residual), voxel_size,
-                                    threshold=self.inputs.threshold)
+                                    **stage_inputs(self.inputs, "quality_mask"))
         self._results["mask"] = save_like(mask, self.inputs.brain_mask,
                                           _out(runtime, "quality_mask.nii"), dtype=np.uint8)
         return runtime
 
 
 # --- unwrapping ----------------------------------------------------------------------------
+@with_stage_inputs("unwrapping")
 class _UnwrapInputSpec(BaseInterfaceInputSpec):
     phase = File(exists=True, mandatory=True, desc="4-D wrapped phase (rad)")
     magnitude = File(exists=True, desc="4-D magnitude, for ROMEO's edge weights")
     mask = File(exists=True, desc="brain mask, where ROMEO grows")
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
-    method = traits.Str("romeo", usedefault=True)
     num_threads = traits.Int(1, usedefault=True)
 
 
@@ -131,7 +162,7 @@ class UnwrapPhase(SimpleInterface):
         voxel_size, _ = _geometry(self.inputs.phase)
         unwrapped = pipeline.unwrap_phase(
             load_array(self.inputs.phase), voxel_size, self.inputs.echo_times,
-            method=self.inputs.method,
+            **stage_inputs(self.inputs, "unwrapping"),
             magnitude_4d=(load_array(self.inputs.magnitude)
                           if isdefined(self.inputs.magnitude) else None),
             mask=load_mask(self.inputs.mask) if isdefined(self.inputs.mask) else None,
@@ -142,12 +173,12 @@ class UnwrapPhase(SimpleInterface):
 
 
 # --- echo combination ----------------------------------------------------------------------
+@with_stage_inputs("echo_fit")
 class _FitEchoesInputSpec(BaseInterfaceInputSpec):
     unwrapped_phase = File(exists=True, mandatory=True)
     magnitude = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
-    method = traits.Enum("weighted-linear", "nonlinear", usedefault=True)
     phase = File(exists=True, desc="wrapped phase (rad), for the nonlinear complex fit")
 
 
@@ -165,7 +196,8 @@ class FitEchoes(SimpleInterface):
     def _run_interface(self, runtime):
         fit = pipeline.fit_echoes(
             load_array(self.inputs.unwrapped_phase), load_array(self.inputs.magnitude),
-            self.inputs.echo_times, load_mask(self.inputs.mask), method=self.inputs.method,
+            self.inputs.echo_times, load_mask(self.inputs.mask),
+            **stage_inputs(self.inputs, "echo_fit"),
             phase_4d=(load_array(self.inputs.phase)  # only the nonlinear fit reads it
                       if self.inputs.method == "nonlinear" and isdefined(self.inputs.phase)
                       else None))
@@ -176,14 +208,10 @@ class FitEchoes(SimpleInterface):
 
 
 # --- background field removal --------------------------------------------------------------
+@with_stage_inputs("background_removal")
 class _BackgroundInputSpec(BaseInterfaceInputSpec):
     total_field_hz = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
-    method = traits.Enum("pdf", "vsharp", "resharp", "lbv", usedefault=True)
-    radii_mm = traits.List(traits.Float, mandatory=True,
-                           desc="V-SHARP radii, or the one RESHARP radius (unused by PDF, LBV)")
-    threshold = traits.Float(0.05, usedefault=True, desc="V-SHARP deconvolution truncation")
-    regularization = traits.Float(1e-3, usedefault=True, desc="RESHARP Tikhonov weight")
     num_threads = traits.Int(1, usedefault=True)
 
 
@@ -203,8 +231,7 @@ class RemoveBackground(SimpleInterface):
         voxel_size, b0_direction = _geometry(self.inputs.mask)
         result = pipeline.remove_background(
             load_array(self.inputs.total_field_hz), load_mask(self.inputs.mask), voxel_size,
-            b0_direction, method=self.inputs.method, radii_mm=list(self.inputs.radii_mm),
-            threshold=self.inputs.threshold, regularization=self.inputs.regularization,
+            b0_direction, **stage_inputs(self.inputs, "background_removal"),
             workers=self.inputs.num_threads)
         self._results["local_field_hz"] = save_like(
             result.local_field_hz, self.inputs.mask, _out(runtime, "local_field_hz.nii"))
@@ -215,21 +242,13 @@ class RemoveBackground(SimpleInterface):
 
 
 # --- dipole inversion ----------------------------------------------------------------------
+@with_stage_inputs("inversion")
 class _InvertInputSpec(BaseInterfaceInputSpec):
     local_field_hz = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
     field_strength_t = traits.Float(mandatory=True)
     echo_times = traits.List(traits.Float, desc="echo times (s): MEDI's phase noise scale")
     magnitude = File(exists=True, desc="4-D magnitude; edges in any echo weight TV and MEDI")
-    method = traits.Enum("tv-admm", "tikhonov", "tkd", "rts", "medi-l1", usedefault=True)
-    tkd_threshold = traits.Float(0.19, usedefault=True)
-    rts_delta = traits.Float(0.15, usedefault=True)
-    regularization = traits.Float(0.01, usedefault=True,
-                                  desc="lambda of Tikhonov, TV-ADMM or MEDI")
-    outside_weight = traits.Float(0.1, usedefault=True,
-                                  desc="TV-ADMM weight of the gradients leaving the mask")
-    max_iter = traits.Int(100, usedefault=True)
-    tolerance = traits.Float(1e-2, usedefault=True)
     num_threads = traits.Int(1, usedefault=True)
 
 
@@ -248,13 +267,11 @@ class InvertDipole(SimpleInterface):
         voxel_size, b0_direction = _geometry(self.inputs.mask)
         susceptibility = pipeline.invert_dipole(
             load_array(self.inputs.local_field_hz), load_mask(self.inputs.mask), voxel_size,
-            b0_direction, self.inputs.field_strength_t, method=self.inputs.method,
+            b0_direction, self.inputs.field_strength_t,
+            **stage_inputs(self.inputs, "inversion"),
             magnitude=(load_array(self.inputs.magnitude)
                        if isdefined(self.inputs.magnitude) else None),
             echo_times_s=self.inputs.echo_times if isdefined(self.inputs.echo_times) else None,
-            tkd_threshold=self.inputs.tkd_threshold, rts_delta=self.inputs.rts_delta,
-            regularization=self.inputs.regularization, outside_weight=self.inputs.outside_weight,
-            max_iter=self.inputs.max_iter, tolerance=self.inputs.tolerance,
             workers=self.inputs.num_threads)
         self._results["susceptibility_ppm"] = save_like(
             susceptibility, self.inputs.mask, _out(runtime, "susceptibility_ppm.nii"))
@@ -262,12 +279,12 @@ class InvertDipole(SimpleInterface):
 
 
 # --- referencing ---------------------------------------------------------------------------
+@with_stage_inputs("referencing")
 class _ReferenceInputSpec(BaseInterfaceInputSpec):
     susceptibility_ppm = File(exists=True, mandatory=True)
     brain_mask = File(exists=True, mandatory=True,
                       desc="where the map is defined: the whole-brain reference region")
     r2star = File(exists=True, desc="R2* map (1/s), to find the lateral ventricles (CSF)")
-    region = traits.Enum("whole-brain", "csf", usedefault=True, desc="the reference region")
 
 
 class _ReferenceOutputSpec(TraitedSpec):
@@ -288,7 +305,7 @@ class ReferenceSusceptibility(SimpleInterface):
         voxel_size, _ = _geometry(self.inputs.brain_mask)
         result = pipeline.reference_susceptibility(
             load_array(self.inputs.susceptibility_ppm), load_mask(self.inputs.brain_mask),
-            voxel_size, region=self.inputs.region,
+            voxel_size, **stage_inputs(self.inputs, "referencing"),
             r2star_hz=load_array(self.inputs.r2star) if isdefined(self.inputs.r2star) else None,
             logger=LOGGER)
         if result.csf_mask is not None:
@@ -302,11 +319,11 @@ class ReferenceSusceptibility(SimpleInterface):
 
 
 # --- relaxometry ---------------------------------------------------------------------------
+@with_stage_inputs("r2star")
 class _R2starInputSpec(BaseInterfaceInputSpec):
     magnitude = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times (s)")
-    method = traits.Enum("loglinear", "arlo", usedefault=True)
 
 
 class _R2starOutputSpec(TraitedSpec):
@@ -324,7 +341,7 @@ class FitR2star(SimpleInterface):
     def _run_interface(self, runtime):
         r2star_hz, t2star_s = pipeline.fit_r2star(
             load_array(self.inputs.magnitude), self.inputs.echo_times,
-            load_mask(self.inputs.mask), method=self.inputs.method)
+            load_mask(self.inputs.mask), **stage_inputs(self.inputs, "r2star"))
         self._results["r2star"] = save_like(r2star_hz, self.inputs.mask,
                                             _out(runtime, "r2star.nii"))
         self._results["t2star"] = save_like(t2star_s, self.inputs.mask,

@@ -90,3 +90,24 @@ class RegionalStatistics(SimpleInterface):
         if isdefined(self.inputs.tissue):
             self._results["metadata"]["TissueClassification"] = dict(self.inputs.tissue)
         return runtime
+
+
+class _BuildAtlasOutputSpec(TraitedSpec):
+    labels = File(exists=True, desc="the qsmprep atlas on the template grid")
+    table = File(exists=True, desc="its TSV (index, name, hemisphere, source, licence)")
+
+
+class BuildAtlas(SimpleInterface):
+    """The full qsmprep atlas, merged in the node's folder while the graph runs
+    (:func:`qsmprep.atlases.load_atlas`; a few seconds, once per work folder)."""
+
+    input_spec = BaseInterfaceInputSpec
+    output_spec = _BuildAtlasOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmprep.atlases import load_atlas
+
+        labels, table = load_atlas(runtime.cwd)
+        self._results["labels"] = os.fspath(labels)
+        self._results["table"] = os.fspath(table)
+        return runtime

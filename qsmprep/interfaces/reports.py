@@ -52,8 +52,8 @@ class ReportFigures(SimpleInterface):
 
 
 class _RunReportInputSpec(BaseInterfaceInputSpec):
-    regional_table = File(exists=True, mandatory=True,
-                          desc="the written *_desc-regions_stats.tsv (its name gives the entities)")
+    regional_table = File(exists=True, mandatory=True, desc="the written *_desc-regions_stats.tsv")
+    entities = traits.Dict(mandatory=True, desc="the run's BIDS entities (pybids names)")
     brain_mask = File(exists=True, mandatory=True)
     quality_mask = File(exists=True, desc="phase-quality mask")
     fit_residual = File(exists=True, desc="echo-fit residual map")
@@ -88,7 +88,8 @@ class RunReport(SimpleInterface):
                                     residual_path=optional("fit_residual"),
                                     registration=optional("registration_quality"))
         self._results["report"] = render.build_report(
-            regional_table_path=self.inputs.regional_table, qc=qc,
+            regional_table_path=self.inputs.regional_table,
+            entities=dict(self.inputs.entities), qc=qc,
             acquisition=dict(self.inputs.acquisition), provenance=dict(self.inputs.provenance),
             methods_markdown=self.inputs.methods_markdown,
             figures=dict(optional("figures") or {}),

@@ -380,13 +380,8 @@ def lbv(total_field_hz, mask, voxel_size, *, tolerance: float = 1e-5, max_iter: 
     where the boundary falls (2 mm: 51.8 % with one layer peeled, 92.5 % with two, 28.8 % with
     three at 77 % coverage; with the exact brain mask 52.6 % at 2 mm and 93 % at 1 mm).
 
-    Evaluation on the full-size head phantom (``bench/bench_reconstruction.py``; demeaned
-    NRMSE / correlation inside ``result.mask & brain``; susceptibility from
-    :func:`qsmprep.qsm.inversion.tikhonov_cg`): at 2 mm, local field 51.8 % / 0.889 at
-    SNR 100 (V-SHARP 44.9 %, PDF 36.6 %), 57.6 % at SNR 50, 51.4 % with 15 degrees of
-    obliquity, covering 93.0 % of the true brain; susceptibility 54.7 % (V-SHARP 58.6 %,
-    PDF 54.9 %). At 1 mm (2 layers peeled), 69.3 %, susceptibility 73.9 % (V-SHARP 56.8 %
-    and 70.8 %).
+    The measurements behind the solver tolerance, the peel and its accuracy on the head phantom
+    are in ``bench/RESULTS.md``, "LBV background removal".
 
     Parameters
     ----------

@@ -99,16 +99,8 @@ def tikhonov_cg(local_field_ppm, mask, voxel_size, b0_direction, *,
     with real FFTs, two FFT pairs per iteration. Starting from chi = 0, the iterates keep a
     zero mean (D(0) = 0); reference the result afterwards.
 
-    Defaults (``regularization`` 0.01 mm^2 with gradients in 1/mm, ``tolerance`` 0.01) were
-    chosen on the full-size 2 mm head phantom of :mod:`qsmprep.phantom` (realistic air/bone
-    background, veins, 4 echoes, V-SHARP first; ``bench/bench_reconstruction.py``). Demeaned
-    NRMSE / correlation in the V-SHARP mask at SNR 100 for lambda 0.002 / 0.005 / 0.01 / 0.02
-    (tolerance 0.01): 62.7 / 59.9 / 58.6 / 58.8 % and 0.79 / 0.81 / 0.81 / 0.81; at SNR 50:
-    76.4 / 69.0 / 64.9 / 62.6 %. Tightening the tolerance to 1e-3 costs 5x the time and adds
-    noise (64 % at SNR 100): stopping early regularises. TKD (threshold 0.19) gives 61 % and
-    71 %. Larger lambda lowers the deep grey-matter slope (0.70 at 0.005, 0.67 at 0.01, 0.63 at
-    0.02). The first tuning, on the small phantom of ``tests/unit/test_inversion.py``, was
-    flat between 0.002 and 0.012.
+    The measurements behind the defaults (``regularization`` 0.01 mm^2 with gradients in 1/mm,
+    ``tolerance`` 0.01) are in ``bench/RESULTS.md``, "Iterative Tikhonov inversion".
 
     Parameters
     ----------
@@ -636,20 +628,7 @@ def medi_l1(local_field_ppm, mask, voxel_size, b0_direction, *, magnitude, noise
     iteration), on the mask's bounding box plus :data:`SUPPORT_MARGIN_MM`. Starts from 0 and
     stops when ||dchi|| <= ``tolerance`` ||chi||.
 
-    Defaults were tuned as for :func:`tv_admm` (same phantom and scoring, first-echo
-    magnitude). For ``regularization`` 5e-4 / 7e-4 / 1e-3 / 1.5e-3 / 2e-3:
-
-    - SNR 100: NRMSE 38.5 / 36.4 / 34.8 / 33.5 / 33.1 %, DGM slope 0.85 / 0.84 / 0.82 / 0.79 /
-      0.76; SNR 50: 44.7 / 40.8 / 37.7 / 35.4 / 34.4 %, slope 0.81 / 0.80 / 0.78 / 0.75 / 0.71;
-    - 15 degree oblique slab, SNR 100: 33.1 / 30.9 / 28.7 / 26.5 / 25.3 %, slope 1.01 to 0.89;
-      SNR 50: 38.6 / 34.9 / 31.4 / 28.3 / 26.8 %;
-    - true local field: 7.5 / 7.8 / 8.4 / 9.0 / 9.9 %, slope 0.95 / 0.93 / 0.91 / 0.89 / 0.86.
-
-    1e-3 trades a few points of NRMSE for the DGM slope. Magnitude as data weight was 1 point
-    worse than uniform weights; an edge fraction of 0.2 was 2 to 3 points better than 0.3 on
-    this piecewise-constant phantom; ``smoothing`` 1e-8 was 2 to 3 points worse and slower;
-    more outer (20) or inner (100, tolerance 1e-3) iterations changed NRMSE by < 0.5 point.
-    It stops after 5 to 7 outer iterations, about 3 s at 80 x 96 x 80 on 2 threads.
+    The measurements behind the defaults are in ``bench/RESULTS.md``, "MEDI inversion".
 
     Parameters
     ----------
@@ -747,20 +726,8 @@ def rts(local_field_ppm, mask, voxel_size, b0_direction, *, delta: float = 0.15,
 
     Both steps run on the mask's bounding box plus :data:`SUPPORT_MARGIN_MM`.
 
-    Defaults were tuned as for :func:`tv_admm` (``delta`` 0.15 as Kames et al.). Step 1 with
-    4 / 6 / 8 / 12 iterations (lambda 7e-3): NRMSE 44.6 / 44.4 / 44.7 / 46.2 % at SNR 100,
-    46.0 / 46.8 / 47.7 / 50.7 % at SNR 50, 33.0 / 29.8 / 29.3 / 29.9 % on the true local field,
-    DGM slope 0.79 / 0.84 / 0.85 / 0.90 at SNR 100: more iterations restore contrast and let in
-    noise. With 8, ``regularization`` 4e-3 / 7e-3 / 1e-2:
-
-    - SNR 100: 46.8 / 44.9 / 45.1 %, slope 0.84 / 0.84 / 0.83; SNR 50: 52.6 / 47.8 / 46.4 %;
-    - 15 degree oblique slab, SNR 100: 39.1 / 38.1 / 38.7 %, slope 0.97 / 0.96 / 0.95;
-      SNR 50: 45.4 / 40.8 / 39.8 %;
-    - true local field: 27.1 / 29.3 / 32.0 %, slope 0.92 / 0.91 / 0.89.
-
-    The unregularised step 1 caps the accuracy (TV-ADMM: 16 % on the true field), as in QSM-CI
-    where RTS scores 38 % against 26.5 % for TV-ADMM; RTS is the fast option: 30 to 60 ADMM
-    iterations of two FFTs, under 1 s at 80 x 96 x 80 on 2 threads.
+    ``delta`` 0.15 is Kames et al.'s; the measurements behind the other defaults, and RTS's
+    accuracy against TV-ADMM, are in ``bench/RESULTS.md``, "RTS inversion".
 
     Parameters
     ----------

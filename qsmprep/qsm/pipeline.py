@@ -21,113 +21,97 @@ import tracemalloc
 
 import numpy as np
 
+from .. import stages
 from ..config import WorkflowConfig
 from ..errors import BadDataError
 from . import background, echo_fit, inversion, masking, referencing, relaxometry, unwrapping
 from .dipole import GYROMAGNETIC_RATIO_MHZ_PER_T, hz_to_ppm
 
 #: Stage names, in the order :func:`reconstruct` runs them (keys of :func:`stage_arguments`).
-STAGES = ("masking", "unwrapping", "echo_fit", "quality_mask", "background_removal",
-          "inversion", "r2star", "referencing")
+STAGES = tuple(declared.name for declared in stages.STAGES)
 
 
-def vsharp_radii_mm(settings: WorkflowConfig, voxel_size) -> list:
-    """V-SHARP sphere radii (mm) for a run with ``voxel_size``, largest first."""
-    return list(background.default_radii_mm(
-        voxel_size, largest_mm=settings.vsharp_max_radius_mm or None,
-        smallest_mm=settings.vsharp_min_radius_mm or None))
+def vsharp_radii_for(voxel_size, *, largest_mm: float = 0.0, smallest_mm: float = 0.0) -> list:
+    """V-SHARP sphere radii (mm) for ``voxel_size``, largest first; 0 picks the default of
+    :func:`qsmprep.qsm.background.default_radii_mm`."""
+    return [float(radius) for radius in background.default_radii_mm(
+        voxel_size, largest_mm=largest_mm or None, smallest_mm=smallest_mm or None)]
 
 
-def resharp_radius_mm(settings: WorkflowConfig, voxel_size) -> float:
-    """RESHARP sphere radius (mm) for a run with ``voxel_size``."""
-    return float(settings.resharp_radius_mm or 2.0 * max(voxel_size))
+def resharp_radius_for(voxel_size, radius_mm: float = 0.0) -> float:
+    """RESHARP sphere radius (mm) for ``voxel_size``; 0 picks two voxel edges."""
+    return float(radius_mm or 2.0 * max(voxel_size))
 
 
-def _background_parameters(settings: WorkflowConfig, voxel_size) -> dict:
-    if settings.background_removal == "resharp":
-        return {"Algorithm": "resharp", "RadiusMM": resharp_radius_mm(settings, voxel_size),
-                "Regularization": settings.resharp_regularization}
-    if settings.background_removal in ("pdf", "lbv"):
-        peeled = (background.PDF_PEEL_VOXELS if settings.background_removal == "pdf"
-                  else background.default_peel_voxels(voxel_size))
-        return {"Algorithm": settings.background_removal, "PeeledVoxels": peeled}
-    return {"Algorithm": "vsharp", "RadiiMM": vsharp_radii_mm(settings, voxel_size),
-            "Threshold": settings.vsharp_threshold}
+def stage_arguments(settings: WorkflowConfig) -> dict:
+    """Keyword arguments of each stage function, from the configuration.
+
+    For each stage of :data:`qsmprep.stages.STAGES`: ``method`` (the chosen algorithm, for
+    stages with a choice) and one keyword per parameter, named after its configuration field.
+    They are also the input names of the stage's nipype interface
+    (:mod:`qsmprep.interfaces.qsm`), so the workflow and :func:`reconstruct` run the stages
+    with the same arguments.
+    """
+    arguments = {}
+    for declared in stages.STAGES:
+        stage_keywords = {"method": getattr(settings, declared.name)} if declared.choice_key else {}
+        for parameter in declared.parameters:
+            stage_keywords[parameter.field] = parameter.type(getattr(settings, parameter.field))
+        arguments[declared.name] = stage_keywords
+    return arguments
+
+
+def _derived_entries(stage_name: str, algorithm: str, settings, voxel_size) -> dict:
+    """Sidecar entries that the stage works out for ``voxel_size`` (radii, peeled layers) or
+    that state a constant of its algorithm."""
+    if stage_name == "quality_mask":
+        return {"Quality": "1 - echo-fit residual / "
+                f"({masking.RESIDUAL_TOLERANCE:g} x median residual)"}
+    if stage_name != "background_removal":
+        return {}
+    if algorithm == "pdf":
+        return {"PeeledVoxels": background.PDF_PEEL_VOXELS}
+    if algorithm == "lbv":
+        return {"PeeledVoxels": background.default_peel_voxels(voxel_size)}
+    if algorithm == "resharp":
+        return {"RadiusMM": resharp_radius_for(voxel_size, settings.resharp_radius_mm)}
+    return {"RadiiMM": vsharp_radii_for(voxel_size, largest_mm=settings.vsharp_max_radius_mm,
+                                       smallest_mm=settings.vsharp_min_radius_mm)}
 
 
 def stage_parameters(settings: WorkflowConfig, voxel_size) -> dict:
     """The algorithm and parameters of each stage for a run with ``voxel_size``, as written
-    into every sidecar (the same choices :func:`stage_arguments` hands to the stages)."""
-    inversion_parameters = {
-        "tkd": {"Threshold": settings.tkd_threshold},
-        "tikhonov": {"Regularization": settings.tikhonov_regularization,
-                     "MaxIterations": settings.inversion_max_iter,
-                     "Tolerance": settings.inversion_tolerance},
-        "tv-admm": {"Regularization": settings.tv_regularization,
-                    "GradientWeights": "magnitude edges in any echo",
-                    "OutsideMaskWeight": settings.tv_outside_weight},
-        "rts": {"Delta": settings.rts_delta},
-        "medi-l1": {"Regularization": settings.medi_regularization,
-                    "GradientWeights": "magnitude edges in any echo"},
-    }[settings.inversion]
-    masking_parameters = {"Algorithm": settings.masking}
-    if settings.masking == "magnitude-threshold":
-        masking_parameters["Threshold"] = settings.mask_threshold or "automatic (Otsu)"
-    return {
-        "Masking": masking_parameters,
-        "PhaseQualityMasking": {"Quality": "1 - echo-fit residual / (10 x median residual)",
-                                "Threshold": settings.quality_threshold},
-        "Unwrapping": {"Algorithm": settings.unwrapping},
-        "EchoCombination": {"Algorithm": settings.echo_fit, "Weights": "magnitude squared"},
-        "BackgroundFieldRemoval": _background_parameters(settings, voxel_size),
-        "DipoleInversion": {"Algorithm": settings.inversion, **inversion_parameters},
-        "Referencing": {"Region": settings.reference},
-        "R2star": {"Algorithm": settings.r2star},
-    }
+    into every sidecar (``QSMProcessing``), keyed by :attr:`qsmprep.stages.Stage.sidecar`.
 
-
-def stage_arguments(settings: WorkflowConfig, voxel_size) -> dict:
-    """Keyword arguments of each stage function for a run with ``voxel_size``.
-
-    The algorithm choices and parameters of :class:`qsmprep.config.WorkflowConfig` become
-    the arguments of :func:`compute_brain_mask`, :func:`unwrap_phase`, :func:`fit_echoes`,
-    :func:`refine_mask`, :func:`remove_background`, :func:`invert_dipole`, :func:`fit_r2star`
-    and :func:`reference_susceptibility` here and only here. The keys of each dictionary are
-    also the input names of the matching nipype interface (``qsmprep.interfaces.qsm``).
+    A block holds the chosen algorithm, the values of the parameters that algorithm uses
+    (the text of :attr:`~qsmprep.stages.Parameter.automatic` for an automatic one), and the
+    values the stage works out from them for ``voxel_size``.
     """
-    if settings.background_removal == "vsharp":
-        radii_mm = [float(r) for r in vsharp_radii_mm(settings, voxel_size)]
-    else:  # the RESHARP radius; PDF and LBV use none
-        radii_mm = [resharp_radius_mm(settings, voxel_size)]
-    regularization = {"tv-admm": settings.tv_regularization,
-                      "medi-l1": settings.medi_regularization,
-                      }.get(settings.inversion, settings.tikhonov_regularization)
-    return {
-        "masking": {"threshold": float(settings.mask_threshold)},
-        "unwrapping": {"method": settings.unwrapping},
-        "echo_fit": {"method": settings.echo_fit},
-        "quality_mask": {"threshold": float(settings.quality_threshold)},
-        "background_removal": {"method": settings.background_removal, "radii_mm": radii_mm,
-                               "threshold": float(settings.vsharp_threshold),
-                               "regularization": float(settings.resharp_regularization)},
-        "inversion": {"method": settings.inversion,
-                      "tkd_threshold": float(settings.tkd_threshold),
-                      "rts_delta": float(settings.rts_delta),
-                      "regularization": float(regularization),
-                      "outside_weight": float(settings.tv_outside_weight),
-                      "max_iter": int(settings.inversion_max_iter),
-                      "tolerance": float(settings.inversion_tolerance)},
-        "r2star": {"method": settings.r2star},
-        "referencing": {"region": settings.reference},
-    }
+    blocks = {}
+    for declared in stages.STAGES:
+        algorithm = (getattr(settings, declared.name) if declared.choice_key
+                     else declared.default)
+        block = {declared.choice_key: algorithm} if declared.choice_key else {}
+        block.update(declared.sidecar_notes)
+        block.update(declared.algorithm(algorithm).sidecar_notes)
+        for parameter in declared.parameters_of(algorithm):
+            if parameter.sidecar:
+                value = getattr(settings, parameter.field)
+                block[parameter.sidecar] = (parameter.automatic
+                                            if parameter.is_automatic(value) else value)
+        block.update(_derived_entries(declared.name, algorithm, settings, voxel_size))
+        blocks[declared.sidecar] = block
+    return blocks
 
 
 # --- one function per stage ----------------------------------------------------------------
-def compute_brain_mask(first_echo_magnitude, voxel_size, *, threshold: float = 0.0):
+def compute_brain_mask(first_echo_magnitude, voxel_size, *, method: str,
+                       mask_threshold: float):
     """Brain mask from the first-echo magnitude
-    (:func:`qsmprep.qsm.masking.magnitude_brain_mask`); ``threshold`` 0 is Otsu's."""
+    (:func:`qsmprep.qsm.masking.magnitude_brain_mask`); ``mask_threshold`` 0 is Otsu's."""
+    stages.stage("masking").algorithm(method)
     return masking.magnitude_brain_mask(first_echo_magnitude, voxel_size,
-                                        threshold=threshold or None)
+                                        threshold=mask_threshold or None)
 
 
 def unwrap_phase(phase_4d, voxel_size, echo_times_s, *, magnitude_4d, mask, method: str,
@@ -157,59 +141,66 @@ def fit_echoes(unwrapped_phase_4d, magnitude_4d, echo_times_s, mask, *, method: 
     return fit
 
 
-def refine_mask(brain_mask, fit_residual, voxel_size, *, threshold: float):
+def refine_mask(brain_mask, fit_residual, voxel_size, *, quality_threshold: float):
     """Phase-quality mask (:func:`qsmprep.qsm.masking.quality_mask` of
-    :func:`~qsmprep.qsm.masking.residual_quality`); ``threshold`` 0 keeps the brain mask."""
+    :func:`~qsmprep.qsm.masking.residual_quality`); ``quality_threshold`` 0 keeps the brain
+    mask."""
     brain_mask = np.asarray(brain_mask, dtype=bool)
-    if threshold <= 0:
+    if quality_threshold <= 0:
         return brain_mask.copy()
     quality = masking.residual_quality(fit_residual, brain_mask)
-    return masking.quality_mask(brain_mask, quality, threshold=threshold,
+    return masking.quality_mask(brain_mask, quality, threshold=quality_threshold,
                                 voxel_size=voxel_size)
 
 
 def remove_background(total_field_hz, mask, voxel_size, b0_direction, *, method: str,
-                      radii_mm=(), threshold: float = 0.05, regularization: float = 1e-3,
+                      vsharp_max_radius_mm: float, vsharp_min_radius_mm: float,
+                      vsharp_threshold: float, resharp_radius_mm: float,
+                      resharp_regularization: float,
                       workers: int = 1) -> background.BackgroundRemoval:
-    """Local field by PDF, LBV, RESHARP (radius ``radii_mm[0]``, ``regularization``) or V-SHARP
-    (``radii_mm``, ``threshold``); see :mod:`qsmprep.qsm.background`."""
+    """Local field by PDF, LBV, RESHARP or V-SHARP (see :mod:`qsmprep.qsm.background`);
+    radii of 0 take their defaults for ``voxel_size`` (:func:`vsharp_radii_for`,
+    :func:`resharp_radius_for`)."""
     if method == "pdf":
         return background.pdf(total_field_hz, mask, voxel_size, b0_direction, workers=workers)
     if method == "lbv":
         return background.lbv(total_field_hz, mask, voxel_size, workers=workers)
     if method == "resharp":
-        return background.resharp(total_field_hz, mask, voxel_size, radius_mm=radii_mm[0],
-                                   regularization=regularization, workers=workers)
+        return background.resharp(total_field_hz, mask, voxel_size,
+                                  radius_mm=resharp_radius_for(voxel_size, resharp_radius_mm),
+                                  regularization=resharp_regularization, workers=workers)
     if method == "vsharp":
+        radii_mm = vsharp_radii_for(voxel_size, largest_mm=vsharp_max_radius_mm,
+                                   smallest_mm=vsharp_min_radius_mm)
         return background.vsharp(total_field_hz, mask, voxel_size, radii_mm=tuple(radii_mm),
-                                 threshold=threshold, workers=workers)
+                                 threshold=vsharp_threshold, workers=workers)
     raise ValueError(f"unknown background removal {method!r}")
 
 
 def invert_dipole(local_field_hz, mask, voxel_size, b0_direction, field_strength_t, *,
-                  method: str, magnitude=None, echo_times_s=None,
-                  tkd_threshold: float = 0.19, rts_delta: float = 0.15,
-                  regularization: float = 1e-3, outside_weight: float | None = None,
-                  max_iter: int = 100, tolerance: float = 1e-2, workers: int = 1):
+                  method: str, magnitude=None, echo_times_s=None, tkd_threshold: float,
+                  tv_regularization: float, tv_outside_weight: float, rts_delta: float,
+                  medi_regularization: float, tikhonov_regularization: float,
+                  inversion_max_iter: int, inversion_tolerance: float, workers: int = 1):
     """Susceptibility (ppm, not referenced) from the local field (Hz).
 
-    TV-ADMM (``regularization``, ``outside_weight``: None for the default of
-    :func:`qsmprep.qsm.inversion.tv_admm`) and MEDI (``regularization``) take their gradient
-    weights from the edges of ``magnitude`` (the echoes, 4-D, or one 3-D image); iterative
-    Tikhonov uses ``regularization``, ``max_iter`` and ``tolerance``; TKD ``tkd_threshold``;
-    RTS ``rts_delta``. MEDI's phase scale comes from the mean echo spacing (or the one echo
-    time). See :mod:`qsmprep.qsm.inversion`.
+    TV-ADMM (``tv_regularization``, ``tv_outside_weight``) and MEDI (``medi_regularization``)
+    take their gradient weights from the edges of ``magnitude`` (the echoes, 4-D, or one 3-D
+    image); iterative Tikhonov uses ``tikhonov_regularization``, ``inversion_max_iter`` and
+    ``inversion_tolerance``; TKD ``tkd_threshold``; RTS ``rts_delta``. MEDI's phase scale
+    comes from the mean echo spacing (or the one echo time). See :mod:`qsmprep.qsm.inversion`.
     """
     arguments = (hz_to_ppm(local_field_hz, field_strength_t), mask, voxel_size, b0_direction)
     if method == "tv-admm":
         return inversion.tv_admm(*arguments, magnitude=magnitude,
-                                 regularization=regularization, outside_weight=outside_weight,
-                                 workers=workers)
+                                 regularization=tv_regularization,
+                                 outside_weight=tv_outside_weight, workers=workers)
     if method == "tkd":
         return inversion.tkd(*arguments, threshold=tkd_threshold, workers=workers)
     if method == "tikhonov":
-        return inversion.tikhonov_cg(*arguments, regularization=regularization,
-                                     max_iter=max_iter, tolerance=tolerance, workers=workers)
+        return inversion.tikhonov_cg(*arguments, regularization=tikhonov_regularization,
+                                     max_iter=inversion_max_iter,
+                                     tolerance=inversion_tolerance, workers=workers)
     if method == "rts":
         return inversion.rts(*arguments, delta=rts_delta, workers=workers)
     if method == "medi-l1":
@@ -217,7 +208,7 @@ def invert_dipole(local_field_hz, mask, voxel_size, b0_direction, field_strength
         spacing_s = np.diff(echo_times_s).mean() if echo_times_s.size > 1 else echo_times_s[0]
         radians_per_ppm = 2 * np.pi * GYROMAGNETIC_RATIO_MHZ_PER_T * field_strength_t * spacing_s
         return inversion.medi_l1(*arguments, magnitude=magnitude,
-                                 regularization=regularization,
+                                 regularization=medi_regularization,
                                  radians_per_ppm=radians_per_ppm, workers=workers)
     raise ValueError(f"unknown dipole inversion {method!r}")
 
@@ -243,9 +234,10 @@ class Referenced:
     """Reference region and values, as written into the sidecars."""
 
 
-def reference_susceptibility(susceptibility_ppm, brain_mask, voxel_size, *, region: str,
+def reference_susceptibility(susceptibility_ppm, brain_mask, voxel_size, *, method: str,
                              r2star_hz=None, logger=None) -> Referenced:
-    """Subtract the mean over the whole brain or the lateral ventricles (CSF).
+    """Subtract the mean over the whole brain (``method`` ``"whole-brain"``) or the lateral
+    ventricles (``"csf"``).
 
     Both are measured whatever the choice, when ``r2star_hz`` lets the ventricles be found
     (2024 QSM consensus); without them, whole-brain referencing goes on (``logger`` warns)
@@ -258,7 +250,7 @@ def reference_susceptibility(susceptibility_ppm, brain_mask, voxel_size, *, regi
         try:
             csf_mask = referencing.csf_reference_mask(r2star_hz, brain_mask, voxel_size)
         except BadDataError as error:
-            if region == "csf":
+            if method == "csf":
                 raise
             if logger is not None:
                 logger.warning("No CSF reference region: %s", error)
@@ -270,12 +262,12 @@ def reference_susceptibility(susceptibility_ppm, brain_mask, voxel_size, *, regi
             "SDPPM": round(float(summary["csf_sd_ppm"]), 6),
             "Voxels": int(summary["csf_voxels"]),
         }
-    elif region == "csf":
+    elif method == "csf":
         raise BadDataError("the CSF reference needs an R2* map to find the ventricles")
-    region_mask = csf_mask if region == "csf" else brain_mask
+    region_mask = csf_mask if method == "csf" else brain_mask
     chimap, reference_value_ppm = referencing.reference_to_region_mean(
         susceptibility_ppm, region_mask, output_mask=brain_mask)
-    metadata.update({"ReferenceRegion": region, "ReferenceValue": float(reference_value_ppm),
+    metadata.update({"ReferenceRegion": method, "ReferenceValue": float(reference_value_ppm),
                      "ReferenceValueUnits": "ppm",
                      "ReferenceRegionVoxels": int(region_mask.sum())})
     return Referenced(chimap, float(reference_value_ppm), csf_mask, metadata)
@@ -369,7 +361,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size, b0_direction, field_
     if invalid.any():
         magnitude = np.where(invalid[..., None], np.float32(0.0), magnitude)
         phase = np.where(invalid[..., None], np.float32(0.0), phase)
-    arguments = stage_arguments(settings, voxel_size)
+    arguments = stage_arguments(settings)
     seconds, peak_gb = {}, {}
 
     def stage(name):

@@ -7,8 +7,8 @@ the same inputs give byte-identical files.
 
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 
 import matplotlib
 import nibabel as nib
@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import ndimage
 
+from ..bids.derivatives import write_atomically
 from ..qsm.masking import otsu_threshold
 
 _SVG_SETTINGS = {"svg.hashsalt": "qsmprep", "svg.fonttype": "path", "svg.image_inline": True,
@@ -114,11 +115,7 @@ def plot_registration(template_path, warped_moving_path, out_path, *, cuts_per_v
                          pad=2)
     figure.suptitle("Registered image, template grey/white boundary (red) and brain outline "
                     "(blue)", color="white", fontsize=8, y=0.995)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    with matplotlib.rc_context(_SVG_SETTINGS):
-        figure.savefig(os.fspath(out_path), format="svg", dpi=dpi, metadata={"Date": None},
-                       facecolor=figure.get_facecolor())
-    return os.path.abspath(out_path)
+    return _save_svg(figure, out_path, dpi=dpi)
 
 
 # ------------------------------------------------------------------ report mosaics and strips
@@ -130,11 +127,13 @@ _MASK_COLOUR = "#ff4040"
 
 
 def _save_svg(figure, out_path, *, dpi: int = 96) -> str:
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    """Write ``figure`` as SVG (no date, so the bytes repeat) atomically; returns the
+    absolute path."""
+    svg = io.BytesIO()
     with matplotlib.rc_context(_SVG_SETTINGS):
-        figure.savefig(os.fspath(out_path), format="svg", dpi=dpi, metadata={"Date": None},
+        figure.savefig(svg, format="svg", dpi=dpi, metadata={"Date": None},
                        facecolor=figure.get_facecolor())
-    return os.path.abspath(out_path)
+    return os.path.abspath(write_atomically(out_path, svg.getvalue()))
 
 
 def _axial_cuts(extent_mask, count: int) -> list[int]:

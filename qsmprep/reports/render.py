@@ -23,6 +23,7 @@ from pathlib import Path
 import jinja2
 
 from ..__about__ import __version__
+from ..bids.derivatives import report_entities, write_atomically
 from ..regions import read_regional_table
 from . import cbs
 
@@ -63,7 +64,6 @@ CONSENSUS_ITEMS = (
                   "parameter, software and version reported"),
 )
 
-_ENTITY = re.compile(r"(?:^|_)(sub|ses|acq|rec|run|echo|part)-([A-Za-z0-9]+)")
 
 
 # --------------------------------------------------------------------------------- validation
@@ -94,20 +94,6 @@ def validate_report(report: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def entities_from_name(path) -> dict:
-    """BIDS entities (``sub``, ``ses``, ``acq``, ``rec``, ``run``) of a derivative's name."""
-    entities = {}
-    for key, value in _ENTITY.findall(Path(path).name):
-        if key not in ("echo", "part"):
-            entities.setdefault(key, value)
-    return entities
-
-
-def _prefix(entities) -> str:
-    return "_".join(f"{key}-{entities[key]}" for key in ("sub", "ses", "acq", "rec", "run")
-                    if entities.get(key))
-
-
 def _json_ready(value):
     """Replace non-finite floats by None (JSON has no NaN) throughout."""
     if isinstance(value, float):
@@ -307,15 +293,18 @@ def report_methods_text(findings_: dict, ranges: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------- build
-def build_report(*, regional_table_path, qc: dict, acquisition: dict, provenance: dict,
-                 methods_markdown: str, figures: dict, reference_ranges_path=None) -> dict:
+def build_report(*, regional_table_path, entities: dict, qc: dict, acquisition: dict,
+                 provenance: dict, methods_markdown: str, figures: dict,
+                 reference_ranges_path=None) -> dict:
     """The content of one run's report (``<prefix>_desc-cbs_report.json``).
 
     Parameters
     ----------
     regional_table_path : path
-        The run's ``*_desc-regions_stats.tsv``; its name gives the subject, session,
-        acquisition and run unless ``provenance`` names them.
+        The run's ``*_desc-regions_stats.tsv``.
+    entities : dict
+        The run's BIDS entities (pybids names: ``subject``, ``session``, ``acquisition``,
+        ``reconstruction``, ``run``), which name the report and its figures.
     qc : dict
         Quality values for :func:`qsmprep.reports.cbs.assess_quality`: ``registration``
         (``{"dice_brain", "nmi"}``), ``mask_volume_ml``, ``echo_fit_residual`` (median, rad),
@@ -325,8 +314,7 @@ def build_report(*, regional_table_path, qc: dict, acquisition: dict, provenance
         ``manufacturer``, ``model`` (those known; others are kept and shown as given).
     provenance : dict
         ``date`` (of the run; the only date in the output), ``command`` (the command line),
-        ``version`` (default: this qsmprep), optional ``subject``/``session``/``run`` and
-        ``processing`` (the sidecars' ``QSMProcessing`` record, for the consensus checklist).
+        ``version`` (default: this qsmprep) and ``processing`` (the sidecars' ``QSMProcessing`` record, for the consensus checklist).
     methods_markdown : str
         The methods boilerplate (``CITATION.md``): paragraphs, headings and a numbered
         reference list.
@@ -353,14 +341,9 @@ def build_report(*, regional_table_path, qc: dict, acquisition: dict, provenance
     quality["values"] = _json_ready(dict(qc or {}))
     scores = cbs.score_patterns(findings_, quality=quality)
 
-    entities = entities_from_name(regional_table_path)
-    for key, entity in (("subject", "sub"), ("session", "ses"), ("run", "run")):
-        label = str(provenance.get(key) or "")
-        if label:
-            entities[entity] = label.removeprefix(f"{entity}-")
+    entities = report_entities(entities)
     if "sub" not in entities:
-        raise ValueError(f"no subject: {regional_table_path.name} has no sub- entity and "
-                         "provenance names none")
+        raise ValueError(f"no subject among the entities of {regional_table_path.name}")
     acquisition_summary = _acquisition(acquisition)
     version = str(provenance.get("version") or __version__)
     report = {
@@ -369,7 +352,7 @@ def build_report(*, regional_table_path, qc: dict, acquisition: dict, provenance
         "session": entities.get("ses"),
         "run": entities.get("run"),
         "entities": entities,
-        "prefix": _prefix(entities),
+        "prefix": "_".join(f"{key}-{value}" for key, value in entities.items()),
         "generated_by": {"name": "qsmprep", "version": version,
                          "date": provenance.get("date"), "command": provenance.get("command")},
         "acquisition": acquisition_summary,
@@ -535,9 +518,7 @@ def write_report(report, *, html_path, json_path=None, figures_dir, strip_plots=
         finished.append(item)
 
     for item, path in zip(finished, json_paths):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(item, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    html_path.write_text(render_html(finished), encoding="utf-8")
+        write_atomically(path, json.dumps(item, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(html_path, render_html(finished))
     return {"html": html_path, "json": [Path(path) for path in json_paths],
             "figures": written_figures}

@@ -108,7 +108,7 @@ def test_default_chain_accuracy(acquisition):
 def test_default_inversion_from_true_local_field(acquisition):
     """The dipole stage alone, from the true local field in the true brain mask."""
     brain = acquisition.brain_mask
-    arguments = pipeline.stage_arguments(config.WorkflowConfig(), acquisition.voxel_size)
+    arguments = pipeline.stage_arguments(config.WorkflowConfig())
     chi = pipeline.invert_dipole(
         np.where(brain, acquisition.local_field_hz, 0), brain, acquisition.voxel_size,
         acquisition.b0_direction, FIELD_STRENGTH_T,

@@ -237,9 +237,9 @@ def test_no_network_was_attempted(container_run, sandbox):
 
 def test_embedded_template_is_used_offline(sandbox):
     """Registration needs the template: it comes from the package, never from the network."""
-    probe = ("from qsmprep.atlases import ATLAS_DIR, template_files\n"
+    probe = ("from qsmprep.atlases import TEMPLATE_DIR, template_files\n"
              "files = template_files()\n"
-             "assert all(path.is_file() and path.parent == ATLAS_DIR "
+             "assert all(path.is_file() and path.parent == TEMPLATE_DIR "
              "for path in files.values()), files\n"
              "print('ok')\n")
     result = sandbox.run(sys.executable, "-c", probe)

@@ -24,7 +24,7 @@ def _run_on_phantom(tmp_path, shape, voxel_size, *options):
 
 def test_resharp_and_tkd(tmp_path):
     anat = _run_on_phantom(tmp_path, (48, 56, 48), (3.0, 3.0, 3.0),
-                           "--bg-removal", "resharp", "--resharp-radius", "6",
+                           "--background-removal", "resharp", "--resharp-radius", "6",
                            "--inversion", "tkd", "--tkd-threshold", "0.2", "--qsm-only")
     stages = json.loads((anat / "sub-01_Chimap.json").read_text())["QSMProcessing"]
     assert stages["BackgroundFieldRemoval"] == {"Algorithm": "resharp", "RadiusMM": 6.0,
@@ -53,7 +53,7 @@ def test_plugin_file_and_version(tmp_path):
 
 def test_csf_reference_nonlinear_fit_arlo_and_laplacian(tmp_path):
     anat = _run_on_phantom(tmp_path, (60, 72, 60), (2.5, 2.5, 2.5),
-                           "--reference", "csf", "--echo-fit", "nonlinear", "--r2star", "arlo",
+                           "--referencing", "csf", "--echo-fit", "nonlinear", "--r2star", "arlo",
                            "--unwrapping", "laplacian", "--qsm-only")
     sidecar = json.loads((anat / "sub-01_Chimap.json").read_text())
     assert sidecar["ReferenceRegion"] == "csf"
@@ -77,7 +77,7 @@ def test_other_background_removal_methods(tmp_path, method):
     """PDF and LBV, each with another inversion (RTS, MEDI) so every choice runs once."""
     inversion = {"pdf": "medi-l1", "lbv": "rts"}[method]
     anat = _run_on_phantom(tmp_path, (48, 56, 48), (3.0, 3.0, 3.0),
-                           "--bg-removal", method, "--inversion", inversion, "--qsm-only")
+                           "--background-removal", method, "--inversion", inversion, "--qsm-only")
     stages = json.loads((anat / "sub-01_Chimap.json").read_text())["QSMProcessing"]
     assert stages["BackgroundFieldRemoval"]["Algorithm"] == method
     assert stages["DipoleInversion"]["Algorithm"] == inversion

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from qsmprep.atlases import (
-    ATLAS_DIR,
+    TEMPLATE_DIR,
     COMPOSITE_REGIONS,
     CORTICAL_REGIONS,
     OPEN_LABELS_NAME,
@@ -82,28 +82,28 @@ def test_recipe_reproduces_shipped_files(tmp_path):
 
     assert main(["--output", str(tmp_path)]) == 0
     for name in (TEMPLATE_T1W_NAME, TEMPLATE_MASK_NAME, OPEN_LABELS_NAME):
-        shipped = nb.load(ATLAS_DIR / name)
+        shipped = nb.load(TEMPLATE_DIR / name)
         rebuilt = nb.load(tmp_path / name)
         assert rebuilt.get_data_dtype() == shipped.get_data_dtype(), name
         np.testing.assert_array_equal(rebuilt.affine, shipped.affine, err_msg=name)
         np.testing.assert_array_equal(np.asarray(rebuilt.dataobj), np.asarray(shipped.dataobj),
                                       err_msg=name)
-    assert (tmp_path / OPEN_TABLE_NAME).read_text() == (ATLAS_DIR / OPEN_TABLE_NAME).read_text()
+    assert (tmp_path / OPEN_TABLE_NAME).read_text() == (TEMPLATE_DIR / OPEN_TABLE_NAME).read_text()
 
 
 def test_shipped_files_are_on_the_template_grid():
     for name in (TEMPLATE_T1W_NAME, TEMPLATE_MASK_NAME, OPEN_LABELS_NAME):
-        image = nb.load(ATLAS_DIR / name)
+        image = nb.load(TEMPLATE_DIR / name)
         assert image.shape == TEMPLATE_SHAPE
         np.testing.assert_array_equal(image.affine, TEMPLATE_AFFINE)
     for name in (TEMPLATE_T1W_NAME, TEMPLATE_MASK_NAME, OPEN_LABELS_NAME):
-        with open(ATLAS_DIR / name, "rb") as gzipped:
+        with open(TEMPLATE_DIR / name, "rb") as gzipped:
             header = gzipped.read(8)
         assert header[4:8] == b"\0\0\0\0", f"{name}: gzip modification time is not 0"
 
 
 def test_open_table_lists_the_open_regions_and_licences():
-    rows = read_atlas_table(ATLAS_DIR / OPEN_TABLE_NAME)
+    rows = read_atlas_table(TEMPLATE_DIR / OPEN_TABLE_NAME)
     assert [row["index"] for row in rows] == list(range(1, 21))
     names = {row["name"] for row in rows}
     assert names == set(VOLUME_RANGES_MM3) - set(CORTICAL_REGIONS)
@@ -111,12 +111,12 @@ def test_open_table_lists_the_open_regions_and_licences():
         assert row["hemisphere"] == ("L" if row["index"] % 2 else "R")
         assert row["source"] and row["licence"]
         assert "non-commercial" not in row["licence"]
-    labels = np.asarray(nb.load(ATLAS_DIR / OPEN_LABELS_NAME).dataobj)
+    labels = np.asarray(nb.load(TEMPLATE_DIR / OPEN_LABELS_NAME).dataobj)
     assert set(np.unique(labels)) == set(range(21))
 
 
 def test_composite_regions_are_made_of_atlas_regions():
-    names = {row["name"] for row in read_atlas_table(ATLAS_DIR / OPEN_TABLE_NAME)}
+    names = {row["name"] for row in read_atlas_table(TEMPLATE_DIR / OPEN_TABLE_NAME)}
     assert set(COMPOSITE_REGIONS) == {"globus_pallidus", "substantia_nigra", "motor_cortex",
                                       "primary_motor_cortex", "premotor_cortex"}
     for parts in COMPOSITE_REGIONS.values():
@@ -138,10 +138,10 @@ def test_full_atlas_adds_the_precentral_motor_and_premotor_cortex(full_atlas):
         (name, side) for name in CORTICAL_REGIONS for side in "LR"}
     assert all("Juelich" in row["source"] and "Harvard-Oxford" in row["source"]
                for row in cortical)
-    open_labels = np.asarray(nb.load(ATLAS_DIR / OPEN_LABELS_NAME).dataobj)
+    open_labels = np.asarray(nb.load(TEMPLATE_DIR / OPEN_LABELS_NAME).dataobj)
     labelled_open = open_labels > 0
     np.testing.assert_array_equal(labels[labelled_open], open_labels[labelled_open])
-    mask = np.asarray(nb.load(ATLAS_DIR / TEMPLATE_MASK_NAME).dataobj) > 0
+    mask = np.asarray(nb.load(TEMPLATE_DIR / TEMPLATE_MASK_NAME).dataobj) > 0
     assert not np.any(labels[~mask])
 
 
@@ -224,8 +224,11 @@ def test_regions_are_in_their_anatomical_order(region_geometry, hemisphere):
 # --- templates --------------------------------------------------------------------------------
 
 def _fake_templateflow(home, files=("T1w", "mask")):
+    """A TemplateFlow home as TemplateFlow lays it out, holding some of the template's files."""
     template_dir = home / f"tpl-{TEMPLATE}"
     template_dir.mkdir(parents=True)
+    (home / "dataset_description.json").write_text('{"Name": "TemplateFlow", '
+                                                   '"BIDSVersion": "1.1.1"}')
     names = {"T1w": TEMPLATE_T1W_NAME, "mask": TEMPLATE_MASK_NAME}
     for role in files:
         (template_dir / names[role]).write_bytes(b"not a real image")
@@ -239,7 +242,7 @@ def test_templateflow_files_are_used_when_present(tmp_path, monkeypatch):
 
 
 def test_shipped_template_without_complete_templateflow_folder(tmp_path, monkeypatch):
-    shipped = {"T1w": ATLAS_DIR / TEMPLATE_T1W_NAME, "mask": ATLAS_DIR / TEMPLATE_MASK_NAME}
+    shipped = {"T1w": TEMPLATE_DIR / TEMPLATE_T1W_NAME, "mask": TEMPLATE_DIR / TEMPLATE_MASK_NAME}
     monkeypatch.delenv("TEMPLATEFLOW_HOME", raising=False)
     assert template_files() == shipped
     monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path))
@@ -289,8 +292,8 @@ def _template_grid_labels(*values):
 
 
 def test_user_atlas_on_the_template_grid_is_accepted():
-    labels = ATLAS_DIR / OPEN_LABELS_NAME
-    table = ATLAS_DIR / OPEN_TABLE_NAME
+    labels = TEMPLATE_DIR / OPEN_LABELS_NAME
+    table = TEMPLATE_DIR / OPEN_TABLE_NAME
     assert load_user_atlas(labels, table) == (labels, table)
 
 

@@ -137,7 +137,14 @@ def test_input_agrees_with_the_option(action, inputs):
         assert item["value-choices"] == list(action.choices)
     else:
         assert "value-choices" not in item
-    if action.type is _positive_int:
+    declared = getattr(action.type, "parameter", None)  # a stage parameter's bounded type
+    if declared is not None:
+        assert item["type"] == "Number" and bool(item.get("integer")) == (declared.type is int)
+        assert item["minimum"] == declared.minimum
+        assert bool(item.get("exclusive-minimum")) == (not declared.minimum_inclusive)
+        assert item.get("maximum") == declared.maximum
+        assert bool(item.get("exclusive-maximum")) == (declared.maximum is not None)
+    elif action.type is _positive_int:
         assert (item["type"], item.get("integer"), item.get("minimum")) == ("Number", True, 1)
     elif action.type is _non_negative_int:
         assert (item["type"], item.get("integer"), item.get("minimum")) == ("Number", True, 0)
@@ -193,7 +200,7 @@ def test_simulated_command_line_is_accepted_by_the_cli(tmp_path):
         "bids_dir": str(bids_dir), "output_dir_name": str(output_dir),
         "analysis_level": "participant", "participant_label": ["control", "sub-cbs"],
         "session_label": ["1"], "nprocs": 2, "omp_nthreads": 1, "mem_gb": 3.5,
-        "qsm_only": True, "bg_removal": "vsharp", "vsharp_max_radius": 10,
+        "qsm_only": True, "background_removal": "vsharp", "vsharp_max_radius_mm": 10,
         "inversion": "rts", "rts_delta": 0.2, "quality_threshold": 0.25, "random_seed": 7,
         "work_dir": str(work_dir), "verbose": "-vv",
     }
@@ -216,9 +223,9 @@ def test_simulated_command_line_is_accepted_by_the_cli(tmp_path):
     assert not workflow.register_via_t1w and not workflow.template_stats
     # options left out of the invocation get the descriptor's defaults, i.e. the parser's
     defaults = build_parser().parse_args([str(bids_dir), str(output_dir), "participant"])
-    assert (workflow.unwrapping, workflow.echo_fit, workflow.reference, workflow.r2star) == \
-        (defaults.unwrapping, defaults.echo_fit, defaults.reference, defaults.r2star)
-    assert workflow.tv_regularization == defaults.tv_lambda
+    assert (workflow.unwrapping, workflow.echo_fit, workflow.referencing, workflow.r2star) == \
+        (defaults.unwrapping, defaults.echo_fit, defaults.referencing, defaults.r2star)
+    assert workflow.tv_regularization == defaults.tv_regularization
 
 
 def _expected_value(item: dict, value):

@@ -9,7 +9,7 @@ import pytest
 from qsmprep.cli.parser import parse_args
 from qsmprep.config import Config
 from qsmprep.errors import MissingInputError, UnknownLevelError, UsageError, WorkFolderBusyError
-from qsmprep.qsm.pipeline import stage_parameters, vsharp_radii_mm
+from qsmprep.qsm.pipeline import stage_parameters
 
 
 @pytest.fixture
@@ -97,8 +97,10 @@ def test_stage_options_reach_the_config_and_survive_a_round_trip(bids_dir, tmp_p
     assert config.workflow.inversion == "tkd"
     assert stage_parameters(config.workflow, (1.0, 1.0, 1.0))["DipoleInversion"] == {
         "Algorithm": "tkd", "Threshold": 0.15}
-    assert vsharp_radii_mm(config.workflow, (1.0, 1.0, 1.0)) == [8, 7, 6, 5, 4, 3, 2]
-    assert vsharp_radii_mm(config.workflow, (2.0, 2.0, 2.0)) == [8, 6, 4]
+    assert config.workflow.vsharp_max_radius_mm == 8.0
+    config.workflow.background_removal = "vsharp"
+    assert stage_parameters(config.workflow, (2.0, 2.0, 2.0))["BackgroundFieldRemoval"] == {
+        "Algorithm": "vsharp", "RadiiMM": [8.0, 6.0, 4.0], "Threshold": 0.05}
     assert config.workflow.field_strength_t == 7.0
     saved = config.save(tmp_path / "logs")
     loaded = Config.load(saved)

@@ -15,7 +15,8 @@ PACKAGE_DIRS = {"qsmprep": ROOT / "qsmprep", "qsmprep.workflows": ROOT / "workfl
                 "qsmprep.atlases": ROOT / "atlases"}
 #: Lowest first. A module belongs to the longest prefix listed.
 LAYERS = (
-    ("foundation", ("qsmprep", "qsmprep.__about__", "qsmprep.errors", "qsmprep.config",
+    ("foundation", ("qsmprep", "qsmprep.__about__", "qsmprep.errors", "qsmprep.stages",
+                    "qsmprep.config",
                     "qsmprep.imageio", "qsmprep.atlases")),
     ("bids", ("qsmprep.bids",)),
     ("qsm", ("qsmprep.qsm",)),

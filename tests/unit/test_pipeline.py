@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from qsmprep.config import ALGORITHMS, WorkflowConfig
+from qsmprep.config import WorkflowConfig
 from qsmprep.errors import BadDataError
 from qsmprep.interfaces import qsm as interfaces
 from qsmprep.phantom.head import make_head_phantom
 from qsmprep.phantom.signal import simulate_multiecho_gre
 from qsmprep.qsm import background, inversion, pipeline
 from qsmprep.qsm.dipole import hz_to_ppm
+from qsmprep.stages import stage
 
 ECHO_TIMES_S = (0.004, 0.009, 0.014, 0.019)
 INTERFACES = {"masking": interfaces.BrainMask, "unwrapping": interfaces.UnwrapPhase,
@@ -35,20 +36,21 @@ def _reconstruct(acquisition, **options):
 
 
 def test_stage_arguments_follow_the_configuration_and_name_the_node_inputs():
-    defaults = pipeline.stage_arguments(WorkflowConfig(), (1.0, 1.0, 1.0))
+    defaults = pipeline.stage_arguments(WorkflowConfig())
     assert tuple(defaults) == pipeline.STAGES
-    for stage, arguments in defaults.items():
-        inputs = INTERFACES[stage].input_spec().trait_names()
-        assert set(arguments) <= set(inputs), stage
-    assert defaults["background_removal"]["method"] == ALGORITHMS["background_removal"][0]
-    assert defaults["inversion"]["outside_weight"] == WorkflowConfig().tv_outside_weight
+    for stage_name, arguments in defaults.items():
+        inputs = INTERFACES[stage_name].input_spec().trait_names()
+        assert set(arguments) <= set(inputs), stage_name
+    assert defaults["background_removal"]["method"] == stage("background_removal").default
+    assert defaults["inversion"]["tv_outside_weight"] == WorkflowConfig().tv_outside_weight
     assert WorkflowConfig().tv_outside_weight == inversion.DEFAULT_OUTSIDE_WEIGHT
     changed = WorkflowConfig(background_removal="vsharp", vsharp_max_radius_mm=8,
                              inversion="medi-l1", medi_regularization=5e-4, quality_threshold=0)
-    arguments = pipeline.stage_arguments(changed, (2.0, 2.0, 2.0))
-    assert arguments["background_removal"]["radii_mm"] == [8.0, 6.0, 4.0]
-    assert arguments["inversion"]["regularization"] == 5e-4
-    assert arguments["quality_mask"]["threshold"] == 0.0
+    arguments = pipeline.stage_arguments(changed)
+    assert arguments["background_removal"]["vsharp_max_radius_mm"] == 8.0
+    assert pipeline.vsharp_radii_for((2.0, 2.0, 2.0), largest_mm=8.0) == [8.0, 6.0, 4.0]
+    assert arguments["inversion"]["medi_regularization"] == 5e-4
+    assert arguments["quality_mask"] == {"quality_threshold": 0.0}
 
 
 def test_default_chain_recovers_the_phantom(acquisition):
@@ -76,7 +78,7 @@ def test_reconstruct_runs_the_stage_functions_with_the_configured_parameters(acq
     as calling them one after the other with stage_arguments()."""
     settings = WorkflowConfig(inversion="tkd", tkd_threshold=0.15)
     result = _reconstruct(acquisition, settings=settings)
-    arguments = pipeline.stage_arguments(settings, acquisition.voxel_size)
+    arguments = pipeline.stage_arguments(settings)
     local = pipeline.remove_background(
         result.echo_fit.total_field_hz, result.quality_mask, acquisition.voxel_size,
         acquisition.b0_direction, **arguments["background_removal"])
@@ -108,25 +110,29 @@ def test_user_mask_invalid_voxels_and_one_echo(acquisition):
 
 def test_stage_functions_reject_unknown_methods_and_missing_inputs(acquisition):
     field = np.zeros(acquisition.brain_mask.shape, np.float32)
+    arguments = pipeline.stage_arguments(WorkflowConfig())
     with pytest.raises(ValueError, match="unknown background"):
         pipeline.remove_background(field, acquisition.brain_mask, acquisition.voxel_size,
-                                   acquisition.b0_direction, method="sharp")
+                                   acquisition.b0_direction,
+                                   **{**arguments["background_removal"], "method": "sharp"})
     with pytest.raises(ValueError, match="unknown dipole"):
         pipeline.invert_dipole(field, acquisition.brain_mask, acquisition.voxel_size,
-                               acquisition.b0_direction, 3.0, method="ndi")
+                               acquisition.b0_direction, 3.0,
+                               **{**arguments["inversion"], "method": "ndi"})
     with pytest.raises(ValueError, match="wrapped phase"):
         pipeline.fit_echoes(acquisition.phase, acquisition.magnitude, ECHO_TIMES_S,
                             acquisition.brain_mask, method="nonlinear")
     with pytest.raises(BadDataError):
         pipeline.reference_susceptibility(field, acquisition.brain_mask, acquisition.voxel_size,
-                                          region="csf")
+                                          method="csf")
 
 
-@pytest.mark.parametrize("stage, name", [("background_removal", name)
-                                         for name in ALGORITHMS["background_removal"][1:]]
-                         + [("inversion", name) for name in ALGORITHMS["inversion"][1:]])
-def test_every_choice_runs(acquisition, stage, name):
-    settings = dataclasses.replace(WorkflowConfig(), **{stage: name})
+@pytest.mark.parametrize("stage_name, name",
+                         [("background_removal", name)
+                          for name in stage("background_removal").choices[1:]]
+                         + [("inversion", name) for name in stage("inversion").choices[1:]])
+def test_every_choice_runs(acquisition, stage_name, name):
+    settings = dataclasses.replace(WorkflowConfig(), **{stage_name: name})
     result = _reconstruct(acquisition, settings=settings, workers=2)
     inner = ndimage.binary_erosion(result.local_field_mask, iterations=2)
     truth = acquisition.susceptibility_ppm

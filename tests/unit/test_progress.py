@@ -22,13 +22,15 @@ ARRAY_SCRIPT = Path(__file__).resolve().parents[2] / "workflows" / "slurm_array.
      NodeLabel("sub-01", "sub-01", "QSM", "invert_dipole")),
     ("qsmprep_wf.sub_02_wf.run_sub_02_ses_1_wf.ds_qsm_wf.ds_chimap",
      NodeLabel("sub-02", "sub-02_ses-1", "outputs", "ds_chimap")),
-    ("qsmprep_wf.sub_03_wf.run_sub_03_ses_pre_run_2_wf.registration_wf.register_to_template",
+    ("qsmprep_wf.sub_03_wf.run_sub_03_ses_pre_run_2_wf.anatomy_wf.registration_wf."
+     "register_to_template",
      NodeLabel("sub-03", "sub-03_ses-pre_run-2", "registration", "register_to_template")),
     ("qsmprep_wf.sub_01_wf.subject_report_wf.write_report",
      NodeLabel("sub-01", None, "subject report", "write_report")),
-    ("sub_01_wf.run_sub_01_wf.regions_wf.regional_statistics",
+    ("sub_01_wf.run_sub_01_wf.anatomy_wf.regions_wf.regional_statistics",
      NodeLabel("sub-01", "sub-01", "regions", "regional_statistics")),
     ("some_node", NodeLabel(None, None, None, "some_node")),
+    ("qsmprep_wf.build_atlas", NodeLabel(None, None, None, "build_atlas")),
 ])
 def test_parse_node_name(fullname, expected):
     assert parse_node_name(fullname) == expected

@@ -77,8 +77,10 @@ def _build(out, values, *, volumes=None, ranges=None, provenance=None, prefix=PR
     anat.mkdir(parents=True, exist_ok=True)
     table = write_regional_table(regional_rows(values), anat / f"{prefix}_desc-regions_stats.tsv")
     figure_paths = (_make_figures(volumes, out / "sub-01" / "figures") if volumes else {})
+    entities = dict(zip(("subject", "session", "run"),
+                        (part.split("-")[1] for part in prefix.split("_"))))
     return render.build_report(
-        regional_table_path=table, qc=QC, acquisition=ACQUISITION,
+        regional_table_path=table, entities=entities, qc=QC, acquisition=ACQUISITION,
         provenance=provenance or {
             "date": "2026-11-21", "command": "qsmprep bids out participant",
             "processing": stage_parameters(WorkflowConfig(), (1.0, 1.0, 1.0))},
@@ -218,7 +220,8 @@ def test_without_csf_rows_the_whole_brain_values_are_used_and_flagged(tmp_path):
     table = write_regional_table(
         [row for row in regional_rows(CBS_PATIENT) if row["reference"] == "whole-brain"],
         anat / "sub-01_desc-regions_stats.tsv")
-    report = render.build_report(regional_table_path=table, qc=QC, acquisition={},
+    report = render.build_report(regional_table_path=table, entities={"subject": "01"},
+                                 qc=QC, acquisition={},
                                  provenance={}, methods_markdown="", figures={})
     assert report["subject"] == "01" and report["session"] is None
     assert report["findings"]["reference"] == "whole-brain"
