@@ -210,8 +210,11 @@ STAGES: tuple[Stage, ...] = (
         help="drop voxels of poor phase quality from the mask",
         function="refine_mask", interface="QualityMask", choice_key=None,
         disabled_by_zero="quality_threshold",
-        methods="Voxels whose phase quality, {Quality}, was below {quality_threshold} were "
-        "removed from the mask ({algorithm}).",
+        sidecar_notes=(("Quality", "1 - echo-fit residual / (ResidualTolerance x median "
+                        "residual)"),),
+        methods="Voxels whose phase quality, 1 - echo-fit residual / ({quality_tolerance} x "
+        "median residual), was below {quality_threshold} were removed from the mask "
+        "({algorithm}).",
         algorithms=(Algorithm(
             "echo-fit-residual",
             summary="drop voxels whose echo-fit residual is large against the median "
@@ -221,7 +224,12 @@ STAGES: tuple[Stage, ...] = (
             "quality_threshold", "--quality-threshold", 0.5, title="Phase quality threshold",
             help="drop mask voxels whose phase quality (from the echo-fit residual, in "
             "[0, 1]) is below Q; 0 disables it",
-            sidecar="Threshold", metavar="Q", minimum_inclusive=True, maximum=1.0),),
+            sidecar="Threshold", metavar="Q", minimum_inclusive=True, maximum=1.0),
+            Parameter("quality_tolerance", "--quality-tolerance", 10.0,
+                      title="Phase quality tolerance",
+                      help="echo-fit residual, in medians over the mask, at which the phase "
+                      "quality reaches 0", sidecar="ResidualTolerance"),
+        ),
     ),
     Stage(
         name="background_removal", title="Background removal",

@@ -215,12 +215,7 @@ def _deepest_component(mask, voxel_size):
     return labels == labels.flat[deepest_voxel]
 
 
-#: Echo-fit residual, in medians over the mask, at which the phase quality reaches 0.
-RESIDUAL_TOLERANCE = 10.0
-
-
-def residual_quality(residual, mask, *,
-                     tolerance: float = RESIDUAL_TOLERANCE) -> np.ndarray:
+def residual_quality(residual, mask, *, tolerance: float = 10.0) -> np.ndarray:
     """Phase quality in [0, 1] from an echo-fit residual map: ``1 - residual / scale``.
 
     ``scale = tolerance * median(residual in mask)``, a robust scale of the noise-driven misfit

@@ -64,9 +64,6 @@ def stage_arguments(settings: WorkflowConfig) -> dict:
 def _derived_entries(stage_name: str, algorithm: str, settings, voxel_size) -> dict:
     """Sidecar entries that the stage works out for ``voxel_size`` (radii, peeled layers) or
     that state a constant of its algorithm."""
-    if stage_name == "quality_mask":
-        return {"Quality": "1 - echo-fit residual / "
-                f"({masking.RESIDUAL_TOLERANCE:g} x median residual)"}
     if stage_name != "background_removal":
         return {}
     if algorithm == "pdf":
@@ -141,14 +138,15 @@ def fit_echoes(unwrapped_phase_4d, magnitude_4d, echo_times_s, mask, *, method: 
     return fit
 
 
-def refine_mask(brain_mask, fit_residual, voxel_size, *, quality_threshold: float):
+def refine_mask(brain_mask, fit_residual, voxel_size, *, quality_threshold: float,
+                quality_tolerance: float):
     """Phase-quality mask (:func:`qsmprep.qsm.masking.quality_mask` of
-    :func:`~qsmprep.qsm.masking.residual_quality`); ``quality_threshold`` 0 keeps the brain
-    mask."""
+    :func:`~qsmprep.qsm.masking.residual_quality` with ``quality_tolerance``);
+    ``quality_threshold`` 0 keeps the brain mask."""
     brain_mask = np.asarray(brain_mask, dtype=bool)
     if quality_threshold <= 0:
         return brain_mask.copy()
-    quality = masking.residual_quality(fit_residual, brain_mask)
+    quality = masking.residual_quality(fit_residual, brain_mask, tolerance=quality_tolerance)
     return masking.quality_mask(brain_mask, quality, threshold=quality_threshold,
                                 voxel_size=voxel_size)
 

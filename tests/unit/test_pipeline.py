@@ -50,7 +50,7 @@ def test_stage_arguments_follow_the_configuration_and_name_the_node_inputs():
     assert arguments["background_removal"]["vsharp_max_radius_mm"] == 8.0
     assert pipeline.vsharp_radii_for((2.0, 2.0, 2.0), largest_mm=8.0) == [8.0, 6.0, 4.0]
     assert arguments["inversion"]["medi_regularization"] == 5e-4
-    assert arguments["quality_mask"] == {"quality_threshold": 0.0}
+    assert arguments["quality_mask"] == {"quality_threshold": 0.0, "quality_tolerance": 10.0}
 
 
 def test_default_chain_recovers_the_phantom(acquisition):
