@@ -1,7 +1,7 @@
 """The QSM reconstruction graph of one run: from echoes on disk to a referenced Chimap.
 
 Only computation happens here; :mod:`qsmprep.workflows.outputs` writes the derivatives. One
-node per stage; each runs the stage function of :mod:`qsmprep.qsm.pipeline` with the
+node per stage, named after it (:data:`qsmprep.stages.STAGES`); each runs the stage function of :mod:`qsmprep.qsm.pipeline` with the
 parameters :func:`qsmprep.qsm.pipeline.stage_arguments` gives, the same functions and
 parameters that :func:`qsmprep.qsm.pipeline.reconstruct` chains on arrays.
 """
@@ -98,26 +98,26 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
     # the stage parameters of this run, as reconstruct() on arrays gets them
     arguments = stage_arguments(config)
     load = pe.Node(LoadMultiEcho(), name="load_echoes", mem_gb=volume_mem)
-    mask = pe.Node(BrainMask(**arguments["masking"]), name="brain_mask", mem_gb=volume_mem)
+    mask = pe.Node(BrainMask(**arguments["masking"]), name="masking", mem_gb=volume_mem)
     unwrap = pe.Node(UnwrapPhase(echo_times=list(echo_times), num_threads=omp_nthreads,
                                  **arguments["unwrapping"]),
-                     name="unwrap_phase", n_procs=omp_nthreads,
+                     name="unwrapping", n_procs=omp_nthreads,
                      mem_gb=memory_gb(voxel_count, 16 + 2 * echo_count))
     fit = pe.Node(FitEchoes(echo_times=list(echo_times), **arguments["echo_fit"]),
-                  name="fit_echoes", mem_gb=volume_mem)
+                  name="echo_fit", mem_gb=volume_mem)
     quality = pe.Node(QualityMask(**arguments["quality_mask"]), name="quality_mask",
                       mem_gb=volume_mem)
     bg_removal = pe.Node(
         RemoveBackground(num_threads=omp_nthreads, **arguments["background_removal"]),
-        name="remove_background", n_procs=omp_nthreads,
+        name="background_removal", n_procs=omp_nthreads,
         mem_gb=memory_gb(voxel_count, _INVERSION_COPIES))
     invert = pe.Node(
         InvertDipole(field_strength_t=field_strength_t, echo_times=list(echo_times),
                      num_threads=omp_nthreads, **arguments["inversion"]),
-        name="invert_dipole", n_procs=omp_nthreads,
+        name="inversion", n_procs=omp_nthreads,
         mem_gb=memory_gb(voxel_count, _INVERSION_COPIES))
     reference = pe.Node(ReferenceSusceptibility(**arguments["referencing"]),
-                        name="reference_susceptibility", mem_gb=memory_gb(voxel_count, 4))
+                        name="referencing", mem_gb=memory_gb(voxel_count, 4))
     metadata = pe.Node(niu.Function(function=merge_metadata, input_names=["loading", "reference"],
                                     output_names=["metadata"]),
                        name="merge_metadata", run_without_submitting=True)
@@ -157,7 +157,7 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
 
     if echo_count >= 2:
         r2star = pe.Node(FitR2star(echo_times=list(echo_times), **arguments["r2star"]),
-                         name="fit_r2star", mem_gb=volume_mem)
+                         name="r2star", mem_gb=volume_mem)
         workflow.connect([
             (load, r2star, [("magnitude", "magnitude")]),
             (mask, r2star, [("mask", "mask")]),

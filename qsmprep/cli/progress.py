@@ -47,7 +47,7 @@ def _bids_name(underscored: str) -> str:
 
 
 def parse_node_name(fullname: str) -> NodeLabel:
-    """Read a node's full name (``qsmprep_wf.sub_01_wf.run_sub_01_wf.qsm_wf.invert_dipole``)
+    """Read a node's full name (``qsmprep_wf.sub_01_wf.run_sub_01_wf.qsm_wf.inversion``)
     as its participant, run, stage and node name; unknown layouts keep the name only."""
     parts = fullname.split(".")
     if parts and parts[0] == "qsmprep_wf":
@@ -78,7 +78,7 @@ def format_elapsed(seconds: float) -> str:
 
 def format_status(done: int, total: int, elapsed: float, running=(), failed: int = 0,
                   width: int = 100) -> str:
-    """The one-line status: ``[12/34 nodes, 0:42] running sub-01 QSM: invert_dipole (+1)``."""
+    """The one-line status: ``[12/34 nodes, 0:42] running sub-01 QSM: inversion (+1)``."""
     counts = f"{done}/{total} nodes" + (f", {failed} failed" if failed else "")
     line = f"[{counts}, {format_elapsed(elapsed)}]"
     running = list(running)
@@ -95,7 +95,7 @@ class Progress:
     counts nodes and reports them.
 
     On a terminal (``interactive``) it redraws one status line on ``stream``; otherwise it logs
-    ``done: sub-01 QSM: invert_dipole (12/34 nodes, 0:42 elapsed)`` lines to ``logger``. The
+    ``done: sub-01 QSM: inversion (12/34 nodes, 0:42 elapsed)`` lines to ``logger``. The
     lines are logged in both modes (for the log file); :class:`ProgressAwareHandler` keeps
     them off a terminal, where the status line shows them.
     """

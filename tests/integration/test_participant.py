@@ -138,7 +138,7 @@ def test_rerun_recomputes_nothing_and_rewrites_identical_outputs(participant_run
                if "/ds_" not in str(path)}
     assert results, "the work folder holds no cached node results"
     # an interruption: the inversion of sub-01 never finished
-    (inversion_dir,) = [path for path in work_dir.rglob("invert_dipole") if "sub_01" in str(path)]
+    (inversion_dir,) = [path for path in work_dir.rglob("inversion") if "sub_01" in str(path)]
     for item in inversion_dir.iterdir():
         item.unlink() if item.is_file() else None
     rerun = run_cli(participant_run["bids_dir"], output_dir, "participant", "-w", work_dir,
@@ -147,8 +147,8 @@ def test_rerun_recomputes_nothing_and_rewrites_identical_outputs(participant_run
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     recomputed = {path for path, mtime in results.items()
                   if not path.exists() or path.stat().st_mtime_ns != mtime}
-    assert {path.parent.name for path in recomputed} <= {"invert_dipole",
-                                                       "reference_susceptibility"}
-    assert any(path.parent.name == "invert_dipole" for path in recomputed)
+    assert {path.parent.name for path in recomputed} <= {"inversion",
+                                                       "referencing"}
+    assert any(path.parent.name == "inversion" for path in recomputed)
     for path, content in outputs.items():
         assert path.read_bytes() == content, f"{path} changed on re-run"

@@ -82,7 +82,7 @@ def test_slurmgraph_matches_multiproc(cluster, bids_dir, multiproc_run, tmp_path
     assert len(jobs) == len(scripts), jobs
     assert all(state == "COMPLETED" and exit_code == "0:0"
                for state, exit_code in jobs.values()), jobs
-    assert any(name.endswith("_invert_dipole") for name in jobs)
+    assert any(name.endswith("_inversion") for name in jobs)
     # resource hints became sbatch options of each node's job
     submit = next(work_dir.rglob("submit_jobs.sh")).read_text()
     assert "--mem=" in submit and "--partition=debug" in submit

@@ -141,8 +141,8 @@ def test_registration_options_in_config(bids_dir, tmp_path):
     ("run_sub_01_wf.qsm_wf.load_echoes: qsmprep.errors.BadDataError: sub-01_echo-2: no "
      "EchoTime", 65),
     ("load_echoes: MissingInputError: mask not found", 66),
-    ("invert_dipole: numpy.core._exceptions._ArrayMemoryError: Unable to allocate", 1),
-    ("remove_background: ValueError: operands could not be broadcast", 1),
+    ("inversion: numpy.core._exceptions._ArrayMemoryError: Unable to allocate", 1),
+    ("background_removal: ValueError: operands could not be broadcast", 1),
     ("see the crash file", 1),
     ("ds_chimap: OSError: [Errno 28] No space left on device: '/out/sub-01'", 74),
     ("load_echoes: PermissionError: [Errno 13] Permission denied: '/work/x'", 73),

@@ -18,8 +18,8 @@ ARRAY_SCRIPT = Path(__file__).resolve().parents[2] / "workflows" / "slurm_array.
 
 
 @pytest.mark.parametrize("fullname, expected", [
-    ("qsmprep_wf.sub_01_wf.run_sub_01_wf.qsm_wf.invert_dipole",
-     NodeLabel("sub-01", "sub-01", "QSM", "invert_dipole")),
+    ("qsmprep_wf.sub_01_wf.run_sub_01_wf.qsm_wf.inversion",
+     NodeLabel("sub-01", "sub-01", "QSM", "inversion")),
     ("qsmprep_wf.sub_02_wf.run_sub_02_ses_1_wf.ds_qsm_wf.ds_chimap",
      NodeLabel("sub-02", "sub-02_ses-1", "outputs", "ds_chimap")),
     ("qsmprep_wf.sub_03_wf.run_sub_03_ses_pre_run_2_wf.anatomy_wf.registration_wf."
@@ -37,8 +37,8 @@ def test_parse_node_name(fullname, expected):
 
 
 def test_node_label_text():
-    assert str(NodeLabel("sub-02", "sub-02_ses-1", "QSM", "fit_echoes")) == \
-        "sub-02_ses-1 QSM: fit_echoes"
+    assert str(NodeLabel("sub-02", "sub-02_ses-1", "QSM", "echo_fit")) == \
+        "sub-02_ses-1 QSM: echo_fit"
     assert str(NodeLabel("sub-01", None, None, "x")) == "sub-01: x"
     assert str(NodeLabel(None, None, None, "x")) == "x"
 
@@ -50,8 +50,8 @@ def test_format_elapsed(seconds, text):
 
 
 def test_format_status():
-    assert format_status(12, 34, 42, ["sub-01 QSM: invert_dipole"]) == \
-        "[12/34 nodes, 0:42] running sub-01 QSM: invert_dipole"
+    assert format_status(12, 34, 42, ["sub-01 QSM: inversion"]) == \
+        "[12/34 nodes, 0:42] running sub-01 QSM: inversion"
     assert format_status(3, 10, 5, ["a", "b", "c"], failed=1) == \
         "[3/10 nodes, 1 failed, 0:05] running a (+2)"
     assert format_status(0, 5, 0) == "[0/5 nodes, 0:00]"
@@ -91,12 +91,12 @@ def test_batch_progress_logs_one_line_per_node():
     progress(node, "start")
     clock.now += 65
     progress(node, "end")
-    failing = _Node("qsmprep_wf.sub_02_wf.run_sub_02_wf.qsm_wf.brain_mask")
+    failing = _Node("qsmprep_wf.sub_02_wf.run_sub_02_wf.qsm_wf.masking")
     progress(failing, "start")
     progress(failing, "exception")
     assert stream.getvalue().splitlines() == [
         "INFO done: sub-01 QSM: load_echoes (1/2 nodes, 1:05 elapsed)",
-        "ERROR failed: sub-02 QSM: brain_mask (2/2 nodes, 1:05 elapsed)",
+        "ERROR failed: sub-02 QSM: masking (2/2 nodes, 1:05 elapsed)",
     ]
     assert "\r" not in stream.getvalue()
 
@@ -106,14 +106,14 @@ def test_interactive_progress_redraws_one_line():
     logger, handler = _logger(stream)
     progress = Progress(3, logger=logger, stream=stream, interactive=True, clock=clock)
     handler.progress = progress
-    node = _Node("qsmprep_wf.sub_01_wf.run_sub_01_wf.qsm_wf.unwrap_phase")
+    node = _Node("qsmprep_wf.sub_01_wf.run_sub_01_wf.qsm_wf.unwrapping")
     progress(node, "start")
     clock.now += 5
     logger.warning("a message")
     progress(node, "end")
     progress.clear()
     text = stream.getvalue()
-    assert "\r\x1b[K[0/3 nodes, 0:00] running sub-01 QSM: unwrap_phase" in text
+    assert "\r\x1b[K[0/3 nodes, 0:00] running sub-01 QSM: unwrapping" in text
     assert "\r\x1b[K[1/3 nodes, 0:05]" in text
     # messages are printed on a cleared line, node lines stay off the terminal
     assert "\r\x1b[KWARNING a message\n" in text

@@ -42,15 +42,15 @@ def test_one_subworkflow_per_participant_and_run(dataset, tmp_path):
     assert workflow.base_dir == config.execution.work_dir
     for run in ("sub_01_wf.run_sub_01_wf", "sub_01_wf.run_sub_01_ses_2_wf",
                 "sub_02_wf.run_sub_02_wf"):
-        for stage in ("load_echoes", "brain_mask", "unwrap_phase", "fit_echoes",
-                      "remove_background", "invert_dipole", "reference_susceptibility"):
+        for stage in ("load_echoes", "masking", "unwrapping", "echo_fit",
+                      "background_removal", "inversion", "referencing"):
             assert f"{run}.qsm_wf.{stage}" in names
         assert f"{run}.ds_qsm_wf.ds_chimap" in names
 
 
 def test_single_echo_run_has_no_relaxometry(dataset, tmp_path):
     names = _node_names(_graph(dataset, tmp_path)[0])
-    assert "sub_01_wf.run_sub_01_wf.qsm_wf.fit_r2star" in names
+    assert "sub_01_wf.run_sub_01_wf.qsm_wf.r2star" in names
     assert not any(name.startswith("sub_02_wf") and ("r2star" in name or "t2star" in name)
                    for name in names)
 
@@ -59,10 +59,10 @@ def test_stage_options_reach_the_nodes(dataset, tmp_path):
     workflow, _ = _graph(dataset, tmp_path, "--inversion", "tkd", "--tkd-threshold", "0.2",
                          "--background-removal", "vsharp", "--vsharp-max-radius", "16",
                          "--omp-nthreads", "1")
-    inversion = workflow.get_node("sub_01_wf.run_sub_01_wf.qsm_wf.invert_dipole")
+    inversion = workflow.get_node("sub_01_wf.run_sub_01_wf.qsm_wf.inversion")
     assert inversion.inputs.method == "tkd" and inversion.inputs.tkd_threshold == 0.2
     assert inversion.n_procs == 1 and inversion.mem_gb > 0
-    background = workflow.get_node("sub_01_wf.run_sub_01_wf.qsm_wf.remove_background")
+    background = workflow.get_node("sub_01_wf.run_sub_01_wf.qsm_wf.background_removal")
     assert background.inputs.method == "vsharp"
     assert background.inputs.vsharp_max_radius_mm == 16.0
     sink = workflow.get_node("sub_01_wf.run_sub_01_wf.ds_qsm_wf.ds_chimap")
