@@ -19,16 +19,19 @@ BIDS naming of the inputs (BIDS 1.9, anatomical non-parametric images)::
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import logging
 import math
 import os
 import re
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 
 from ..errors import (
     BadDataError,
@@ -295,6 +298,7 @@ def discover_runs(
         root=root,
     )
 
+    _check_sidecars(root, subjects)
     layout = _index_dataset(root)
     files_by_run = defaultdict(list)
     for filter_key, suffix in INPUT_SUFFIXES.items():
@@ -710,6 +714,7 @@ def _check_voxel_grids(root: Path, echoes):
         for path in echo.files:
             relative = _relative(root, path)
             image = _load_header(path, relative)
+            _check_image_complete(path, image, relative)
             if image.ndim == 4 and image.shape[3] > 1:
                 raise BadDataError(
                     f"{relative} is 4-D ({image.shape[3]} volumes) but a BIDS {_suffix_of(path)} "
@@ -791,6 +796,59 @@ def _checked_command_line_field_strength(value) -> float:
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+
+def _check_sidecars(root: Path, subjects) -> None:
+    """Parse every JSON sidecar the runs may inherit from (the dataset's top level, the
+    selected participants' folders) before pybids does, so that a broken one is named."""
+    paths = [path for path in root.glob("*.json") if path.name != "dataset_description.json"]
+    for folder in sorted(root.glob("sub-*")):
+        if folder.is_dir() and (subjects is None or folder.name[len("sub-"):] in subjects):
+            paths += sorted(folder.rglob("*.json"))
+    for path in paths:
+        relative = _relative(root, path)
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise BadDataError(f"{relative} is not valid JSON ({error.msg} at line "
+                               f"{error.lineno}, column {error.colno}): fix the sidecar.") from None
+        except (UnicodeDecodeError, OSError) as error:
+            raise BadDataError(f"{relative} cannot be read as a JSON sidecar: {error}") from None
+        if not isinstance(content, dict):
+            raise BadDataError(f"{relative} holds a JSON {type(content).__name__}; a BIDS "
+                               'sidecar must hold a JSON object ({"EchoTime": ..., ...}).')
+
+
+def _check_image_complete(path, image, relative) -> None:
+    """Refuse an image file shorter than its header says (a truncated copy or download).
+
+    Cheap: the size of an uncompressed file, or the size a gzip stream records in its last
+    four bytes; only when that disagrees is the stream read through to confirm."""
+    expected = (int(image.header.get_data_offset())
+                + int(np.prod(image.shape)) * image.get_data_dtype().itemsize)
+    path = os.fspath(path)
+    if not path.endswith(".gz"):
+        size = os.path.getsize(path)
+        if size < expected:
+            raise BadDataError(f"{relative} is truncated: it holds {size} bytes but its header "
+                               f"describes {expected}. Copy or convert the file again.")
+        return
+    with open(path, "rb") as stream:
+        stream.seek(-4, os.SEEK_END)
+        recorded = int.from_bytes(stream.read(4), "little")
+    if recorded == expected % 2**32:
+        return
+    size = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 24):
+                size += len(chunk)
+    except (EOFError, OSError, zlib.error) as error:
+        raise BadDataError(f"{relative} is truncated or damaged ({error}): copy or convert the "
+                           "file again.") from None
+    if size < expected:
+        raise BadDataError(f"{relative} is truncated: it decompresses to {size} bytes but its "
+                           f"header describes {expected}. Copy or convert the file again.")
 
 
 def _load_header(path, relative) -> nib.Nifti1Image:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from dataclasses import dataclass, field
 
 import nibabel as nib
@@ -36,6 +37,22 @@ MAX_RADIAN_SPAN = 2 * np.pi + 0.1
 
 #: Largest tolerated fraction of invalid (NaN/inf) voxels among those with signal.
 MAX_INVALID_FRACTION = 0.5
+
+#: Fewest voxels with finite signal in every echo and part that a run needs.
+MIN_FINITE_VOXELS = 1000
+
+#: A magnitude with more negative values than this fraction of its non-zero voxels is not a
+#: magnitude image (a phase image is about half negative).
+MAX_NEGATIVE_MAGNITUDE_FRACTION = 0.05
+
+#: A phase image in radians spanning less than this (rad) over the voxels with signal is
+#: constant: no field information.
+MIN_PHASE_SPAN_RAD = 0.01
+
+#: A 'rad' phase beyond 2 pi whose values are all whole numbers spanning at least this much is
+#: taken for scanner integers mislabelled as radians (rescaled as arbitrary units); any other
+#: 'rad' phase beyond 2 pi is unwrapped phase, and is wrapped.
+MIN_INTEGER_SPAN = 256
 
 
 @dataclass
@@ -98,7 +115,9 @@ def load_multiecho(
     phase_units : {None, 'rad', 'arbitrary'}
         Units of the phase images (sidecar ``Units``). None: inferred from the values
         (:func:`qsmprep.bids.phase.infer_phase_units`), with a message. ``'rad'`` whose values
-        span more than 2 pi is treated as ``'arbitrary'``, with a message. All echoes share
+        span more than 2 pi is unwrapped phase and is wrapped, with a message (whole numbers
+        spanning :data:`MIN_INTEGER_SPAN` or more are scanner integers mislabelled as radians
+        and are rescaled as ``'arbitrary'``). All echoes share
         one arbitrary-units scale: the minimum and maximum over every phase image. Ignored for
         real/imaginary inputs, whose phase is computed in radians.
 
@@ -109,8 +128,11 @@ def load_multiecho(
     Raises
     ------
     BadDataError
-        Files on different grids, different echo counts per part, magnitude zero everywhere,
-        more than half of the voxels with signal not finite, or a constant phase image.
+        Files on different grids, different echo counts per part, magnitude zero everywhere
+        or in one echo, a magnitude with many negative values (a phase image: the parts are
+        swapped), more than half of the voxels with signal not finite (voxels that are not
+        finite in every echo and part, as in a masked export, are outside the head instead),
+        or a constant phase image.
     ValueError
         Inconsistent arguments (no pair of parts, both pairs, unknown ``phase_units``).
     """
@@ -136,7 +158,10 @@ def load_multiecho(
             raise ValueError(f"No {role} files given.")
 
     reference_path = os.fspath(first_files[0])
-    reference_image = nib.load(reference_path)
+    try:
+        reference_image = nib.load(reference_path)
+    except Exception as error:  # nibabel raises several types for unreadable files
+        raise BadDataError(f"{reference_path} cannot be read as a NIfTI image: {error}") from None
     first, first_sources = _read_echo_stack(first_files, reference_image, reference_path)
     second, second_sources = _read_echo_stack(second_files, reference_image, reference_path)
     if first.shape[-1] != second.shape[-1]:
@@ -147,12 +172,23 @@ def load_multiecho(
         )
 
     messages: list[str] = []
+    outside_voxels = _masked_export_voxels((first, second))
+    if outside_voxels.any():
+        messages.append(
+            f"{int(outside_voxels.sum())} voxels ({100 * outside_voxels.mean():.0f} % of the "
+            "field of view) are NaN or infinite in every echo, as in a masked export: they are "
+            "taken as outside the head, and the brain mask stays within the finite voxels.")
+        first[outside_voxels] = 0
+        second[outside_voxels] = 0
     invalid_voxels, nan_fraction = _find_invalid_voxels(
         {first_role: (first, first_sources), second_role: (second, second_sources)},
         magnitude=first if polar else np.abs(first) + np.abs(second),
         magnitude_source=reference_path,
     )
-    if invalid_voxels.any():
+    _check_every_echo_has_signal(first if polar else np.abs(first) + np.abs(second),
+                                 first_sources)
+    invalid_voxels |= outside_voxels
+    if invalid_voxels.any() and nan_fraction > 0:
         messages.append(
             f"{int(invalid_voxels.sum())} voxels hold NaN or infinite values in some echo "
             f"({100 * nan_fraction:.2f} % of the voxels with signal); they were set to 0."
@@ -161,6 +197,12 @@ def load_multiecho(
     if polar:
         magnitude = first
         negative = np.count_nonzero(magnitude < 0)
+        nonzero = max(1, np.count_nonzero(magnitude))
+        if negative > MAX_NEGATIVE_MAGNITUDE_FRACTION * nonzero:
+            raise BadDataError(
+                f"{100 * negative / nonzero:.0f} % of the magnitude values in "
+                f"{', '.join(sorted(set(first_sources)))} are negative: that is a phase image, "
+                "not a magnitude. Check that the part-mag and part-phase files are not swapped.")
         if negative:
             np.abs(magnitude, out=magnitude)
             messages.append(
@@ -223,7 +265,10 @@ def _read_echo_stack(paths, reference_image, reference_path):
     images = []
     for path in paths:
         path = os.fspath(path)
-        image = reference_image if path == reference_path else nib.load(path)
+        try:
+            image = reference_image if path == reference_path else nib.load(path)
+        except Exception as error:  # nibabel raises several types for unreadable files
+            raise BadDataError(f"{path} cannot be read as a NIfTI image: {error}") from None
         if image.ndim not in (3, 4):
             raise BadDataError(
                 f"{path} has {image.ndim} dimensions {_format_shape(image.shape)}: expected a "
@@ -239,11 +284,38 @@ def _read_echo_stack(paths, reference_image, reference_path):
     sources = []
     echo = 0
     for (path, image), count in zip(images, volume_counts):
-        data = image.get_fdata(dtype=np.float32)
+        try:
+            data = image.get_fdata(dtype=np.float32)
+        except (EOFError, OSError, ValueError, zlib.error) as error:  # truncated or damaged
+            raise BadDataError(f"{path} cannot be read: {error}. Copy or convert the file "
+                               "again.") from None
         stack[..., echo : echo + count] = data.reshape(data.shape[:3] + (count,))
         sources.extend([path] * count)
         echo += count
     return stack, sources
+
+
+def _masked_export_voxels(stacks) -> np.ndarray:
+    """Voxels that are NaN or infinite in every echo of every part: the outside of a masked
+    export. Empty when fewer than :data:`MIN_FINITE_VOXELS` voxels would be left (then the
+    data are not a masked export but broken, which :func:`_find_invalid_voxels` reports)."""
+    outside = np.ones(stacks[0].shape[:3], dtype=bool)
+    for stack in stacks:
+        for echo in range(stack.shape[-1]):
+            outside &= ~np.isfinite(stack[..., echo])
+    if outside.size - np.count_nonzero(outside) < MIN_FINITE_VOXELS:
+        return np.zeros_like(outside)
+    return outside
+
+
+def _check_every_echo_has_signal(magnitude, sources) -> None:
+    """Refuse an echo whose magnitude is zero (or not finite) everywhere, naming its file."""
+    for echo in range(magnitude.shape[-1]):
+        values = magnitude[..., echo]
+        if not np.any(np.isfinite(values) & (values != 0)):
+            raise BadDataError(
+                f"Echo {echo + 1} ({sources[echo]}) has no signal: its magnitude is zero or "
+                "not finite in every voxel. Check the export of that echo.")
 
 
 def _find_invalid_voxels(stacks, *, magnitude, magnitude_source):
@@ -302,13 +374,19 @@ def _phase_in_radians(phase, invalid_voxels, *, phase_units, phase_sources, mess
     else:
         units = phase_units.lower()
         if units == "rad" and high - low > MAX_RADIAN_SPAN:
-            messages.append(
-                f"Phase Units say 'rad' but the values range {range_text} spans more than 2 pi; "
-                "treated as arbitrary units."
-            )
-            units = "arbitrary"
+            finite = phase[np.isfinite(phase)]
+            if high - low >= MIN_INTEGER_SPAN and np.all(finite == np.round(finite)):
+                messages.append(
+                    f"Phase Units say 'rad' but the values range {range_text} holds whole "
+                    "numbers only, as scanner integers do; treated as arbitrary units.")
+                units = "arbitrary"
+            else:
+                messages.append(
+                    f"Phase Units say 'rad' and the values range {range_text} spans more than "
+                    "2 pi: taken as unwrapped phase in radians and wrapped into [-pi, pi).")
 
-    if units == "arbitrary" and not high > low:
+    constant = (not high > low) if units == "arbitrary" else (high - low < MIN_PHASE_SPAN_RAD)
+    if constant:
         raise BadDataError(
             f"The phase in {', '.join(sorted(set(phase_sources)))} is constant ({low:.4g}) in "
             "every voxel: it cannot be a phase image. Check which file holds the phase."

@@ -8,6 +8,7 @@ a second rather than after an hour of processing.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -21,30 +22,49 @@ from ..stages import STAGES, Parameter, configuration_fields
 ANALYSIS_LEVELS = ("participant", "group")
 
 
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean --nprocs?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors carry the BIDS-App usage exit code (64)."""
+    """ArgumentParser whose errors carry the BIDS-App usage exit code (64): one line naming
+    the problem (with the closest option for a mistyped one), then where to find help."""
 
     def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n")
+        if message.startswith("unrecognized arguments:"):
+            options = [flag for action in self._actions for flag in action.option_strings]
+            hints = [did_you_mean(word.split("=")[0], options)
+                     for word in message.split(":", 1)[1].split() if word.startswith("-")]
+            message += "".join(dict.fromkeys(hint for hint in hints if hint))
+        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n"
+                  f"Run '{self.prog} --help' for the options.\n")
+
+
+def _number(value: str, kind, description: str):
+    try:
+        return kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {description}, got {value!r}") from None
 
 
 def _positive_int(value: str) -> int:
-    number = int(value)
+    number = _number(value, int, "a positive integer")
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return number
 
 
 def _non_negative_int(value: str) -> int:
-    number = int(value)
+    number = _number(value, int, "an integer of 0 or more")
     if number < 0:
         raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got {value}")
     return number
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
+    number = _number(value, float, "a positive number")
     if not number > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return number
@@ -233,7 +253,8 @@ def parse_args(argv=None) -> Config:
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = build_parser().parse_args(argv)
     if opts.analysis_level not in ANALYSIS_LEVELS:
-        raise UnknownLevelError(f"analysis level {opts.analysis_level!r} is not available: "
+        raise UnknownLevelError(f"analysis level {opts.analysis_level!r} is not available"
+                                f"{did_you_mean(opts.analysis_level, ANALYSIS_LEVELS)}: "
                                 f"choose {' or '.join(ANALYSIS_LEVELS)}")
 
     bids_dir = opts.bids_dir.expanduser().resolve()

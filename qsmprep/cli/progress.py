@@ -161,11 +161,14 @@ class Progress:
 
 class ProgressAwareHandler(logging.StreamHandler):
     """A console handler that erases the status line of :attr:`progress` before a message and
-    draws it again after, so that messages and the status line do not mix."""
+    draws it again after, so that messages and the status line do not mix. Records marked
+    ``file_only`` (tracebacks kept for the log file) are not shown."""
 
     progress: Progress | None = None
 
     def emit(self, record):
+        if getattr(record, "file_only", False):
+            return
         progress = self.progress
         if progress is not None and progress.interactive:
             if getattr(record, "node_status", False) and record.levelno < logging.ERROR:

@@ -106,9 +106,27 @@ class BrainMask(SimpleInterface):
                                                **stage_inputs(self.inputs, "masking"))
         if isdefined(self.inputs.invalid_voxels):
             mask &= ~load_mask(self.inputs.invalid_voxels)
+        _log_mask(mask, _first_echo(self.inputs.magnitude), voxel_size,
+                  automatic=not isdefined(self.inputs.user_mask))
         self._results["mask"] = save_like(mask, self.inputs.magnitude,
                                           _out(runtime, "brain_mask.nii"), dtype=np.uint8)
         return runtime
+
+
+def _log_mask(mask, first_echo, voxel_size, *, automatic: bool) -> None:
+    """Log the mask's volume and the share of the voxels with signal it keeps."""
+    from ..qsm.masking import has_little_background
+
+    with np.errstate(invalid="ignore"):
+        signal = np.isfinite(first_echo) & (first_echo != 0)
+    kept = np.count_nonzero(mask & signal) / max(1, np.count_nonzero(signal))
+    volume_ml = np.count_nonzero(mask) * float(np.prod(voxel_size)) / 1000.0
+    LOGGER.info("Brain mask: %.0f mL, %.0f %% of the voxels with signal.", volume_ml,
+                100 * kept)
+    if automatic and has_little_background(first_echo, voxel_size):
+        LOGGER.warning("The field of view holds almost no background (a crop or slab of "
+                       "tissue): the brain mask keeps every voxel brighter than a tenth of the "
+                       "99th percentile instead of using Otsu's threshold.")
 
 
 @with_stage_inputs("quality_mask")

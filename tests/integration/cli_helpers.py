@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +31,27 @@ def tree_checksum(folder) -> str:
     return digest.hexdigest()
 
 
-def run_cli(*args, cwd=None, env=None):
-    """Run the installed ``qsmprep`` console script; returns the CompletedProcess."""
+def run_cli(*args, cwd=None, env=None, timeout=None):
+    """Run the installed ``qsmprep`` console script; returns the CompletedProcess.
+
+    The run is its own process group. It has no time limit (every run of the suite is
+    bounded by its data) unless ``timeout`` or the environment variable
+    ``QSMPREP_TEST_TIMEOUT`` (seconds) sets one; past it the whole group, nipype's workers
+    included, is killed, so no process outlives the test.
+    """
     command = [str(Path(sys.executable).with_name("qsmprep")), *map(str, args)]
     environment = {**os.environ, **(env or {})}
-    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True,
-                          timeout=900)
+    timeout = timeout or float(os.environ.get("QSMPREP_TEST_TIMEOUT") or 0) or None
+    process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException:  # a timeout, or the test run interrupted
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def small_subject(**overrides) -> PhantomSubject:

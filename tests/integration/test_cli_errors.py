@@ -135,9 +135,14 @@ def test_mostly_nan_phase_is_bad_data(tiny_bids, tmp_path):
     assert "crash" in result.stderr
 
 
-def test_unreadable_image_is_a_processing_failure(tiny_bids, tmp_path):
+def test_damaged_image_is_bad_data_naming_the_file(tiny_bids, tmp_path):
+    """Damage inside the gzip stream, its length intact: the pre-flight check reads the stream
+    through when the size it records disagrees, and names the file (exit 65)."""
     path = _anat(tiny_bids) / "sub-01_echo-3_part-mag_MEGRE.nii.gz"
-    content = path.read_bytes()
-    path.write_bytes(content[: len(content) // 2])  # header intact, data truncated
-    _run_and_check(tiny_bids, tmp_path, expected_code=1,
-                   expected_words=["load_echoes", "Crash reports are in"])
+    content = bytearray(path.read_bytes())
+    middle = len(content) // 2
+    content[middle:middle + 64] = bytes(64)
+    path.write_bytes(bytes(content))
+    _run_and_check(tiny_bids, tmp_path, "--qsm-only", expected_code=65,
+                   expected_words=["sub-01_echo-3_part-mag_MEGRE.nii.gz", "damaged",
+                                   "the file again"])

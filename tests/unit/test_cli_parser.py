@@ -8,7 +8,13 @@ import pytest
 
 from qsmprep.cli.parser import parse_args
 from qsmprep.config import Config
-from qsmprep.errors import MissingInputError, UnknownLevelError, UsageError, WorkFolderBusyError
+from qsmprep.errors import (
+    MissingInputError,
+    OutputIOError,
+    UnknownLevelError,
+    UsageError,
+    WorkFolderBusyError,
+)
 from qsmprep.qsm.pipeline import stage_parameters
 
 
@@ -206,3 +212,44 @@ def test_a_work_folder_in_use_exits_75_and_names_the_holder(bids_dir, tmp_path):
         holder.wait()
     with work_folder_lock(work):  # free again once the holder is gone
         assert (work / WORK_LOCK_NAME).read_text().startswith("pid ")
+
+
+class _Run:
+    def __init__(self, shape, echoes=4):
+        self.shape, self.echoes = shape, tuple(range(echoes))
+
+
+def test_free_space_is_checked_against_the_runs_need(bids_dir, tmp_path):
+    from qsmprep.cli.run import check_free_space, estimated_space_gb
+
+    one_mm = _Run((160, 192, 160), echoes=5)
+    assert 1.0 < estimated_space_gb([one_mm], qsm_only=True) < 2.0  # measured: 1.4 GB
+    assert (estimated_space_gb([one_mm], qsm_only=False)
+            > estimated_space_gb([one_mm], qsm_only=True))
+    config = parse_args([str(bids_dir), str(tmp_path / "out" / "new"), "participant",
+                         "-w", str(tmp_path / "work" / "new")])
+    check_free_space(config, [_Run((24, 28, 24))])  # a small run fits anywhere
+    with pytest.raises(OutputIOError, match=r"work folder .* free; this run needs"):
+        check_free_space(config, [_Run((10**5, 10**5, 10**4))])
+
+
+def test_a_full_disk_stops_the_run_through_sigterm(tmp_path):
+    """The disk watch records the full folder and signals the main thread, whose SIGTERM
+    handler raises; the run then reports exit 74 (the threshold here makes any disk full)."""
+    import time
+
+    from qsmprep.cli.run import DiskWatch, Terminated, _handle_sigterm, _restore_sigterm
+
+    previous = _handle_sigterm()
+    watch = DiskWatch([tmp_path], interval=0.05, min_free_bytes=2**62)
+    try:
+        with pytest.raises(Terminated):
+            with watch:
+                time.sleep(10)  # interrupted by the watch within a fraction of a second
+    finally:
+        _restore_sigterm(previous)
+    assert watch.full == str(tmp_path)
+    quiet = DiskWatch([tmp_path], interval=0.05)
+    with quiet:
+        time.sleep(0.2)
+    assert quiet.full is None

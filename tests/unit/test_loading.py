@@ -88,6 +88,67 @@ def test_inferred_arbitrary_units_report_the_value_range(tmp_path):
     assert any("inferred arbitrary from values range [-0.0036" in m for m in data.messages)
 
 
+def test_unwrapped_radian_phase_is_wrapped(tmp_path):
+    unwrapped = [np.linspace(-22.0, 22.0, np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)]
+    data = load_multiecho(
+        magnitude_files=write_echoes(tmp_path, "mag", magnitudes(1)),
+        phase_files=write_echoes(tmp_path, "phase", unwrapped),
+        phase_units="rad",
+    )
+    assert data.phase_units == "rad"
+    assert any("wrapped into [-pi, pi)" in m for m in data.messages)
+    np.testing.assert_allclose(np.exp(1j * data.phase[..., 0]), np.exp(1j * unwrapped[0]),
+                               atol=1e-4)
+
+
+def test_swapped_magnitude_and_phase_are_refused(tmp_path):
+    with pytest.raises(BadDataError, match=r"mag1.nii.gz.*phase image.*swapped"):
+        load_multiecho(
+            magnitude_files=write_echoes(tmp_path, "mag", radian_phases(1)),
+            phase_files=write_echoes(tmp_path, "phase", magnitudes(1)),
+        )
+
+
+def test_constant_radian_phase_is_refused(tmp_path):
+    with pytest.raises(BadDataError, match=r"phase1.nii.gz is constant"):
+        load_multiecho(
+            magnitude_files=write_echoes(tmp_path, "mag", magnitudes(1)),
+            phase_files=write_echoes(tmp_path, "phase", [np.zeros(SHAPE, np.float32)]),
+            phase_units="rad",
+        )
+
+
+def test_an_echo_without_signal_is_named(tmp_path):
+    mags = magnitudes(3)
+    mags[1][:] = 0
+    with pytest.raises(BadDataError, match=r"Echo 2 \(.*mag2.nii.gz\) has no signal"):
+        load_multiecho(
+            magnitude_files=write_echoes(tmp_path, "mag", mags),
+            phase_files=write_echoes(tmp_path, "phase", radian_phases(3)),
+            phase_units="rad",
+        )
+
+
+def test_a_masked_export_keeps_its_finite_voxels(tmp_path):
+    """NaN outside the head in every echo and part (a masked export) is accepted."""
+    shape = (20, 20, 10)
+    rng = np.random.default_rng(0)
+    mags = [np.full(shape, 100.0, np.float32) for _ in range(2)]
+    phases = [rng.uniform(-np.pi, np.pi, shape).astype(np.float32) for _ in range(2)]
+    outside = np.ones(shape, bool)
+    outside[2:-2, 2:-2, 1:-1] = False  # 2048 finite voxels
+    for volume in mags + phases:
+        volume[outside] = np.nan
+    data = load_multiecho(
+        magnitude_files=write_echoes(tmp_path, "mag", mags),
+        phase_files=write_echoes(tmp_path, "phase", phases),
+        phase_units="rad",
+    )
+    assert np.array_equal(data.invalid_voxels, outside)
+    assert np.isfinite(data.phase).all() and data.nan_fraction == 0
+    assert any("masked export" in m for m in data.messages)
+
+
 def test_radian_units_contradicted_by_the_values(tmp_path):
     phases = [np.full(SHAPE, -2048.0, np.float32), np.full(SHAPE, 2047.0, np.float32)]
     data = load_multiecho(
@@ -144,7 +205,7 @@ def test_mostly_invalid_data_names_the_file(tmp_path):
 
 def test_negative_magnitudes_are_made_positive_with_a_message(tmp_path):
     mags = magnitudes()
-    mags[0][:2] *= -1
+    mags[0][:2, :2, :2] *= -1  # a few voxels, as interpolating converters leave
     data = load_multiecho(
         magnitude_files=write_echoes(tmp_path, "mag", mags),
         phase_files=write_echoes(tmp_path, "phase", radian_phases()),
@@ -222,3 +283,12 @@ def test_romeo_four_dimensional_files_load_as_echoes():
     assert data.phase_units == "arbitrary"
     assert data.phase.min() >= -PI32 and data.phase.max() < PI32
     assert data.phase.max() - data.phase.min() > 6.2
+
+
+def test_a_damaged_file_is_named(tmp_path):
+    phase_files = write_echoes(tmp_path, "phase", radian_phases(1))
+    content = Path(phase_files[0]).read_bytes()
+    Path(phase_files[0]).write_bytes(content[: len(content) // 2])  # data cut short
+    with pytest.raises(BadDataError, match=r"phase1.nii.gz cannot be read"):
+        load_multiecho(magnitude_files=write_echoes(tmp_path, "mag", magnitudes(1)),
+                       phase_files=phase_files, phase_units="rad")

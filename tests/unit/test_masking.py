@@ -36,6 +36,22 @@ def test_brain_separated_from_scalp_shell(voxel_size):
     assert not mask[scalp].any()
 
 
+def test_a_crop_of_tissue_keeps_its_tissue():
+    """A field of view with no background (a crop or slab): Otsu would split grey from white
+    matter; the mask keeps everything but dark voids instead."""
+    rng = np.random.default_rng(0)
+    shape = (40, 40, 30)
+    tissue = np.where(rng.random(shape) < 0.5, 1.0, 0.6)  # two tissue classes, no air
+    tissue = ndimage.gaussian_filter(tissue, 2.0)
+    magnitude = np.abs(tissue + 0.02 * rng.standard_normal(shape)).astype(np.float32)
+    assert masking.has_little_background(magnitude, (1.0, 1.0, 1.0))
+    assert masking.magnitude_brain_mask(magnitude, (1.0, 1.0, 1.0)).mean() > 0.95
+    head = make_head_phantom(shape=(40, 48, 40), voxel_size=(4.0, 4.0, 4.0), seed=1)
+    whole = simulate_multiecho_gre(head, echo_times_s=(0.004,), field_strength_t=3.0,
+                                   snr=100, seed=1, workers=1).magnitude[..., 0]
+    assert not masking.has_little_background(whole, (4.0, 4.0, 4.0))
+
+
 def test_explicit_threshold_fraction():
     distance = _distance_mm((48, 48, 48), (1.0, 1.0, 1.0))
     magnitude = np.where(distance <= 15.0, 1.0, 0.02).astype(np.float32)
