@@ -87,6 +87,10 @@ class MultiEchoData:
     phase_units: str
     messages: list = field(default_factory=list)
     nan_fraction: float = 0.0
+    input_checks: dict = field(default_factory=dict)
+    """What the plausibility checks found and how the input was taken (sidecar
+    ``InputChecks``): ``MaskedExportVoxels``, ``NegativeMagnitudeValues``,
+    ``PhaseUnitsInferred``, ``RadianPhaseWrappedFromRange``, ``RadianPhaseTakenAsIntegers``."""
 
     @property
     def echo_count(self) -> int:
@@ -172,6 +176,7 @@ def load_multiecho(
         )
 
     messages: list[str] = []
+    checks: dict = {}
     outside_voxels = _masked_export_voxels((first, second))
     if outside_voxels.any():
         messages.append(
@@ -180,6 +185,7 @@ def load_multiecho(
             "taken as outside the head, and the brain mask stays within the finite voxels.")
         first[outside_voxels] = 0
         second[outside_voxels] = 0
+        checks["MaskedExportVoxels"] = int(outside_voxels.sum())
     invalid_voxels, nan_fraction = _find_invalid_voxels(
         {first_role: (first, first_sources), second_role: (second, second_sources)},
         magnitude=first if polar else np.abs(first) + np.abs(second),
@@ -204,6 +210,7 @@ def load_multiecho(
                 f"{', '.join(sorted(set(first_sources)))} are negative: that is a phase image, "
                 "not a magnitude. Check that the part-mag and part-phase files are not swapped.")
         if negative:
+            checks["NegativeMagnitudeValues"] = int(negative)
             np.abs(magnitude, out=magnitude)
             messages.append(
                 f"{negative} negative magnitude values in {', '.join(map(str, first_files))}; "
@@ -211,7 +218,7 @@ def load_multiecho(
             )
         phase, used_units = _phase_in_radians(
             second, invalid_voxels, phase_units=phase_units, phase_sources=second_sources,
-            messages=messages,
+            messages=messages, checks=checks,
         )
     else:
         magnitude, phase = np.empty_like(first), np.empty_like(first)
@@ -234,6 +241,7 @@ def load_multiecho(
         phase_units=used_units,
         messages=messages,
         nan_fraction=nan_fraction,
+        input_checks=checks,
     )
 
 
@@ -357,7 +365,7 @@ def _find_invalid_voxels(stacks, *, magnitude, magnitude_source):
     return invalid_voxels, nan_fraction
 
 
-def _phase_in_radians(phase, invalid_voxels, *, phase_units, phase_sources, messages):
+def _phase_in_radians(phase, invalid_voxels, *, phase_units, phase_sources, messages, checks):
     """Convert a raw phase stack (in place where possible) to radians; return it and its units."""
     phase[invalid_voxels] = np.nan  # excluded from the value range
     value_range = finite_value_range(phase)
@@ -368,6 +376,7 @@ def _phase_in_radians(phase, invalid_voxels, *, phase_units, phase_sources, mess
 
     if phase_units is None:
         units = infer_phase_units(phase)
+        checks["PhaseUnitsInferred"] = units
         messages.append(
             f"Phase Units missing in sidecars; inferred {units} from values range {range_text}."
         )
@@ -379,11 +388,13 @@ def _phase_in_radians(phase, invalid_voxels, *, phase_units, phase_sources, mess
                 messages.append(
                     f"Phase Units say 'rad' but the values range {range_text} holds whole "
                     "numbers only, as scanner integers do; treated as arbitrary units.")
+                checks["RadianPhaseTakenAsIntegers"] = True
                 units = "arbitrary"
             else:
                 messages.append(
                     f"Phase Units say 'rad' and the values range {range_text} spans more than "
                     "2 pi: taken as unwrapped phase in radians and wrapped into [-pi, pi).")
+                checks["RadianPhaseWrappedFromRange"] = [round(low, 4), round(high, 4)]
 
     constant = (not high > low) if units == "arbitrary" else (high - low < MIN_PHASE_SPAN_RAD)
     if constant:

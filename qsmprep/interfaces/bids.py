@@ -66,6 +66,8 @@ class LoadMultiEcho(SimpleInterface):
             "VoxelSizeMM": [round(float(v), 6) for v in voxel_size_from_affine(data.affine)],
             "InvalidInputVoxels": int(np.count_nonzero(data.invalid_voxels)),
         }
+        if data.input_checks:
+            self._results["metadata"]["InputChecks"] = dict(data.input_checks)
         return runtime
 
 

@@ -97,6 +97,7 @@ def test_unwrapped_radian_phase_is_wrapped(tmp_path):
     )
     assert data.phase_units == "rad"
     assert any("wrapped into [-pi, pi)" in m for m in data.messages)
+    assert data.input_checks == {"RadianPhaseWrappedFromRange": [-22.0, 22.0]}
     np.testing.assert_allclose(np.exp(1j * data.phase[..., 0]), np.exp(1j * unwrapped[0]),
                                atol=1e-4)
 
@@ -147,6 +148,7 @@ def test_a_masked_export_keeps_its_finite_voxels(tmp_path):
     assert np.array_equal(data.invalid_voxels, outside)
     assert np.isfinite(data.phase).all() and data.nan_fraction == 0
     assert any("masked export" in m for m in data.messages)
+    assert data.input_checks == {"MaskedExportVoxels": int(outside.sum())}
 
 
 def test_radian_units_contradicted_by_the_values(tmp_path):
