@@ -217,7 +217,7 @@ def init_run_wf(*, config, run, anatomy=None, name=None):
         anatomy_wf = init_anatomy_wf(config=config, run=run, anatomy=anatomy,
                                      workflow_config=workflow_config)
         images = ["chimap", "local_field_mask", "magnitude", "brain_mask", "quality_mask",
-                  "fit_residual"] + (["r2star"] if len(run.echoes) >= 2 else [])
+                  "fit_residual", "metadata"] + (["r2star"] if len(run.echoes) >= 2 else [])
         workflow.connect([
             (inputnode, anatomy_wf, [("atlas_labels", "inputnode.atlas_labels"),
                                      ("atlas_table", "inputnode.atlas_table")]),
@@ -246,6 +246,8 @@ def init_anatomy_wf(*, config, run, anatomy, workflow_config, name="anatomy_wf")
         The atlas in template space and its TSV.
     chimap, local_field_mask, magnitude, brain_mask, quality_mask, fit_residual, r2star : str
         From :func:`qsmprep.workflows.qsm.init_qsm_wf` (``r2star`` with two echoes or more).
+    metadata : dict
+        What the reconstruction found while running (for the report's QC).
 
     Outputs
     -------
@@ -263,7 +265,7 @@ def init_anatomy_wf(*, config, run, anatomy, workflow_config, name="anatomy_wf")
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "atlas_labels", "atlas_table", "chimap", "local_field_mask", "magnitude", "brain_mask",
-        "quality_mask", "fit_residual", "r2star"]), name="inputnode")
+        "quality_mask", "fit_residual", "r2star", "metadata"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["report"]), name="outputnode")
 
     registration_wf = init_registration_wf(
@@ -328,7 +330,7 @@ def init_anatomy_wf(*, config, run, anatomy, workflow_config, name="anatomy_wf")
                     "processing": stage_parameters(workflow_config, run.voxel_size)},
         methods_markdown=anatomy["methods_markdown"],
         reference_ranges=config.workflow.reference_ranges, has_r2star=has_r2star)
-    images = ["chimap", "magnitude", "brain_mask", "quality_mask", "fit_residual"]
+    images = ["chimap", "magnitude", "brain_mask", "quality_mask", "fit_residual", "metadata"]
     if has_r2star:
         images.append("r2star")
     workflow.connect([

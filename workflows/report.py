@@ -46,6 +46,8 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
     regional_table, registration_figure : str
         Written derivatives (paths inside ``output_dir``).
     registration_quality : dict
+    metadata : dict
+        What the reconstruction found while running (its ``InputChecks`` go to the QC table).
 
     Outputs
     -------
@@ -55,7 +57,8 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "chimap", "native_labels", "magnitude", "brain_mask", "quality_mask", "fit_residual",
-        "r2star", "regional_table", "registration_figure", "registration_quality"]),
+        "r2star", "regional_table", "registration_figure", "registration_quality",
+        "metadata"]),
         name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["report"]), name="outputnode")
 
@@ -76,7 +79,8 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
         (inputnode, report, [("regional_table", "regional_table"),
                              ("brain_mask", "brain_mask"), ("quality_mask", "quality_mask"),
                              ("fit_residual", "fit_residual"),
-                             ("registration_quality", "registration_quality")]),
+                             ("registration_quality", "registration_quality"),
+                             ("metadata", "reconstruction_metadata")]),
         (collect, report, [("figures", "figures")]),
         (report, outputnode, [("report", "report")]),
     ])

@@ -58,6 +58,7 @@ class _RunReportInputSpec(BaseInterfaceInputSpec):
     quality_mask = File(exists=True, desc="phase-quality mask")
     fit_residual = File(exists=True, desc="echo-fit residual map")
     registration_quality = traits.Dict(desc="{'nmi', 'dice_brain'}")
+    reconstruction_metadata = traits.Dict(desc="values found while reconstructing (InputChecks)")
     figures = traits.Dict(desc="figure name -> written path")
     acquisition = traits.Dict(mandatory=True, desc="acquisition summary of the run")
     provenance = traits.Dict(mandatory=True, desc="date, command, processing parameters")
@@ -86,7 +87,9 @@ class RunReport(SimpleInterface):
         qc = render.qc_measurements(brain_mask_path=self.inputs.brain_mask,
                                     phase_quality_mask_path=optional("quality_mask"),
                                     residual_path=optional("fit_residual"),
-                                    registration=optional("registration_quality"))
+                                    registration=optional("registration_quality"),
+                                    input_checks=(optional("reconstruction_metadata")
+                                                  or {}).get("InputChecks"))
         self._results["report"] = render.build_report(
             regional_table_path=self.inputs.regional_table,
             entities=dict(self.inputs.entities), qc=qc,

@@ -480,6 +480,16 @@ def _check(name, label, category, value, *, unit, rule, flagged):
             "measured": value is not None}
 
 
+def _input_checks(input_checks) -> list[dict]:
+    """How the input was interpreted (masked export, wrapped radian phase, inferred units,
+    ...), shown beside the checks; never flagged, since the data were usable as taken."""
+    if not isinstance(input_checks, dict) or not input_checks:
+        return []
+    text = "; ".join(f"{name} {value}" for name, value in input_checks.items())
+    return [_check("input", "Input as interpreted", "input", text, unit="",
+                   rule="stated, not flagged (see the log)", flagged=False)]
+
+
 def _refinement_checks(refinement) -> list[dict]:
     """The deep grey-matter refinement's check: flagged when it was rejected (the nuclei then
     keep the placement of the magnitude-driven registration); absent when it was not run."""
@@ -547,6 +557,7 @@ def assess_quality(qc: dict | None, findings_: dict | None = None) -> dict:
                _rounded(None if poor is None else 100 * poor, 2), unit="%",
                rule=f"flag if > {100 * POOR_PHASE_MAX_FRACTION:g} % of the brain mask",
                flagged=poor is not None and poor > POOR_PHASE_MAX_FRACTION),
+        *_input_checks(qc.get("input_checks")),
     ]
     counts = []
     if findings_ is not None:

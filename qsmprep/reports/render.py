@@ -142,13 +142,14 @@ def acquisition_summary(run) -> dict:
 
 
 def qc_measurements(*, brain_mask_path, phase_quality_mask_path=None, residual_path=None,
-                    registration=None) -> dict:
+                    registration=None, input_checks=None) -> dict:
     """The ``qc`` of :func:`build_report` from the run's images.
 
     ``mask_volume_ml``: the brain mask's volume; ``poor_phase_fraction``: the fraction of the
     brain mask missing from the phase-quality mask; ``echo_fit_residual``: the median of the
     echo-fit residual map (rad) in the brain mask; ``registration``: passed through (the
-    ``RegistrationQuality`` of the regional table's sidecar). Absent inputs are left out.
+    ``RegistrationQuality`` of the regional table's sidecar); ``input_checks``: how the input
+    was interpreted (the sidecars' ``InputChecks``). Absent inputs are left out.
     """
     import nibabel as nib
     import numpy as np
@@ -166,6 +167,8 @@ def qc_measurements(*, brain_mask_path, phase_quality_mask_path=None, residual_p
         residual = residual[np.isfinite(residual)]
         if residual.size:
             values["echo_fit_residual"] = float(np.median(residual))
+    if input_checks:
+        values["input_checks"] = dict(input_checks)
     if registration:
         values["registration"] = {key: float(value) for key, value in registration.items()
                                   if isinstance(value, (int, float))}

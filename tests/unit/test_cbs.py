@@ -375,3 +375,12 @@ def test_findings_read_the_core_mean_and_fall_back_to_the_plain_mean():
     plain = {region["region"]: region
              for region in cbs.findings(rows, statistic="mean_ppb")["regions"]}
     assert plain["motor_cortex"]["left_ppb"] == 30.0 and plain["motor_cortex"]["ai_pct"] == -40.0
+
+
+def test_input_interpretation_is_stated_in_the_qc_not_flagged():
+    quality = cbs.assess_quality({"input_checks": {"MaskedExportVoxels": 1200,
+                                                   "PhaseUnitsInferred": "rad"}})
+    (check,) = [check for check in quality["checks"] if check["name"] == "input"]
+    assert check["value"] == "MaskedExportVoxels 1200; PhaseUnitsInferred rad"
+    assert not check["flagged"] and "input" not in quality["flagged_categories"]
+    assert not any(check["name"] == "input" for check in cbs.assess_quality({})["checks"])
