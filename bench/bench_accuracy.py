@@ -704,9 +704,13 @@ def main(argv=None):
                         help="noise SD per channel = peak signal / this (0: no noise)")
     parser.add_argument("--workers", type=int, default=2, help="FFT threads")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--phantom", choices=["analytic", "template"], default="analytic",
-                        help="the analytic head, or the digital subject made from the MNI "
-                        "template, its tissue maps and the atlas (template space, whole head)")
+    parser.add_argument("--phantom", choices=["analytic", "template", "textured"],
+                        default="analytic",
+                        help="the analytic head; the digital subject made from the MNI "
+                        "template, its tissue maps and the atlas (template space, whole head); "
+                        "or the analytic head with real-brain-like texture "
+                        "(qsmprep.phantom.textured: multi-scale texture, gradients in nuclei, "
+                        "veins, fibre bundles, microbleeds, calcifications)")
     parser.add_argument("--simulators", default="qsmprep,qsm-forward",
                         help="comma-separated: qsmprep, qsm-forward")
     parser.add_argument("--skip", default="", help="comma-separated method names to leave out")
@@ -731,6 +735,10 @@ def main(argv=None):
         phantom, _ = make_template_phantom(voxel_size_mm=voxel, seed=opts.seed)
     else:
         phantom = make_head_phantom(shape=shape, voxel_size=(voxel,) * 3, seed=opts.seed)
+        if opts.phantom == "textured":
+            from qsmprep.phantom.textured import add_texture
+
+            phantom = add_texture(phantom, seed=opts.seed)
     datasets = []
     for simulator in (s.strip() for s in opts.simulators.split(",") if s.strip()):
         if simulator == "qsmprep":
