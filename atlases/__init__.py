@@ -109,7 +109,11 @@ def _templateflow_files(home: Path, template: str) -> dict[str, Path] | None:
     does not hold both (or is not a TemplateFlow home)."""
     names = {"T1w": f"tpl-{template}_res-01_desc-brain_T1w.nii.gz",
              "mask": f"tpl-{template}_res-01_desc-brain_mask.nii.gz"}
-    if not all(_non_empty(home / f"tpl-{template}" / name) for name in names.values()):
+    try:
+        complete = all(_non_empty(home / f"tpl-{template}" / name) for name in names.values())
+    except OSError:  # an unreadable TEMPLATEFLOW_HOME
+        return None
+    if not complete:
         return None  # TemplateFlow would download what is missing: look no further
     client = _templateflow_client(home)
     files = {"T1w": client.get(template, resolution=1, desc="brain", suffix="T1w",

@@ -159,9 +159,11 @@ STAGES: tuple[Stage, ...] = (
         parameters=(Parameter(
             "mask_threshold", "--mask-threshold", 0.0, title="Mask threshold",
             help="magnitude threshold as a fraction of the 99th percentile",
-            sidecar="Threshold", automatic="automatic (Otsu)",
+            sidecar="Threshold",
+            automatic="automatic (Otsu; 0.1 in a field of view with almost no background)",
             methods="a threshold of {value:g} of the 99th percentile",
-            methods_automatic="Otsu's automatic threshold [@otsu]"),),
+            methods_automatic="Otsu's automatic threshold [@otsu] (a tenth of the 99th "
+            "percentile where the field of view held almost no background)"),),
     ),
     Stage(
         name="unwrapping", title="Unwrapping", sidecar="Unwrapping",

@@ -298,7 +298,7 @@ def discover_runs(
         root=root,
     )
 
-    _check_sidecars(root, subjects)
+    _check_sidecars(root, subjects, sessions)
     layout = _index_dataset(root)
     files_by_run = defaultdict(list)
     for filter_key, suffix in INPUT_SUFFIXES.items():
@@ -798,13 +798,22 @@ def _checked_command_line_field_strength(value) -> float:
 # ----------------------------------------------------------------------------------- helpers
 
 
-def _check_sidecars(root: Path, subjects) -> None:
+def _check_sidecars(root: Path, subjects, sessions) -> None:
     """Parse every JSON sidecar the runs may inherit from (the dataset's top level, the
-    selected participants' folders) before pybids does, so that a broken one is named."""
-    paths = [path for path in root.glob("*.json") if path.name != "dataset_description.json"]
-    for folder in sorted(root.glob("sub-*")):
-        if folder.is_dir() and (subjects is None or folder.name[len("sub-"):] in subjects):
-            paths += sorted(folder.rglob("*.json"))
+    participant and session folders, their ``anat`` folders; selected ones only, hidden files
+    left out as pybids leaves them) before pybids does, so that a broken one is named."""
+    def wanted(folder, prefix, labels):
+        return folder.is_dir() and (labels is None or folder.name[len(prefix):] in labels)
+
+    folders = [root]
+    for subject in sorted(root.glob("sub-*")):
+        if wanted(subject, "sub-", subjects):
+            folders += [subject, subject / "anat"]
+            for session in sorted(subject.glob("ses-*")):
+                if wanted(session, "ses-", sessions):
+                    folders += [session, session / "anat"]
+    paths = [path for folder in folders if folder.is_dir() for path in sorted(folder.glob("*.json"))
+             if not path.name.startswith(".") and path.name != "dataset_description.json"]
     for path in paths:
         relative = _relative(root, path)
         try:

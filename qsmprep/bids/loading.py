@@ -49,6 +49,9 @@ MAX_NEGATIVE_MAGNITUDE_FRACTION = 0.05
 #: constant: no field information.
 MIN_PHASE_SPAN_RAD = 0.01
 
+#: A 'rad' phase spanning this much (one turn in degrees, within +-360) is in degrees.
+DEGREE_SPAN = (300.0, 361.0)
+
 #: A 'rad' phase beyond 2 pi whose values are all whole numbers spanning at least this much is
 #: taken for scanner integers mislabelled as radians (rescaled as arbitrary units); any other
 #: 'rad' phase beyond 2 pi is unwrapped phase, and is wrapped.
@@ -90,7 +93,8 @@ class MultiEchoData:
     input_checks: dict = field(default_factory=dict)
     """What the plausibility checks found and how the input was taken (sidecar
     ``InputChecks``): ``MaskedExportVoxels``, ``NegativeMagnitudeValues``,
-    ``PhaseUnitsInferred``, ``RadianPhaseWrappedFromRange``, ``RadianPhaseTakenAsIntegers``."""
+    ``PhaseUnitsInferred``, ``RadianPhaseWrappedFromRange``, ``RadianPhaseTakenAsIntegers``,
+    ``RadianPhaseTakenAsDegrees``."""
 
     @property
     def echo_count(self) -> int:
@@ -193,12 +197,12 @@ def load_multiecho(
     )
     _check_every_echo_has_signal(first if polar else np.abs(first) + np.abs(second),
                                  first_sources)
-    invalid_voxels |= outside_voxels
-    if invalid_voxels.any() and nan_fraction > 0:
+    if invalid_voxels.any():
         messages.append(
             f"{int(invalid_voxels.sum())} voxels hold NaN or infinite values in some echo "
             f"({100 * nan_fraction:.2f} % of the voxels with signal); they were set to 0."
         )
+    invalid_voxels |= outside_voxels
 
     if polar:
         magnitude = first
@@ -389,6 +393,12 @@ def _phase_in_radians(phase, invalid_voxels, *, phase_units, phase_sources, mess
                     f"Phase Units say 'rad' but the values range {range_text} holds whole "
                     "numbers only, as scanner integers do; treated as arbitrary units.")
                 checks["RadianPhaseTakenAsIntegers"] = True
+                units = "arbitrary"
+            elif DEGREE_SPAN[0] <= high - low <= DEGREE_SPAN[1] and -361 <= low and high <= 361:
+                messages.append(
+                    f"Phase Units say 'rad' but the values range {range_text} is one turn in "
+                    "degrees; treated as arbitrary units (one cycle over the range).")
+                checks["RadianPhaseTakenAsDegrees"] = True
                 units = "arbitrary"
             else:
                 messages.append(

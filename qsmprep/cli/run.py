@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import multiprocessing
@@ -191,7 +192,8 @@ def estimated_space_gb(runs, *, qsm_only: bool) -> float:
 def check_free_space(config, runs) -> None:
     """Compare the free space of the work and output file systems with the run's estimated
     need: refuse (exit 74) when it cannot finish, warn when it may not."""
-    need_gb = estimated_space_gb(runs, qsm_only=config.workflow.qsm_only)
+    held_gb = _folder_size_gb(Path(config.execution.work_dir) / "qsmprep_wf")
+    need_gb = max(0.0, estimated_space_gb(runs, qsm_only=config.workflow.qsm_only) - held_gb)
     for name, folder in (("work", config.execution.work_dir),
                          ("output", config.execution.output_dir)):
         existing = Path(folder)
@@ -204,6 +206,16 @@ def check_free_space(config, runs) -> None:
             raise OutputIOError(f"{message}: free some space or choose another folder.")
         if free_gb < need_gb:
             LOGGER.warning("%s; it may run out.", message)
+
+
+def _folder_size_gb(folder: Path) -> float:
+    """What ``folder`` already holds (a resumed run needs that much less), in GB."""
+    total = 0
+    for path in folder.rglob("*") if folder.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total / 1024**3
 
 
 def _size(gigabytes: float) -> str:
@@ -252,7 +264,9 @@ def _execute(workflow, config, logs_dir, runs=()) -> int:
     previous_handler = _handle_sigterm()
     watch = DiskWatch([config.execution.work_dir, config.execution.output_dir],
                       enabled=not _is_graph_plugin(plugin))
-    previous_excepthook, threading.excepthook = threading.excepthook, _log_thread_exception
+    main_thread = threading.current_thread() is threading.main_thread()  # SIGTERM handled
+    previous_excepthook = threading.excepthook
+    threading.excepthook = functools.partial(_log_thread_exception, stop=main_thread)
     try:
         with watch:
             workflow.run(plugin=runner, plugin_args=plugin_args)
@@ -264,6 +278,13 @@ def _execute(workflow, config, logs_dir, runs=()) -> int:
                 f"The file system of {watch.full} is full: the run was stopped. Free some "
                 "space (or choose another folder) and re-run the same command to resume."
             ) from None
+        if _SCHEDULER_FAILURE:
+            failure = _SCHEDULER_FAILURE.pop()
+            _SCHEDULER_FAILURE.clear()
+            kind = OutputIOError if isinstance(failure, OSError) else QSMPrepError
+            raise kind(f"The run was stopped: nipype's scheduler failed ({failure}); with "
+                       "I/O errors check the free space and permissions of the work and "
+                       "output folders, then re-run the same command to resume.") from None
         raise
     except RuntimeError:
         crash_files = sorted(crash_dir.glob("crash-*.txt"))
@@ -335,14 +356,23 @@ class DiskWatch:
                     return
 
 
-def _log_thread_exception(arguments) -> None:
-    """An exception in one of nipype's scheduler threads: one line on the console, the
-    traceback in the log file."""
+#: The exception that stopped one of nipype's scheduler threads during this run, if any.
+_SCHEDULER_FAILURE: list = []
+
+
+def _log_thread_exception(arguments, *, stop: bool = True) -> None:
+    """An exception in one of nipype's scheduler threads (e.g. a node's result file that could
+    not be written on a full disk): nipype would then wait for ever, so the run is stopped
+    (SIGTERM, handled in :func:`_execute`); one line on the console, the traceback in the log
+    file."""
     LOGGER.error("Internal error in the scheduler (%s: %s); the log file has the details.",
                  arguments.exc_type.__name__, arguments.exc_value)
     LOGGER.error("Scheduler thread %s", getattr(arguments.thread, "name", "?"),
                  exc_info=(arguments.exc_type, arguments.exc_value, arguments.exc_traceback),
                  extra={"file_only": True})
+    if stop and arguments.exc_type is not SystemExit:
+        _SCHEDULER_FAILURE.append(arguments.exc_value)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _is_graph_plugin(name: str) -> bool:

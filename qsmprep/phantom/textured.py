@@ -134,7 +134,7 @@ def add_texture(phantom: HeadPhantom, *, seed: int = 0, texture_sd_ppm: float = 
 
     surface = np.argwhere(parenchyma & ~ndimage.binary_erosion(parenchyma, iterations=2))
     white = np.argwhere(parenchyma & ~deep & ndimage.binary_erosion(parenchyma, iterations=4))
-    for _ in range(vessels):
+    for _ in range(vessels if len(surface) else 0):
         start = surface[rng.integers(len(surface))] * voxel_size
         path = _random_walk(start, rng=rng, steps=30, step_mm=2.0, inside=inside)
         tube = _tube(shape, voxel_size, path, rng.uniform(0.5, 1.0)) & parenchyma

@@ -253,3 +253,38 @@ def test_a_full_disk_stops_the_run_through_sigterm(tmp_path):
     with quiet:
         time.sleep(0.2)
     assert quiet.full is None
+
+
+def test_a_failed_scheduler_thread_stops_the_run(tmp_path):
+    """An exception in one of nipype's scheduler threads is logged and stops the run through
+    SIGTERM (nipype would wait for ever); the failure is kept for the exit code."""
+    import functools
+    import threading
+    import time
+
+    from qsmprep.cli import run as run_module
+
+    previous = run_module._handle_sigterm()
+    previous_hook = threading.excepthook
+    threading.excepthook = functools.partial(run_module._log_thread_exception, stop=True)
+    try:
+        with pytest.raises(run_module.Terminated):
+            thread = threading.Thread(
+                target=lambda: (_ for _ in ()).throw(FileNotFoundError("result_x.pklz")))
+            thread.start()
+            time.sleep(10)  # interrupted by the signal
+    finally:
+        threading.excepthook = previous_hook
+        run_module._restore_sigterm(previous)
+    assert isinstance(run_module._SCHEDULER_FAILURE.pop(), FileNotFoundError)
+    run_module._SCHEDULER_FAILURE.clear()
+
+
+def test_a_resumed_run_needs_only_what_its_work_folder_lacks(bids_dir, tmp_path):
+    from qsmprep.cli.run import _folder_size_gb
+
+    work = tmp_path / "work" / "qsmprep_wf" / "node"
+    work.mkdir(parents=True)
+    (work / "result.nii").write_bytes(bytes(3 * 1024**2))
+    assert _folder_size_gb(tmp_path / "work" / "qsmprep_wf") == pytest.approx(3 / 1024)
+    assert _folder_size_gb(tmp_path / "missing") == 0.0

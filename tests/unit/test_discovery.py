@@ -498,3 +498,28 @@ def test_t1w_of_the_same_session_is_attached(bids_root):
     assert runs["1"].t1w == str(anat / "sub-01_ses-1_T1w.nii.gz")
     assert runs["2"].t1w is None
     assert "T1w sub-01_ses-1_T1w.nii.gz" in runs["1"].describe()
+
+
+def test_broken_sidecars_are_named_before_indexing_and_others_ignored(bids_root):
+    files = make_run(bids_root)
+    anat = bids_root / "sub-01" / "anat"
+    (anat / "._sub-01_echo-1_part-mag_MEGRE.json").write_bytes(b"\x00\x05\x16\x07\xff")  # macOS
+    (bids_root / "sub-01" / "func").mkdir()
+    (bids_root / "sub-01" / "func" / "sub-01_task-rest_bold.json").write_text("{broken")
+    assert len(discover_runs(bids_root)) == 1  # neither is a sidecar a MEGRE run can use
+    sidecar = sidecar_of(files[(2, "phase")])
+    sidecar.write_text('{"EchoTime": 0.009,')
+    with pytest.raises(BadDataError, match=f"{sidecar.name} is not valid JSON"):
+        discover_runs(bids_root)
+    sidecar.write_text("[0.009]")
+    with pytest.raises(BadDataError, match=f"{sidecar.name} holds a JSON list"):
+        discover_runs(bids_root)
+
+
+def test_a_truncated_image_is_named_before_processing(bids_root):
+    files = make_run(bids_root)
+    path = files[(1, "mag")]
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+    with pytest.raises(BadDataError, match=f"{path.name}"):
+        discover_runs(bids_root)

@@ -294,3 +294,15 @@ def test_a_damaged_file_is_named(tmp_path):
     with pytest.raises(BadDataError, match=r"phase1.nii.gz cannot be read"):
         load_multiecho(magnitude_files=write_echoes(tmp_path, "mag", magnitudes(1)),
                        phase_files=phase_files, phase_units="rad")
+
+
+def test_degrees_labelled_radians_are_rescaled(tmp_path):
+    degrees = [np.linspace(-180.0, 179.9, np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)]
+    data = load_multiecho(
+        magnitude_files=write_echoes(tmp_path, "mag", magnitudes(1)),
+        phase_files=write_echoes(tmp_path, "phase", degrees),
+        phase_units="rad",
+    )
+    assert data.phase_units == "arbitrary"
+    assert data.input_checks == {"RadianPhaseTakenAsDegrees": True}
+    np.testing.assert_allclose(data.phase[..., 0], np.deg2rad(degrees[0]), atol=2e-3)
