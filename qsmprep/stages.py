@@ -71,6 +71,17 @@ class Parameter:
     def is_automatic(self, value) -> bool:
         return bool(self.automatic) and not value
 
+    @property
+    def full_help(self) -> str:
+        """The help with its unit and, for an automatic default, what that default is."""
+        text = self.help + (f", in {self.unit}" if self.unit else "")
+        return text + (f" (default: {self.automatic})" if self.automatic else "")
+
+    @property
+    def option_name(self) -> str:
+        """``--tv-lambda`` -> ``TV_LAMBDA`` (argparse's metavar, Boutiques' value-key)."""
+        return option_name(self.flag)
+
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
@@ -137,6 +148,11 @@ class Stage:
         """The parameters that ``algorithm`` uses."""
         return tuple(parameter for parameter in self.parameters
                      if not parameter.algorithms or algorithm in parameter.algorithms)
+
+
+def option_name(flag: str) -> str:
+    """``--tv-lambda`` -> ``TV_LAMBDA``."""
+    return flag.lstrip("-").upper().replace("-", "_")
 
 
 _GRADIENT_WEIGHTS = (("GradientWeights", "magnitude edges in any echo"),)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 
+from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from qsmprep.bids.derivatives import derivative_path
@@ -94,8 +95,6 @@ def init_atlas_node(anatomy: dict):
     """The node whose outputs ``labels`` and ``table`` are the atlas: the qsmprep atlas,
     merged while the graph runs (:class:`qsmprep.interfaces.regions.BuildAtlas`), or the
     user's files."""
-    from nipype.interfaces import utility as niu
-
     from qsmprep.interfaces.regions import BuildAtlas
 
     if anatomy["atlas_labels"] is None:
@@ -141,8 +140,6 @@ def init_participant_wf(*, config, subject, runs, anatomy=None, name=None):
     run_wfs = [init_run_wf(config=config, run=run, anatomy=anatomy) for run in runs]
     workflow.add_nodes(run_wfs)
     if anatomy is not None:
-        from nipype.interfaces import utility as niu
-
         inputnode = pe.Node(niu.IdentityInterface(fields=["atlas_labels", "atlas_table"]),
                             name="inputnode")
         report_wf = init_subject_report_wf(subject=subject, runs=runs,
@@ -174,8 +171,6 @@ def init_run_wf(*, config, run, anatomy=None, name=None):
         The atlas (given ``anatomy``). The run's files and metadata are set as node inputs
         here.
     """
-    from nipype.interfaces import utility as niu
-
     workflow = pe.Workflow(name=name or f"run_{run.name.replace('-', '_')}_wf")
     user_mask = find_user_mask(config.execution.brain_mask_dir, run)
     workflow_config = choices_for_run(config.workflow, run)
@@ -254,8 +249,6 @@ def init_anatomy_wf(*, config, run, anatomy, workflow_config, name="anatomy_wf")
     report : dict
         The run's report content, for the participant's report.
     """
-    from nipype.interfaces import utility as niu
-
     from qsmprep.reports.render import acquisition_summary
 
     if config.workflow.register_via_t1w and not run.t1w:

@@ -190,13 +190,13 @@ def load_multiecho(
         first[outside_voxels] = 0
         second[outside_voxels] = 0
         checks["MaskedExportVoxels"] = int(outside_voxels.sum())
+    signal = first if polar else np.abs(first) + np.abs(second)
     invalid_voxels, nan_fraction = _find_invalid_voxels(
         {first_role: (first, first_sources), second_role: (second, second_sources)},
-        magnitude=first if polar else np.abs(first) + np.abs(second),
-        magnitude_source=reference_path,
+        magnitude=signal, magnitude_source=reference_path,
     )
-    _check_every_echo_has_signal(first if polar else np.abs(first) + np.abs(second),
-                                 first_sources)
+    _check_every_echo_has_signal(signal, first_sources)
+    del signal
     if invalid_voxels.any():
         messages.append(
             f"{int(invalid_voxels.sum())} voxels hold NaN or infinite values in some echo "

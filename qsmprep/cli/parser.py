@@ -101,11 +101,6 @@ def _in_range(parameter: Parameter):
     return convert
 
 
-def _option_name(flag: str) -> str:
-    """``--tv-lambda`` -> ``TV_LAMBDA`` (argparse's metavar, Boutiques' value-key)."""
-    return flag.lstrip("-").upper().replace("-", "_")
-
-
 def _add_stage_options(group) -> None:
     """One option per stage with a choice and per stage parameter (:data:`qsmprep.stages.STAGES`);
     each stores into the configuration field of the same name."""
@@ -114,15 +109,10 @@ def _add_stage_options(group) -> None:
             group.add_argument(stage.flag, *stage.aliases, dest=stage.name,
                                choices=stage.choices, default=stage.default, help=stage.help)
         for parameter in stage.parameters:
-            help_text = parameter.help
-            if parameter.unit:
-                help_text += f", in {parameter.unit}"
-            if parameter.automatic:
-                help_text += f" (default: {parameter.automatic})"
             group.add_argument(parameter.flag, dest=parameter.field, type=_in_range(parameter),
                                default=None if parameter.automatic else parameter.default,
-                               metavar=parameter.metavar or _option_name(parameter.flag),
-                               help=help_text)
+                               metavar=parameter.metavar or parameter.option_name,
+                               help=parameter.full_help)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

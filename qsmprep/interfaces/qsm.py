@@ -99,15 +99,15 @@ class BrainMask(SimpleInterface):
 
     def _run_interface(self, runtime):
         voxel_size, _ = _geometry(self.inputs.magnitude)
+        first_echo = _first_echo(self.inputs.magnitude)
         if isdefined(self.inputs.user_mask):
             mask = load_mask(self.inputs.user_mask)
         else:
-            mask = pipeline.compute_brain_mask(_first_echo(self.inputs.magnitude), voxel_size,
+            mask = pipeline.compute_brain_mask(first_echo, voxel_size,
                                                **stage_inputs(self.inputs, "masking"))
         if isdefined(self.inputs.invalid_voxels):
             mask &= ~load_mask(self.inputs.invalid_voxels)
-        _log_mask(mask, _first_echo(self.inputs.magnitude), voxel_size,
-                  automatic=not isdefined(self.inputs.user_mask))
+        _log_mask(mask, first_echo, voxel_size, automatic=not isdefined(self.inputs.user_mask))
         self._results["mask"] = save_like(mask, self.inputs.magnitude,
                                           _out(runtime, "brain_mask.nii"), dtype=np.uint8)
         return runtime

@@ -156,11 +156,19 @@ def has_little_background(magnitude, voxel_size, *, smoothing_mm: float = 1.0) -
     """Whether a magnitude image is a crop or slab of tissue: after the smoothing of
     :func:`magnitude_brain_mask`, :func:`background_fraction` is below
     :data:`MIN_BACKGROUND_FRACTION`."""
-    magnitude = np.abs(np.nan_to_num(np.asarray(magnitude, dtype=np.float32),
-                                     nan=0.0, posinf=0.0, neginf=0.0))
-    smoothed = ndimage.gaussian_filter(magnitude, [smoothing_mm / h for h in voxel_size],
-                                       mode="nearest")
+    smoothed = _smoothed(_clean_magnitude(magnitude), voxel_size, smoothing_mm)
     return background_fraction(smoothed) < MIN_BACKGROUND_FRACTION
+
+
+def _clean_magnitude(magnitude) -> np.ndarray:
+    """float32 absolute magnitude with NaN/inf set to 0."""
+    return np.abs(np.nan_to_num(np.asarray(magnitude, dtype=np.float32),
+                                nan=0.0, posinf=0.0, neginf=0.0))
+
+
+def _smoothed(magnitude, voxel_size, smoothing_mm: float) -> np.ndarray:
+    return ndimage.gaussian_filter(magnitude, [smoothing_mm / h for h in voxel_size],
+                                   mode="nearest")
 
 
 def background_fraction(smoothed_magnitude) -> float:
@@ -216,16 +224,14 @@ def magnitude_brain_mask(magnitude, voxel_size, *, threshold: float | None = Non
     BadDataError
         When the image is all zero or constant, or the mask comes out empty.
     """
-    magnitude = np.abs(np.nan_to_num(np.asarray(magnitude, dtype=np.float32),
-                                     nan=0.0, posinf=0.0, neginf=0.0))
+    magnitude = _clean_magnitude(magnitude)
     if magnitude.ndim != 3:
         raise ValueError(f"magnitude must be 3-D, got shape {magnitude.shape}")
     signal = magnitude > 0
     if not signal.any() or magnitude[signal].min() == magnitude[signal].max():
         raise BadDataError("the magnitude image is all zero or constant: "
                            "no brain mask can be computed from it")
-    sigma_voxels = [smoothing_mm / h for h in voxel_size]
-    smoothed = ndimage.gaussian_filter(magnitude, sigma_voxels, mode="nearest")
+    smoothed = _smoothed(magnitude, voxel_size, smoothing_mm)
 
     if threshold is None and background_fraction(smoothed) < MIN_BACKGROUND_FRACTION:
         threshold = BACKGROUND_LEVEL
