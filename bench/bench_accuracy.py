@@ -106,6 +106,11 @@ CHAIN_STAGES = ("masking", "unwrapping", "echo_fit", "background_removal", "inve
 STAGE_TITLES = {"masking": "brain mask", "unwrapping": "unwrapping", "echo_fit": "echo fit",
                 "background_removal": "background removal", "inversion": "dipole inversion"}
 
+#: The dipole-only floor: qsmprep's TKD from the true local field. A default inversion that
+#: loses to it by more than these margins (NRMSE points, XSIM) is a regression.
+FLOOR_INVERSION = "tkd"
+FLOOR_MARGINS = {"nrmse": 2.0, "xsim": 0.02}
+
 #: Accuracy targets for the default chain from raw phase (1 mm, realistic noise) and for the
 #: default dipole inversion alone from the true local field.
 TARGETS = {"nrmse": 45.0, "xsim": 0.75, "slope": (0.9, 1.1), "coverage": 95.0,
@@ -157,8 +162,13 @@ TEMPLATE_SUBJECT_CLASSES = {
     "substantia_nigra_reticulata": "substantia_nigra", "subthalamic_nucleus": "red_nucleus",
     "grey_matter": "cortical_grey_matter", "motor_cortex": "cortical_grey_matter",
     "premotor_cortex": "cortical_grey_matter", "internal_csf": "lateral_ventricle",
-    "ear_canal": "ear_canal",
+    "ear_canal": "ear_canal", "precentral_ba4": "cortical_grey_matter",
+    "precentral_ba6": "cortical_grey_matter", "precentral_other": "cortical_grey_matter",
+    "ba4_outside_precentral": "cortical_grey_matter",
+    "ba6_outside_precentral": "cortical_grey_matter",
 }
+#: Classes without signal (air), which need no R1.
+AIR_CLASSES = ("background", "paranasal_sinus", "ear_canal")
 
 
 def _base_region(name: str) -> str:
@@ -228,6 +238,11 @@ def simulate_with_qsm_forward(phantom, *, peak_snr, seed, workdir) -> Dataset:
     bids_dir = os.path.join(workdir, "bids")
     os.makedirs(inputs, exist_ok=True)
     r1 = np.zeros(phantom.shape, dtype=np.float32)
+    unknown = sorted({_base_region(name) for name in phantom.label_names.values()}
+                     - set(R1_3T_HZ) - set(AIR_CLASSES))
+    if unknown:  # an R1 of 0 would give them no signal in qsm-forward's spoiled GRE
+        raise ValueError(f"no R1 for the phantom's tissue classes {unknown}: map them in "
+                         "TEMPLATE_SUBJECT_CLASSES or R1_3T_HZ")
     for index, name in phantom.label_names.items():
         r1[phantom.labels == index] = R1_3T_HZ.get(_base_region(name), 0.0)
     seg = qsmci_segmentation(phantom)
@@ -336,7 +351,7 @@ class Stages:
             ppm_to_hz(local_field_ppm, data.field_strength_t), mask, data.voxel_size,
             data.b0_direction, data.field_strength_t, magnitude=data.magnitude,
             echo_times_s=data.echo_times_s, workers=self.workers,
-            **self.arguments("inversion", inversion=name))
+            **self.arguments("inversion", inversion=name)).susceptibility_ppm
         referenced, _ = referencing.reference_to_region_mean(chi, mask)
         return referenced
 
@@ -472,6 +487,10 @@ class Results:
     default_chain: dict | None = None
     default_chain_s: float = math.nan
     dipole_default: dict | None = None
+    dipole_floor: dict | None = None
+    """TKD alone from the true local field: the dipole-only floor a default must not lose to."""
+    default_regularization: float | None = None
+    """The TV weight the default chain chose (automatic), if it chose one."""
     default_stage_seconds: dict = field(default_factory=dict)
     qmrpy: dict | None = None
     qmrpy_s: float = math.nan
@@ -581,6 +600,8 @@ def evaluate(data: Dataset, *, workers, skip: set, notes: list, timings: dict, s
         results.stage_rows.append(("dipole inversion", name, metrics, seconds, ""))
         if name == methods_of("inversion")[0]:
             results.dipole_default = metrics
+        if name == FLOOR_INVERSION:
+            results.dipole_floor = metrics
 
     # 5. full chains: the default, then one stage at a time -------------------------------------
     variants = [("default", {})]
@@ -602,6 +623,8 @@ def evaluate(data: Dataset, *, workers, skip: set, notes: list, timings: dict, s
         if label == "default":
             results.default_chain, results.default_chain_s = metrics, seconds
             results.default_stage_seconds = reconstruction.stage_seconds
+            results.default_regularization = reconstruction.inversion_sidecar.get(
+                "Regularization")
             default_mask = reconstruction.brain_mask
 
     # 6. qmrpy on the same data, same brain mask ---------------------------------------------------
@@ -685,6 +708,35 @@ def print_summary(datasets, all_results):
     print(markdown_table(headers, rows))
 
 
+def print_phantom_summary(evaluated):
+    """One row per phantom and simulator: the default chain, the default inversion alone and
+    the TKD floor (both from the true local field), and whether the default holds the floor."""
+    print("\n## Every phantom: default chain and dipole-only floor\n")
+    rows = []
+    for phantom_name, data, results in evaluated:
+        chain = results.default_chain or {}
+        alone, floor = results.dipole_default or {}, results.dipole_floor or {}
+        holds = "-"
+        if alone and floor:
+            ok = (alone["nrmse"] <= floor["nrmse"] + FLOOR_MARGINS["nrmse"]
+                  and alone["xsim"] >= floor["xsim"] - FLOOR_MARGINS["xsim"])
+            holds = "yes" if ok else "NO"
+        rows.append([phantom_name, data.name.replace(" simulator", ""),
+                     _fmt(chain.get("nrmse")), _fmt(chain.get("xsim"), 3),
+                     _fmt(chain.get("dgm_slope"), 2),
+                     _fmt(100 * chain["coverage"] if "coverage" in chain else None),
+                     (f"{results.default_regularization:.3g}"
+                      if results.default_regularization else "fixed"),
+                     f"{_fmt(alone.get('nrmse'))} / {_fmt(alone.get('xsim'), 3)}",
+                     f"{_fmt(floor.get('nrmse'))} / {_fmt(floor.get('xsim'), 3)}", holds])
+    print(markdown_table(["Phantom", "Simulator", "Chain NRMSE (%)", "XSIM", "DGM slope",
+                          "Coverage (%)", "TV weight (auto)",
+                          "Default inversion alone NRMSE / XSIM",
+                          "TKD floor NRMSE / XSIM",
+                          f"Holds the floor (+{FLOOR_MARGINS['nrmse']:g} pt, "
+                          f"-{FLOOR_MARGINS['xsim']:g})"], rows))
+
+
 def _version(distribution):
     try:
         from importlib.metadata import version
@@ -692,6 +744,25 @@ def _version(distribution):
         return version(distribution)
     except Exception:  # noqa: BLE001
         return "not installed"
+
+
+#: The phantoms of the bench, in the order they run.
+PHANTOMS = ("analytic", "textured", "template")
+
+
+def make_phantom(name: str, *, voxel: float, seed: int):
+    """One of :data:`PHANTOMS` at ``voxel`` mm."""
+    if name == "template":
+        from qsmprep.phantom.template_head import make_template_phantom
+
+        return make_template_phantom(voxel_size_mm=voxel, seed=seed)[0]
+    shape = tuple(int(round(fov / voxel)) for fov in FIELD_OF_VIEW_MM)
+    phantom = make_head_phantom(shape=shape, voxel_size=(voxel,) * 3, seed=seed)
+    if name == "textured":
+        from qsmprep.phantom.textured import add_texture
+
+        phantom = add_texture(phantom, seed=seed)
+    return phantom
 
 
 def main(argv=None):
@@ -704,13 +775,13 @@ def main(argv=None):
                         help="noise SD per channel = peak signal / this (0: no noise)")
     parser.add_argument("--workers", type=int, default=2, help="FFT threads")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--phantom", choices=["analytic", "template", "textured"],
-                        default="analytic",
-                        help="the analytic head; the digital subject made from the MNI "
-                        "template, its tissue maps and the atlas (template space, whole head); "
-                        "or the analytic head with real-brain-like texture "
-                        "(qsmprep.phantom.textured: multi-scale texture, gradients in nuclei, "
-                        "veins, fibre bundles, microbleeds, calcifications)")
+    parser.add_argument("--phantom", default="all",
+                        help="comma-separated phantoms, or 'all' (the default: "
+                        f"{', '.join(PHANTOMS)}): the analytic head; the analytic head with "
+                        "real-brain-like texture (qsmprep.phantom.textured: multi-scale "
+                        "texture, gradients in nuclei, veins, fibre bundles, microbleeds, "
+                        "calcifications); the digital subject made from the MNI template, its "
+                        "tissue maps and the atlas (template space, whole head)")
     parser.add_argument("--simulators", default="qsmprep,qsm-forward",
                         help="comma-separated: qsmprep, qsm-forward")
     parser.add_argument("--skip", default="", help="comma-separated method names to leave out")
@@ -724,27 +795,38 @@ def main(argv=None):
         parser.error("qsm-ci is needed for the scoring: pip install qsm-ci")
     voxel = opts.voxel_size or (2.0 if opts.quick else 1.0)
     slow_s = opts.slow_s if opts.slow_s is not None else (0.0 if opts.quick else 60.0)
-    shape = tuple(int(round(fov / voxel)) for fov in FIELD_OF_VIEW_MM)
     skip = {name.strip() for name in opts.skip.split(",") if name.strip()}
     notes = []
     started = time.perf_counter()
 
-    if opts.phantom == "template":
-        from qsmprep.phantom.template_head import make_template_phantom
+    phantoms = PHANTOMS if opts.phantom == "all" else tuple(
+        name.strip() for name in opts.phantom.split(",") if name.strip())
+    for name in phantoms:
+        if name not in PHANTOMS:
+            parser.error(f"unknown phantom {name!r}: choose from {', '.join(PHANTOMS)} or all")
+    simulators = [s.strip() for s in opts.simulators.split(",") if s.strip()]
+    for simulator in simulators:
+        if simulator not in ("qsmprep", "qsm-forward"):
+            parser.error(f"unknown simulator {simulator!r}")
+    print(f"## Accuracy bench: {', '.join(phantoms)} at {voxel:g} mm, "
+          f"{len(ECHO_TIMES_S)} echoes (TE {', '.join(f'{1000 * t:g}' for t in ECHO_TIMES_S)} "
+          f"ms), {FIELD_STRENGTH_T:g} T, peak SNR {opts.peak_snr:g}, {opts.workers} FFT threads\n")
+    print("Versions: " + ", ".join(f"{name} {_version(name)}" for name in (
+        "qsmprep", "qsm-ci", "qsm-forward", "qmrpy", "numpy", "scipy")))
+    print("Methods (default first): " + "; ".join(
+        f"{STAGE_TITLES[stage]}: {', '.join(methods_of(stage))}" for stage in CHAIN_STAGES))
 
-        phantom, _ = make_template_phantom(voxel_size_mm=voxel, seed=opts.seed)
-    else:
-        phantom = make_head_phantom(shape=shape, voxel_size=(voxel,) * 3, seed=opts.seed)
-        if opts.phantom == "textured":
-            from qsmprep.phantom.textured import add_texture
-
-            phantom = add_texture(phantom, seed=opts.seed)
-    datasets = []
-    for simulator in (s.strip() for s in opts.simulators.split(",") if s.strip()):
-        if simulator == "qsmprep":
-            datasets.append(simulate_with_qsmprep(phantom, peak_snr=opts.peak_snr,
-                                                  seed=opts.seed, workers=opts.workers))
-        elif simulator == "qsm-forward":
+    evaluated, timings = [], {}
+    for phantom_name in phantoms:
+        phantom = make_phantom(phantom_name, voxel=voxel, seed=opts.seed)
+        shape = phantom.shape
+        print(f"\n## {phantom_name} phantom, {shape[0]}x{shape[1]}x{shape[2]}")
+        datasets, all_results = [], []
+        for simulator in simulators:
+            if simulator == "qsmprep":
+                datasets.append(simulate_with_qsmprep(phantom, peak_snr=opts.peak_snr,
+                                                      seed=opts.seed, workers=opts.workers))
+                continue
             try:
                 import qsm_forward  # noqa: F401
             except ImportError:
@@ -753,32 +835,22 @@ def main(argv=None):
             with tempfile.TemporaryDirectory(prefix="qsmprep-bench-") as workdir:
                 datasets.append(simulate_with_qsm_forward(phantom, peak_snr=opts.peak_snr,
                                                           seed=opts.seed, workdir=workdir))
-        else:
-            parser.error(f"unknown simulator {simulator!r}")
-
-    shape = phantom.shape
-    print(f"## Accuracy bench: {opts.phantom} head phantom {shape[0]}x{shape[1]}x{shape[2]} at "
-          f"{voxel:g} mm, "
-          f"{len(ECHO_TIMES_S)} echoes (TE {', '.join(f'{1000 * t:g}' for t in ECHO_TIMES_S)} "
-          f"ms), {FIELD_STRENGTH_T:g} T, peak SNR {opts.peak_snr:g}, {opts.workers} FFT threads\n")
-    print("Versions: " + ", ".join(f"{name} {_version(name)}" for name in (
-        "qsmprep", "qsm-ci", "qsm-forward", "qmrpy", "numpy", "scipy")))
-    print("Methods (default first): " + "; ".join(
-        f"{STAGE_TITLES[stage]}: {', '.join(methods_of(stage))}" for stage in CHAIN_STAGES))
-    for data in datasets:
-        print(f"- {data.name}: simulated in {data.simulation_s:.1f} s; first-echo brain SNR "
-              f"{data.brain_snr:.0f}; true brain {int(data.brain_mask.sum())} voxels")
-        notes.extend(data.notes)
-
-    timings, all_results = {}, []
-    for data in datasets:
-        results = evaluate(data, workers=opts.workers, skip=skip, notes=notes,
-                           timings=timings, slow_s=slow_s, run_qmrpy_too=not opts.no_qmrpy)
-        print_dataset(data, results)
-        all_results.append(results)
-        sys.stdout.flush()
-    if datasets:
-        print_summary(datasets, all_results)
+        for data in datasets:
+            print(f"- {data.name}: simulated in {data.simulation_s:.1f} s; first-echo brain SNR "
+                  f"{data.brain_snr:.0f}; true brain {int(data.brain_mask.sum())} voxels")
+            notes.extend(data.notes)
+        for data in datasets:
+            results = evaluate(data, workers=opts.workers, skip=skip, notes=notes,
+                               timings=timings, slow_s=slow_s,
+                               run_qmrpy_too=not opts.no_qmrpy)
+            print_dataset(data, results)
+            all_results.append(results)
+            evaluated.append((phantom_name, data, results))
+            sys.stdout.flush()
+        if datasets:
+            print_summary(datasets, all_results)
+    if evaluated:
+        print_phantom_summary(evaluated)
     if notes:
         print("\nNotes:\n" + "\n".join(f"- {note}" for note in dict.fromkeys(notes)))
     print(f"\nTotal wall time {time.perf_counter() - started:.0f} s.")

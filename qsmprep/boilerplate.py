@@ -61,6 +61,10 @@ CITATIONS = {
     "tfi": "Liu Z, Kee Y, Zhou D, Wang Y, Spincemaille P. Preconditioned total field inversion "
     "(TFI) method for quantitative susceptibility mapping. Magn Reson Med. 2017;78:303-315. "
     "doi:10.1002/mrm.26331",
+    "l2closedform": "Bilgic B, Chatnuntawech I, Fan AP, et al. Fast image reconstruction with "
+    "L2-regularization. J Magn Reson Imaging. 2014;40:181-191. doi:10.1002/jmri.24365",
+    "lcurve": "Hansen PC. Analysis of discrete ill-posed problems by means of the L-curve. SIAM "
+    "Rev. 1992;34:561-580. doi:10.1137/1034115",
     "rts": "Kames C, Wiggermann V, Rauscher A. Rapid two-step dipole inversion for "
     "susceptibility mapping with sparsity priors. NeuroImage. 2018;167:276-283. "
     "doi:10.1016/j.neuroimage.2017.11.018",

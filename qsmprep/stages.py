@@ -257,10 +257,12 @@ STAGES: tuple[Stage, ...] = (
         algorithms=(
             Algorithm("pdf",
                       summary="projection onto dipole fields: a fit of dipole sources outside "
-                      "the mask (CG, on the mask's bounding box plus 12 mm), after peeling "
-                      "the mask edge",
-                      methods="projection onto dipole fields (PDF) [@pdf], after peeling "
-                      "{PeeledVoxels} voxel layer(s) from the mask edge",
+                      "the mask (CG, on the mask's bounding box plus 12 mm), leaving out the "
+                      "voxels of the mask edge whose field does not continue the field inside",
+                      methods="projection onto dipole fields (PDF) [@pdf], leaving out the "
+                      "voxels of the mask's outer layer whose field departed from the mean of "
+                      "their deeper neighbours by more than {RimOutlierLimitSD:g} robust "
+                      "standard deviations of that departure one layer deeper",
                       citations=("pdf",)),
             Algorithm("vsharp",
                       summary="V-SHARP: spherical mean value filtering with shrinking spheres, "
@@ -346,9 +348,15 @@ STAGES: tuple[Stage, ...] = (
             Parameter("tkd_threshold", "--tkd-threshold", 0.19, title="TKD threshold",
                       help="TKD k-space truncation threshold", sidecar="Threshold",
                       algorithms=("tkd",)),
-            Parameter("tv_regularization", "--tv-lambda", 1e-3,
-                      title="TV-ADMM regularisation", help="TV-ADMM regularisation weight",
-                      sidecar="Regularization", algorithms=("tv-admm",)),
+            Parameter("tv_regularization", "--tv-lambda", 0.0,
+                      title="TV-ADMM regularisation",
+                      help="TV-ADMM regularisation weight; a value fixes it",
+                      sidecar="Regularization", algorithms=("tv-admm",),
+                      automatic="chosen per run from the corner of the L-curve of the "
+                      "closed-form Tikhonov solution (recorded in the sidecars)",
+                      methods_automatic="sqrt(1e-3 x the corner of the L-curve of the "
+                      "closed-form gradient-regularised solution), chosen per run "
+                      "[@l2closedform][@lcurve] and recorded in each map's sidecar"),
             Parameter("tv_outside_weight", "--tv-outside-weight", 0.1,
                       title="TV-ADMM weight outside the mask",
                       help="TV-ADMM weight of the gradients leaving the mask, relative to "

@@ -15,7 +15,7 @@ from nipype.pipeline import engine as pe
 from qsmprep.bids.derivatives import derivative_path
 from qsmprep.errors import BadDataError, MissingInputError
 from qsmprep.qsm.echo_fit import equally_spaced
-from qsmprep.qsm.pipeline import stage_parameters
+from qsmprep.qsm.pipeline import chooses_tv_weight, stage_parameters
 
 from .outputs import init_ds_qsm_wf, init_ds_regions_wf
 from .qsm import init_qsm_wf
@@ -322,7 +322,8 @@ def init_anatomy_wf(*, config, run, anatomy, workflow_config, name="anatomy_wf")
         provenance={"date": anatomy["date"], "command": config.execution.command_line,
                     "processing": stage_parameters(workflow_config, run.voxel_size)},
         methods_markdown=anatomy["methods_markdown"],
-        reference_ranges=config.workflow.reference_ranges, has_r2star=has_r2star)
+        reference_ranges=config.workflow.reference_ranges, has_r2star=has_r2star,
+        has_lcurve=chooses_tv_weight(workflow_config))
     images = ["chimap", "magnitude", "brain_mask", "quality_mask", "fit_residual", "metadata"]
     if has_r2star:
         images.append("r2star")

@@ -34,9 +34,11 @@ _COPIES_PER_ECHO_VOLUME = 6
 _INVERSION_COPIES = 40
 
 
-def merge_metadata(loading: dict, reference: dict) -> dict:
+def merge_metadata(loading: dict, inversion: dict, reference: dict) -> dict:
     """Sidecar fields computed while running, merged for the derivatives writers."""
-    return {**loading, **reference}
+    from qsmprep.bids.derivatives import merged_metadata
+
+    return merged_metadata(loading, inversion, reference)
 
 
 def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, shape,
@@ -80,7 +82,8 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
     magnitude : str
         The echo magnitudes (4D, scaled as loaded), for registration.
     metadata : dict
-        Values found while running (phase units, B0 direction, reference value).
+        Values found while running (phase units, B0 direction, the automatic TV weight and
+        its L-curve, reference value).
     """
     config = workflow_config
     echo_count = len(echo_times)
@@ -118,7 +121,8 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
         mem_gb=memory_gb(voxel_count, _INVERSION_COPIES))
     reference = pe.Node(ReferenceSusceptibility(**arguments["referencing"]),
                         name="referencing", mem_gb=memory_gb(voxel_count, 4))
-    metadata = pe.Node(niu.Function(function=merge_metadata, input_names=["loading", "reference"],
+    metadata = pe.Node(niu.Function(function=merge_metadata,
+                                    input_names=["loading", "inversion", "reference"],
                                     output_names=["metadata"]),
                        name="merge_metadata", run_without_submitting=True)
 
@@ -141,6 +145,7 @@ def init_qsm_wf(*, echo_times, field_strength_t, workflow_config, omp_nthreads, 
         (invert, reference, [("susceptibility_ppm", "susceptibility_ppm")]),
         (bg_removal, reference, [("mask", "brain_mask")]),
         (load, metadata, [("metadata", "loading")]),
+        (invert, metadata, [("metadata", "inversion")]),
         (reference, metadata, [("metadata", "reference")]),
         (load, outputnode, [("magnitude", "magnitude")]),
         (mask, outputnode, [("mask", "brain_mask")]),

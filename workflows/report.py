@@ -13,7 +13,7 @@ from qsmprep.interfaces.reports import ReportFigures, RunReport, SubjectReport
 
 #: (figure name, output field of ReportFigures, suffix, desc) of the run's QC mosaics.
 REPORT_FIGURES = (("qsm", "Chimap", "mosaic"), ("mask", "mask", "brain"),
-                  ("r2star", "R2starmap", "mosaic"))
+                  ("r2star", "R2starmap", "mosaic"), ("lcurve", "Chimap", "lcurve"))
 
 
 def report_json_path(run, output_dir) -> str:
@@ -23,7 +23,8 @@ def report_json_path(run, output_dir) -> str:
 
 
 def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_markdown,
-                       reference_ranges="", has_r2star=True, name="report_wf"):
+                       reference_ranges="", has_r2star=True, has_lcurve=False,
+                       name="report_wf"):
     """Figures and report content of one run.
 
     Parameters
@@ -38,6 +39,8 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
         A user's reference-range table, or '' for the package's.
     has_r2star : bool
         Whether an R2* map exists.
+    has_lcurve : bool
+        Whether the TV weight is chosen automatically (its L-curve is then drawn).
 
     Inputs
     ------
@@ -64,7 +67,8 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
 
     figures = pe.Node(ReportFigures(), name="report_figures", mem_gb=0.5)
     collect = pe.Node(niu.Function(function=_figure_paths,
-                                   input_names=["qsm", "mask", "r2star", "registration"],
+                                   input_names=["qsm", "mask", "r2star", "registration",
+                                                "lcurve"],
                                    output_names=["figures"]),
                       name="collect_figures", run_without_submitting=True)
     report = pe.Node(RunReport(entities=dict(run.entities), acquisition=acquisition,
@@ -74,7 +78,8 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
                      name="run_report", mem_gb=0.5)
     workflow.connect([
         (inputnode, figures, [("chimap", "chimap"), ("native_labels", "labels"),
-                              ("magnitude", "magnitude"), ("brain_mask", "brain_mask")]),
+                              ("magnitude", "magnitude"), ("brain_mask", "brain_mask"),
+                              ("metadata", "reconstruction_metadata")]),
         (inputnode, collect, [("registration_figure", "registration")]),
         (inputnode, report, [("regional_table", "regional_table"),
                              ("brain_mask", "brain_mask"), ("quality_mask", "quality_mask"),
@@ -88,8 +93,10 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
         workflow.connect(inputnode, "r2star", figures, "r2star")
     else:
         collect.inputs.r2star = None
+    if not has_lcurve:
+        collect.inputs.lcurve = None
     for field, suffix, desc in REPORT_FIGURES:
-        if field == "r2star" and not has_r2star:
+        if (field == "r2star" and not has_r2star) or (field == "lcurve" and not has_lcurve):
             continue
         sink = pe.Node(WriteDerivative(output_dir=str(output_dir), entities=run.entities,
                                            suffix=suffix, desc=desc, extension=".svg",
@@ -100,9 +107,13 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
     return workflow
 
 
-def _figure_paths(qsm, mask, r2star, registration):
-    """The report's figures: name -> written path (None when absent)."""
-    return {"qsm": qsm, "mask": mask, "registration": registration, "r2star": r2star}
+def _figure_paths(qsm, mask, r2star, registration, lcurve):
+    """The report's figures: name -> written path (None when absent; an absent L-curve,
+    of a weight given by the user, is left out)."""
+    figures = {"qsm": qsm, "mask": mask, "registration": registration, "r2star": r2star}
+    if lcurve:
+        figures["lcurve"] = lcurve
+    return figures
 
 
 def init_subject_report_wf(*, subject, runs, output_dir, name="subject_report_wf"):

@@ -263,6 +263,19 @@ def write_derivative(
     return str(image_path), str(sidecar_path)
 
 
+def merged_metadata(*parts: dict) -> dict:
+    """Sidecar fields of ``parts`` merged left to right; nested objects are merged key by key
+    (a ``QSMProcessing`` block found while running completes the one known beforehand)."""
+    merged: dict = {}
+    for part in parts:
+        for key, value in (part or {}).items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = merged_metadata(merged[key], value)
+            else:
+                merged[key] = value
+    return merged
+
+
 def sidecar_text(metadata: dict) -> str:
     """JSON text of a sidecar: sorted keys, indent 2, trailing newline; numpy values allowed."""
     return json.dumps(metadata, sort_keys=True, indent=2, default=_json_value) + "\n"

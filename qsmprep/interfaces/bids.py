@@ -15,7 +15,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..bids.derivatives import write_derivative
+from ..bids.derivatives import merged_metadata, write_derivative
 from ..bids.loading import load_multiecho
 from ..imageio import b0_direction_from_affine, save_array, voxel_size_from_affine
 
@@ -106,9 +106,9 @@ class WriteDerivative(SimpleInterface):
     def _run_interface(self, runtime):
         metadata = None
         if isdefined(self.inputs.metadata) or isdefined(self.inputs.extra_metadata):
-            metadata = dict(self.inputs.metadata) if isdefined(self.inputs.metadata) else {}
-            if isdefined(self.inputs.extra_metadata):
-                metadata.update(self.inputs.extra_metadata)
+            metadata = merged_metadata(*(
+                dict(value) for value in (self.inputs.metadata, self.inputs.extra_metadata)
+                if isdefined(value)))
         image_path, sidecar_path = write_derivative(
             self.inputs.in_file, self.inputs.output_dir, dict(self.inputs.entities),
             suffix=self.inputs.suffix,

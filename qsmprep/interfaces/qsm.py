@@ -272,6 +272,8 @@ class _InvertInputSpec(BaseInterfaceInputSpec):
 
 class _InvertOutputSpec(TraitedSpec):
     susceptibility_ppm = File(exists=True, desc="susceptibility (ppm), not yet referenced")
+    metadata = traits.Dict(desc="sidecar entries chosen while running (the automatic TV "
+                           "weight and its L-curve), under QSMProcessing.DipoleInversion")
 
 
 class InvertDipole(SimpleInterface):
@@ -283,7 +285,7 @@ class InvertDipole(SimpleInterface):
 
     def _run_interface(self, runtime):
         voxel_size, b0_direction = _geometry(self.inputs.mask)
-        susceptibility = pipeline.invert_dipole(
+        inverted = pipeline.invert_dipole(
             load_array(self.inputs.local_field_hz), load_mask(self.inputs.mask), voxel_size,
             b0_direction, self.inputs.field_strength_t,
             **stage_inputs(self.inputs, "inversion"),
@@ -292,7 +294,10 @@ class InvertDipole(SimpleInterface):
             echo_times_s=self.inputs.echo_times if isdefined(self.inputs.echo_times) else None,
             workers=self.inputs.num_threads)
         self._results["susceptibility_ppm"] = save_like(
-            susceptibility, self.inputs.mask, _out(runtime, "susceptibility_ppm.nii"))
+            inverted.susceptibility_ppm, self.inputs.mask,
+            _out(runtime, "susceptibility_ppm.nii"))
+        self._results["metadata"] = (
+            {"QSMProcessing": {"DipoleInversion": inverted.sidecar}} if inverted.sidecar else {})
         return runtime
 
 

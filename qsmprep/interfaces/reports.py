@@ -21,12 +21,15 @@ class _ReportFiguresInputSpec(BaseInterfaceInputSpec):
     magnitude = File(exists=True, mandatory=True, desc="echo magnitudes (the first is shown)")
     brain_mask = File(exists=True, mandatory=True)
     r2star = File(exists=True, desc="R2* map (two echoes or more)")
+    reconstruction_metadata = traits.Dict(desc="values found while reconstructing (the "
+                                          "automatic TV weight's L-curve)")
 
 
 class _ReportFiguresOutputSpec(TraitedSpec):
     qsm = File(exists=True, desc="SVG: Chimap mosaic with the regions' outlines")
     mask = File(exists=True, desc="SVG: brain mask over the magnitude")
     r2star = File(desc="SVG: R2* mosaic")
+    lcurve = File(desc="SVG: the L-curve of an automatic TV weight")
 
 
 class ReportFigures(SimpleInterface):
@@ -36,7 +39,7 @@ class ReportFigures(SimpleInterface):
     output_spec = _ReportFiguresOutputSpec
 
     def _run_interface(self, runtime):
-        from ..reports import figures
+        from ..reports import figures, render
 
         def out(name):
             return os.path.join(runtime.cwd, name)
@@ -48,6 +51,10 @@ class ReportFigures(SimpleInterface):
         if isdefined(self.inputs.r2star):
             self._results["r2star"] = figures.plot_r2star_mosaic(
                 self.inputs.r2star, out("r2star.svg"), mask_path=self.inputs.brain_mask)
+        selection = (render.regularization_record(self.inputs.reconstruction_metadata)
+                     if isdefined(self.inputs.reconstruction_metadata) else None)
+        if selection is not None:
+            self._results["lcurve"] = figures.plot_lcurve(selection, out("lcurve.svg"))
         return runtime
 
 
@@ -89,7 +96,9 @@ class RunReport(SimpleInterface):
                                     residual_path=optional("fit_residual"),
                                     registration=optional("registration_quality"),
                                     input_checks=(optional("reconstruction_metadata")
-                                                  or {}).get("InputChecks"))
+                                                  or {}).get("InputChecks"),
+                                    regularization=render.regularization_record(
+                                        optional("reconstruction_metadata")))
         self._results["report"] = render.build_report(
             regional_table_path=self.inputs.regional_table,
             entities=dict(self.inputs.entities), qc=qc,

@@ -234,8 +234,68 @@ def resharp(total_field_hz, mask, voxel_size, *, radius_mm=None, regularization:
 #: :func:`default_peel_voxels`.
 DEFAULT_PEEL_MM = 2.0
 
-#: Outer voxel layers that :func:`pdf` peels off a brain mask by default (see its docstring).
-PDF_PEEL_VOXELS = 1
+#: Outer voxel layers that :func:`pdf` peels off a brain mask by default: none, since
+#: :func:`rim_outliers` leaves out the bad voxels of the outer layer instead.
+PDF_PEEL_VOXELS = 0
+
+#: Departure, in robust SDs, beyond which :func:`rim_outliers` leaves an outer-layer voxel out.
+RIM_OUTLIER_LIMIT = 5.0
+
+
+def rim_outliers(total_field_hz, mask, *, limit: float = RIM_OUTLIER_LIMIT) -> np.ndarray:
+    """Voxels of the mask's outer layer whose field does not continue the field inside it.
+
+    A magnitude mask's outer layer holds brain voxels, whose field is as good as any, and
+    partial-volume voxels of skull, air or vessels whose fitted field is tens to hundreds of
+    Hz off. Peeling the whole layer drops the good with the bad, and the outer cortex with
+    them: PDF then explains more of the brain's own field by sources outside the mask.
+    Here each outer-layer voxel (a face neighbour outside the mask) is compared with the mean
+    field of its neighbours in the 3 x 3 x 3 block that lie deeper (inside the eroded mask);
+    the same departure is measured one layer deeper, where partial volume is rare, and its
+    robust SD (1.4826 x the median absolute departure) is the scale: voxels departing by
+    more than ``limit`` such SDs are outliers. Outer-layer voxels with no deeper neighbour
+    are kept (no evidence either way). The measurements behind the rule are in
+    ``bench/RESULTS.md``, "PDF background removal".
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        The outliers (a subset of the outer layer of ``mask``).
+    """
+    field = np.asarray(total_field_hz, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    outliers = np.zeros(mask.shape, dtype=bool)
+    if not mask.any():
+        return outliers
+    box = bounding_box(mask)  # outside it is outside the mask: the filters pad with 0
+    field, region = field[box], mask[box]
+    face = ndimage.generate_binary_structure(3, 1)
+    inner = ndimage.binary_erosion(region, structure=face, border_value=0)
+    deeper = ndimage.binary_erosion(inner, structure=face, border_value=0)
+
+    def departure(centre_region, neighbours):
+        """|field - mean of the neighbours in ``neighbours``| where there are any."""
+        count = ndimage.uniform_filter(neighbours.astype(np.float32), 3, mode="constant")
+        total = ndimage.uniform_filter(np.where(neighbours, field, np.float32(0.0)), 3,
+                                       mode="constant")
+        has = centre_region & (count > 1e-3)
+        values = np.full(field.shape, np.nan, dtype=np.float32)
+        values[has] = np.abs(field[has] - total[has] / count[has])
+        return values
+
+    rim_departure = departure(region & ~inner, inner)
+    second_layer = departure(inner & ~deeper, deeper)
+    reference = second_layer[np.isfinite(second_layer)]
+    if reference.size == 0:
+        reference = rim_departure[np.isfinite(rim_departure)]
+    if reference.size == 0:
+        return outliers
+    scale = 1.4826 * float(np.median(reference))
+    if scale <= 0:
+        return outliers
+    with np.errstate(invalid="ignore"):
+        outliers[box] = np.isfinite(rim_departure) & (rim_departure > limit * scale)
+    return outliers
 
 
 def default_peel_voxels(voxel_size) -> int:
@@ -253,7 +313,7 @@ def default_peel_voxels(voxel_size) -> int:
 
 def pdf(total_field_hz, mask, voxel_size, b0_direction, *, weight=None, max_iter: int = 100,
         tolerance: float = 1e-3, pad_mm: float = 12.0, peel_voxels: int = PDF_PEEL_VOXELS,
-        workers: int = 1) -> BackgroundRemoval:
+        rim_limit: float | None = RIM_OUTLIER_LIMIT, workers: int = 1) -> BackgroundRemoval:
     """Remove the background field by projection onto dipole fields (PDF).
 
     Liu T et al., NMR Biomed 2011;24:1129-1136. The background field is modelled as the field
@@ -269,9 +329,10 @@ def pdf(total_field_hz, mask, voxel_size, b0_direction, *, weight=None, max_iter
     the field of view where the box reaches it (sources below a slab are represented).
     D(0) = 0, so a constant field cannot be fitted: the weighted mean of f in M is removed
     first and the local field is returned with a weighted mean of 0 in M (it is defined up to
-    a constant anyway). The mask is first peeled by ``peel_voxels`` outer layers (the peeled
-    rim, where partial-volume voxels with skull or air sit, joins the region where background
-    sources may lie) and the result is valid on the peeled mask.
+    a constant anyway). The mask is first peeled by ``peel_voxels`` outer layers (none by
+    default), then the outliers of its outer layer (:func:`rim_outliers`, partial-volume
+    voxels with skull or air) are left out; what is left out joins the region where
+    background sources may lie, and the result is valid on the rest.
 
     PDF removes part of the local field near the mask edge (its known non-orthogonality);
     the TV-ADMM inversion that follows by default leaves the susceptibility just outside the
@@ -302,16 +363,21 @@ def pdf(total_field_hz, mask, voxel_size, b0_direction, *, weight=None, max_iter
     peel_voxels : int
         Outer mask layers (voxels with a face neighbour outside) to drop before the fit;
         0 keeps the whole mask.
+    rim_limit : float or None
+        ``limit`` of :func:`rim_outliers`, applied after peeling; None keeps the outer layer
+        whole.
     workers : int
         FFT threads.
 
     Returns
     -------
     BackgroundRemoval
-        Local field (Hz) in the peeled mask, and that mask.
+        Local field (Hz) in the mask that was fitted, and that mask.
     """
     total_field_hz, mask = _checked_field_and_mask(total_field_hz, mask)
     mask = _peel(mask, peel_voxels)
+    if rim_limit is not None:
+        mask &= ~rim_outliers(total_field_hz, mask, limit=rim_limit)
     if not mask.any():
         raise BadDataError(f"the brain mask is empty after peeling {peel_voxels} layers")
     data_weight = _normalised_weight(weight, mask)

@@ -31,6 +31,8 @@ brain, not yet referenced (see :mod:`qsmprep.qsm.referencing`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numba
 import numpy as np
 from numba import prange as numba_prange
@@ -474,6 +476,153 @@ def _tv_admm_loop(solve_chi, shape, voxel_size, thresholds, *, max_iter, toleran
 def _inverse_of(denominator) -> np.ndarray:
     """1 / denominator where it is positive, 0 elsewhere (the k = 0 term)."""
     return np.divide(1.0, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+
+
+# Automatic regularisation: the L-curve of the closed-form gradient-regularised solution. ----
+
+#: Tikhonov weights (mm^2) scanned by :func:`tikhonov_lcurve`: 0.125 decade apart, from
+#: 1e-4 (a corner below about 2e-4 would give a TV weight under 4e-4, which no simulated head
+#: scored best with; on 4 mm voxels the curve bends there for another reason) to 0.1.
+LCURVE_WEIGHTS = tuple(float(w) for w in np.logspace(-4.0, -1.0, 25))
+
+#: TV weight (ppm mm) at which :func:`tv_weight_from_corner` maps a corner of the same value.
+TV_REFERENCE_WEIGHT = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class LCurve:
+    """The L-curve of :func:`tikhonov_lcurve` and its corner."""
+
+    weights: tuple
+    """Tikhonov weights (mm^2), ascending."""
+    residual_norms: tuple
+    """RMS of the field misfit D chi - f in the mask (ppm), one per weight."""
+    solution_norms: tuple
+    """RMS of the susceptibility gradient over the grid (ppm/mm), one per weight."""
+    curvature: tuple
+    """Signed curvature of (log residual, log solution norm), one per weight."""
+    corner: float | None
+    """Weight at the corner (:func:`lcurve_corner`); None when the curve has none in the
+    scanned range."""
+
+
+def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
+                    weights=LCURVE_WEIGHTS, margin_mm: float = TV_SUPPORT_MARGIN_MM,
+                    workers: int = 1) -> LCurve:
+    """L-curve of the closed-form gradient-regularised (Tikhonov) dipole inversion.
+
+    For each weight lambda, chi = D F(f) / (|D|^2 + lambda |E|^2) in k-space (|E|^2 the
+    symbol of grad^T grad), the closed form of ``min ||D chi - f||^2 + lambda ||grad chi||^2``
+    over the mask's bounding box plus ``margin_mm``, f set to 0 outside the mask (Bilgic et
+    al., JMRI 2014;40:181-191, who pick lambda at the L-curve's corner). The curve is the
+    misfit inside the mask against the gradient norm, on log scales; its corner, the point of
+    largest curvature (Hansen PC, SIAM Review 1992;34:561-580; it may be a gentle bend,
+    of negative curvature, on a noisy field), is where more weight stops
+    buying smoothness cheaply and starts costing misfit: it moves with the noise of the field
+    and the texture of the tissue. One forward FFT, then one inverse FFT per weight (the
+    misfit is measured in the mask only); the gradient norm is summed in k-space.
+
+    Parameters
+    ----------
+    local_field_ppm : array_like, 3-D
+        Local field (ppm), valid in ``mask``.
+    mask : array_like of bool, 3-D
+    voxel_size, b0_direction : sequences of 3 floats
+    weights : sequence of float
+        Tikhonov weights (mm^2), ascending, at least 7.
+    margin_mm : float
+        Margin (mm) around the mask's bounding box.
+    workers : int
+        FFT threads.
+
+    Returns
+    -------
+    LCurve
+    """
+    field, mask = _checked(local_field_ppm, mask)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 1 or weights.size < 7 or np.any(np.diff(weights) <= 0) or weights[0] <= 0:
+        raise ValueError("weights must be at least 7 positive values in ascending order")
+    box, shape = _support_grid(mask, voxel_size, margin_mm=margin_mm)
+    inside = _to_grid(mask, box, shape) > 0.5
+    count = max(int(np.count_nonzero(inside)), 1)
+    spectrum = rfftn(_to_grid(field, box, shape), workers=workers)
+    kernel = dipole_kernel(shape, voxel_size, b0_direction)
+    squared_kernel = kernel * kernel
+    squared_gradient = -laplacian_kernel(shape, voxel_size)
+    # Parseval on the real-FFT half grid: planes other than 0 (and Nyquist) stand for two.
+    multiplicity = np.full(spectrum.shape[-1], 2.0, dtype=np.float32)
+    multiplicity[0] = 1.0
+    if shape[-1] % 2 == 0:
+        multiplicity[-1] = 1.0
+    power = (np.abs(spectrum) ** 2) * multiplicity / np.float32(np.prod(shape))
+    residual_norms, solution_norms = [], []
+    for weight in weights:
+        denominator = squared_kernel + np.float32(weight) * squared_gradient
+        denominator[denominator == 0] = 1.0
+        # D chi - f = -lambda |E|^2 / (|D|^2 + lambda |E|^2) F
+        misfit = irfftn(spectrum * (np.float32(-weight) * squared_gradient / denominator),
+                        shape, workers=workers)
+        residual_norms.append(float(np.sqrt(np.sum(misfit[inside].astype(np.float64) ** 2)
+                                            / count)))
+        gradient_power = squared_gradient * squared_kernel * power / denominator**2
+        solution_norms.append(float(np.sqrt(gradient_power.sum(dtype=np.float64) / count)))
+    curvature, corner = lcurve_corner(weights, residual_norms, solution_norms)
+    return LCurve(tuple(float(w) for w in weights), tuple(residual_norms),
+                  tuple(solution_norms), tuple(float(c) for c in curvature), corner)
+
+
+#: Least rise (of the signed curvature of the log-log curve) that makes a peak a corner.
+_CORNER_PROMINENCE = 1e-3
+
+
+def lcurve_corner(weights, residual_norms, solution_norms) -> tuple[np.ndarray, float | None]:
+    """Signed curvature of the L-curve (log residual, log solution norm) over log weight, and
+    the weight at its corner: the largest curvature, where it peaks away from the two ends
+    of the scan and rises above the curve's least curvature (a straight line has none).
+
+    Returns
+    -------
+    curvature : numpy.ndarray
+        Positive where the curve bends like an L.
+    corner : float or None
+    """
+    t = np.log(np.asarray(weights, dtype=np.float64))
+    rho = np.log(np.asarray(residual_norms, dtype=np.float64))
+    eta = np.log(np.asarray(solution_norms, dtype=np.float64))
+    drho, deta = np.gradient(rho, t), np.gradient(eta, t)
+    ddrho, ddeta = np.gradient(drho, t), np.gradient(deta, t)
+    speed = np.maximum(drho**2 + deta**2, 1e-30)
+    curvature = (drho * ddeta - ddrho * deta) / speed**1.5
+    peak = 2 + int(np.argmax(curvature[2:-2]))
+    is_corner = (curvature[peak] > max(curvature[peak - 1], curvature[peak + 1])
+                 and curvature[peak] - curvature.min() > _CORNER_PROMINENCE)
+    return curvature, (float(np.exp(t[peak])) if is_corner else None)
+
+
+def tv_weight_from_corner(corner: float) -> float:
+    """TV-ADMM weight (ppm mm) for a Tikhonov L-curve corner (mm^2): their geometric mean with
+    :data:`TV_REFERENCE_WEIGHT`, sqrt(corner x 1e-3).
+
+    The corner of the L2 curve and the best L1 (TV) weight grow together with the noise and
+    fall with texture, but the L1 weight moves about half as much on a log scale (fitted on
+    the simulated heads of ``bench/RESULTS.md``, "Automatic TV weight").
+    """
+    return float(np.sqrt(corner * TV_REFERENCE_WEIGHT))
+
+
+def tv_weight_for(curve: LCurve) -> float:
+    """:func:`tv_weight_from_corner` of the curve's corner, or :data:`TV_REFERENCE_WEIGHT`
+    when it has none."""
+    return tv_weight_from_corner(curve.corner) if curve.corner is not None else TV_REFERENCE_WEIGHT
+
+
+def automatic_tv_regularization(local_field_ppm, mask, voxel_size, b0_direction, *,
+                                workers: int = 1) -> tuple[float, LCurve]:
+    """TV-ADMM weight for this field (:func:`tv_weight_for` the curve of
+    :func:`tikhonov_lcurve`), with the curve, for the record."""
+    curve = tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, workers=workers)
+    return tv_weight_for(curve), curve
 
 
 def tv_admm(local_field_ppm, mask, voxel_size, b0_direction, *, regularization: float = 1e-3,

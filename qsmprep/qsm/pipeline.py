@@ -67,7 +67,8 @@ def _derived_entries(stage_name: str, algorithm: str, settings, voxel_size) -> d
     if stage_name != "background_removal":
         return {}
     if algorithm == "pdf":
-        return {"PeeledVoxels": background.PDF_PEEL_VOXELS}
+        return {"PeeledVoxels": background.PDF_PEEL_VOXELS,
+                "RimOutlierLimitSD": background.RIM_OUTLIER_LIMIT}
     if algorithm == "lbv":
         return {"PeeledVoxels": background.default_peel_voxels(voxel_size)}
     if algorithm == "resharp":
@@ -175,40 +176,87 @@ def remove_background(total_field_hz, mask, voxel_size, b0_direction, *, method:
     raise ValueError(f"unknown background removal {method!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class DipoleInversion:
+    """The result of :func:`invert_dipole`."""
+
+    susceptibility_ppm: np.ndarray
+    """Not referenced, 0 outside the mask."""
+    sidecar: dict
+    """Entries of the sidecars' ``DipoleInversion`` block found while running (the automatic
+    TV weight and its L-curve); empty when every value was given."""
+
+
+def chooses_tv_weight(settings: WorkflowConfig) -> bool:
+    """Whether the inversion of ``settings`` chooses its TV weight from the data."""
+    return settings.inversion == "tv-admm" and not settings.tv_regularization
+
+
+def _lcurve_record(weight: float, curve) -> dict:
+    """The sidecar entries of an automatic TV weight (4 significant digits)."""
+
+    def rounded(values):
+        return [float(f"{value:.4g}") for value in values]
+
+    selection = {
+        "Method": "corner (largest curvature) of the L-curve of the closed-form "
+                  "gradient-regularised solution; TV weight = sqrt(1e-3 x corner)",
+        "TikhonovWeights": rounded(curve.weights),
+        "FieldMisfitRMSppm": rounded(curve.residual_norms),
+        "GradientNormRMSppmPerMM": rounded(curve.solution_norms),
+        "TikhonovCorner": float(f"{curve.corner:.4g}") if curve.corner is not None else None,
+    }
+    if curve.corner is None:
+        selection["Note"] = ("the L-curve had no corner in the scanned range: the reference "
+                             f"weight {inversion.TV_REFERENCE_WEIGHT:g} was used")
+    return {"Regularization": float(f"{weight:.4g}"), "RegularizationSelection": selection}
+
+
 def invert_dipole(local_field_hz, mask, voxel_size, b0_direction, field_strength_t, *,
                   method: str, magnitude=None, echo_times_s=None, tkd_threshold: float,
                   tv_regularization: float, tv_outside_weight: float, rts_delta: float,
                   medi_regularization: float, tikhonov_regularization: float,
-                  inversion_max_iter: int, inversion_tolerance: float, workers: int = 1):
+                  inversion_max_iter: int, inversion_tolerance: float,
+                  workers: int = 1) -> DipoleInversion:
     """Susceptibility (ppm, not referenced) from the local field (Hz).
 
     TV-ADMM (``tv_regularization``, ``tv_outside_weight``) and MEDI (``medi_regularization``)
     take their gradient weights from the edges of ``magnitude`` (the echoes, 4-D, or one 3-D
-    image); iterative Tikhonov uses ``tikhonov_regularization``, ``inversion_max_iter`` and
-    ``inversion_tolerance``; TKD ``tkd_threshold``; RTS ``rts_delta``. MEDI's phase scale
-    comes from the mean echo spacing (or the one echo time). See :mod:`qsmprep.qsm.inversion`.
+    image); a ``tv_regularization`` of 0 is chosen from the field
+    (:func:`qsmprep.qsm.inversion.automatic_tv_regularization`) and recorded in
+    :attr:`DipoleInversion.sidecar`. Iterative Tikhonov uses ``tikhonov_regularization``,
+    ``inversion_max_iter`` and ``inversion_tolerance``; TKD ``tkd_threshold``; RTS
+    ``rts_delta``. MEDI's phase scale comes from the mean echo spacing (or the one echo time).
+    See :mod:`qsmprep.qsm.inversion`.
     """
     arguments = (hz_to_ppm(local_field_hz, field_strength_t), mask, voxel_size, b0_direction)
+    sidecar = {}
     if method == "tv-admm":
-        return inversion.tv_admm(*arguments, magnitude=magnitude,
-                                 regularization=tv_regularization,
-                                 outside_weight=tv_outside_weight, workers=workers)
-    if method == "tkd":
-        return inversion.tkd(*arguments, threshold=tkd_threshold, workers=workers)
-    if method == "tikhonov":
-        return inversion.tikhonov_cg(*arguments, regularization=tikhonov_regularization,
-                                     max_iter=inversion_max_iter,
-                                     tolerance=inversion_tolerance, workers=workers)
-    if method == "rts":
-        return inversion.rts(*arguments, delta=rts_delta, workers=workers)
-    if method == "medi-l1":
+        if not tv_regularization:
+            tv_regularization, curve = inversion.automatic_tv_regularization(
+                *arguments, workers=workers)
+            sidecar = _lcurve_record(tv_regularization, curve)
+        chi = inversion.tv_admm(*arguments, magnitude=magnitude,
+                                regularization=tv_regularization,
+                                outside_weight=tv_outside_weight, workers=workers)
+    elif method == "tkd":
+        chi = inversion.tkd(*arguments, threshold=tkd_threshold, workers=workers)
+    elif method == "tikhonov":
+        chi = inversion.tikhonov_cg(*arguments, regularization=tikhonov_regularization,
+                                    max_iter=inversion_max_iter,
+                                    tolerance=inversion_tolerance, workers=workers)
+    elif method == "rts":
+        chi = inversion.rts(*arguments, delta=rts_delta, workers=workers)
+    elif method == "medi-l1":
         echo_times_s = np.asarray(echo_times_s, dtype=np.float64)
         spacing_s = np.diff(echo_times_s).mean() if echo_times_s.size > 1 else echo_times_s[0]
         radians_per_ppm = 2 * np.pi * GYROMAGNETIC_RATIO_MHZ_PER_T * field_strength_t * spacing_s
-        return inversion.medi_l1(*arguments, magnitude=magnitude,
-                                 regularization=medi_regularization,
-                                 radians_per_ppm=radians_per_ppm, workers=workers)
-    raise ValueError(f"unknown dipole inversion {method!r}")
+        chi = inversion.medi_l1(*arguments, magnitude=magnitude,
+                                regularization=medi_regularization,
+                                radians_per_ppm=radians_per_ppm, workers=workers)
+    else:
+        raise ValueError(f"unknown dipole inversion {method!r}")
+    return DipoleInversion(chi, sidecar)
 
 
 def fit_r2star(magnitude_4d, echo_times_s, mask, *, method: str):
@@ -287,6 +335,8 @@ class Reconstruction:
     """Where the local field, and so the susceptibility map, is defined."""
     susceptibility_ppm: np.ndarray
     """Before referencing."""
+    inversion_sidecar: dict
+    """What the inversion chose while running (:attr:`DipoleInversion.sidecar`)."""
     chimap_ppm: np.ndarray
     """Referenced, 0 outside :attr:`local_field_mask`."""
     reference: Referenced
@@ -383,10 +433,11 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size, b0_direction, field_
         local = remove_background(fit.total_field_hz, quality, voxel_size, b0_direction,
                                   workers=workers, **arguments["background_removal"])
     with stage("inversion"):
-        susceptibility = invert_dipole(
+        inverted = invert_dipole(
             local.local_field_hz, local.mask, voxel_size, b0_direction, field_strength_t,
             magnitude=magnitude, echo_times_s=echo_times_s,
             workers=workers, **arguments["inversion"])
+        susceptibility = inverted.susceptibility_ppm
     r2star_hz = t2star_s = None
     if magnitude.shape[-1] >= 2:
         with stage("r2star"):
@@ -399,6 +450,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size, b0_direction, field_
     return Reconstruction(
         brain_mask=brain, unwrapped_phase=unwrapped, echo_fit=fit, quality_mask=quality,
         local_field_hz=local.local_field_hz, local_field_mask=local.mask,
-        susceptibility_ppm=susceptibility, chimap_ppm=referenced.chimap_ppm,
+        susceptibility_ppm=susceptibility, inversion_sidecar=inverted.sidecar,
+        chimap_ppm=referenced.chimap_ppm,
         reference=referenced, r2star_hz=r2star_hz, t2star_s=t2star_s,
         stage_seconds=seconds, stage_peak_gb=peak_gb)

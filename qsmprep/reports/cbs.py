@@ -147,6 +147,8 @@ echo-fit residual (phase)          median residual in the mask > 0.3 rad (a phas
 poor phase fraction (phase)        > 10 % of the brain mask dropped for poor phase quality
 region voxel counts (regions)      any side of a reported region with < 5 voxels
 reference (reference)              the values are not relative to the ranges' reference
+TV weight (inversion)              never: the automatic weight is stated with its L-curve
+                                   corner
 =================================  ==========================================================
 
 These limits are ours, chosen to catch gross failures; calibrate them locally as well.
@@ -490,6 +492,21 @@ def _input_checks(input_checks) -> list[dict]:
                    rule="stated, not flagged (see the log)", flagged=False)]
 
 
+def _regularization_checks(regularization) -> list[dict]:
+    """The automatic TV weight, stated with its L-curve corner and never flagged (a curve
+    with no corner falls back to the reference weight of earlier versions); absent when the
+    weight was given."""
+    if not isinstance(regularization, dict):
+        return []
+    weight, corner = regularization.get("weight"), regularization.get("corner")
+    value = (f"{weight:.3g}" if isinstance(weight, (int, float)) else None)
+    if value is not None and corner is not None:
+        value += f" (L-curve corner {corner:.3g} mm\u00b2)"
+    return [_check("regularization", "Dipole inversion: automatic TV weight", "inversion",
+                   value, unit="", rule="stated, not flagged (L-curve figure; without a "
+                   "corner the reference weight is used)", flagged=False)]
+
+
 def _refinement_checks(refinement) -> list[dict]:
     """The deep grey-matter refinement's check: flagged when it was rejected (the nuclei then
     keep the placement of the magnitude-driven registration); absent when it was not run."""
@@ -557,6 +574,7 @@ def assess_quality(qc: dict | None, findings_: dict | None = None) -> dict:
                _rounded(None if poor is None else 100 * poor, 2), unit="%",
                rule=f"flag if > {100 * POOR_PHASE_MAX_FRACTION:g} % of the brain mask",
                flagged=poor is not None and poor > POOR_PHASE_MAX_FRACTION),
+        *_regularization_checks(qc.get("regularization")),
         *_input_checks(qc.get("input_checks")),
     ]
     counts = []

@@ -315,6 +315,40 @@ def plot_range_strip(region: dict, out_path, *, colours: dict) -> str:
     return _save_svg(figure, out_path, dpi=100)
 
 
+def plot_lcurve(selection: dict, out_path) -> str:
+    """SVG of the L-curve behind an automatic TV weight, its corner marked.
+
+    ``selection`` is the ``RegularizationSelection`` block of the sidecars plus ``weight``,
+    the TV weight chosen (:func:`qsmprep.reports.render.regularization_record`): the
+    Tikhonov weights, the field misfit (ppm RMS in the mask) and the gradient norm (ppm/mm
+    RMS) of each. Log-log axes in ppb. Returns the absolute path of the SVG.
+    """
+    weights = np.asarray(selection["TikhonovWeights"], dtype=float)
+    misfit_ppb = 1000.0 * np.asarray(selection["FieldMisfitRMSppm"], dtype=float)
+    gradient_ppb = 1000.0 * np.asarray(selection["GradientNormRMSppmPerMM"], dtype=float)
+    figure = Figure(figsize=(4.2, 3.0), facecolor="white")
+    FigureCanvasAgg(figure)
+    ax = figure.add_axes([0.17, 0.16, 0.78, 0.74])
+    ax.loglog(misfit_ppb, gradient_ppb, "-o", color="#0072B2", markersize=2.5, linewidth=1)
+    corner = selection.get("TikhonovCorner")
+    if corner is not None:
+        index = int(np.argmin(np.abs(np.log(weights / corner))))
+        ax.plot(misfit_ppb[index], gradient_ppb[index], "o", markersize=8, markerfacecolor="none",
+                markeredgecolor="#D55E00", markeredgewidth=1.5)
+        ax.annotate(f"corner: Tikhonov weight {corner:.3g} mm\u00b2\nTV weight "
+                    f"{selection.get('weight', float('nan')):.3g}",
+                    (misfit_ppb[index], gradient_ppb[index]), xytext=(12, 12),
+                    textcoords="offset points", fontsize=7, color="#D55E00")
+    else:
+        ax.text(0.5, 0.9, "no corner: the reference weight was used", transform=ax.transAxes,
+                ha="center", fontsize=7, color="#D55E00")
+    ax.set_xlabel("field misfit in the mask (ppb, RMS)", fontsize=7)
+    ax.set_ylabel("susceptibility gradient (ppb/mm, RMS)", fontsize=7)
+    ax.set_title("L-curve of the closed-form Tikhonov solution", fontsize=8)
+    ax.tick_params(labelsize=6, which="both")
+    return _save_svg(figure, out_path, dpi=100)
+
+
 # ------------------------------------------------------------------------ group-level figures
 #: Colours of sites and diagnoses in the group figures (Okabe-Ito, colour-blind safe).
 _GROUP_PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",

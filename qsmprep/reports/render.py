@@ -41,6 +41,8 @@ FIGURE_CAPTIONS = {
     "registration": "Registration: template edges over the subject's magnitude in template "
                     "space.",
     "r2star": "R2* map (1/s).",
+    "lcurve": "Automatic regularisation: the L-curve of the closed-form Tikhonov solution of "
+              "this run's local field; its corner (circled) sets the TV weight.",
 }
 
 #: Colours of the patterns in the report and its strip plots (Okabe-Ito, colour-blind safe).
@@ -141,15 +143,29 @@ def acquisition_summary(run) -> dict:
     return summary
 
 
+def regularization_record(reconstruction_metadata) -> dict | None:
+    """The automatic TV weight and its L-curve, from the sidecar fields found while running
+    (``QSMProcessing.DipoleInversion``): the ``RegularizationSelection`` block plus ``weight``;
+    None when the weight was given."""
+    processing = (reconstruction_metadata or {}).get("QSMProcessing") or {}
+    block = processing.get("DipoleInversion") or {}
+    selection = block.get("RegularizationSelection")
+    if not isinstance(selection, dict):
+        return None
+    return {**selection, "weight": block.get("Regularization")}
+
+
 def qc_measurements(*, brain_mask_path, phase_quality_mask_path=None, residual_path=None,
-                    registration=None, input_checks=None) -> dict:
+                    registration=None, input_checks=None, regularization=None) -> dict:
     """The ``qc`` of :func:`build_report` from the run's images.
 
     ``mask_volume_ml``: the brain mask's volume; ``poor_phase_fraction``: the fraction of the
     brain mask missing from the phase-quality mask; ``echo_fit_residual``: the median of the
     echo-fit residual map (rad) in the brain mask; ``registration``: passed through (the
     ``RegistrationQuality`` of the regional table's sidecar); ``input_checks``: how the input
-    was interpreted (the sidecars' ``InputChecks``). Absent inputs are left out.
+    was interpreted (the sidecars' ``InputChecks``); ``regularization``: the automatic TV
+    weight and its L-curve corner (:func:`regularization_record`). Absent inputs are left
+    out.
     """
     import nibabel as nib
     import numpy as np
@@ -169,6 +185,9 @@ def qc_measurements(*, brain_mask_path, phase_quality_mask_path=None, residual_p
             values["echo_fit_residual"] = float(np.median(residual))
     if input_checks:
         values["input_checks"] = dict(input_checks)
+    if regularization:
+        values["regularization"] = {"weight": regularization.get("weight"),
+                                    "corner": regularization.get("TikhonovCorner")}
     if registration:
         values["registration"] = {key: float(value) for key, value in registration.items()
                                   if isinstance(value, (int, float))}

@@ -249,11 +249,22 @@ def test_report_is_written_and_valid(digital_subject_run):
     assert validate_report(report)
     assert report["subject"] == "01"
     assert report["qc"]["values"]["registration"]["dice_brain"] > 0.9
-    for name in ("qsm", "mask", "registration", "r2star"):
+    for name in ("qsm", "mask", "registration", "r2star", "lcurve"):
         assert report["figures"][name], name
     figures = out / "sub-01" / "figures"
-    for name in ("desc-mosaic_Chimap.svg", "desc-brain_mask.svg", "desc-mosaic_R2starmap.svg"):
+    for name in ("desc-mosaic_Chimap.svg", "desc-brain_mask.svg", "desc-mosaic_R2starmap.svg",
+                 "desc-lcurve_Chimap.svg"):
         assert (figures / f"sub-01_{name}").is_file(), name
+    # the automatic TV weight: a number in the sidecar, its L-curve, a QC row and the figure
+    inversion = json.loads((out / f"{PREFIX}_Chimap.json").read_text())[
+        "QSMProcessing"]["DipoleInversion"]
+    assert 1e-4 < inversion["Regularization"] < 1e-2
+    curve = inversion["RegularizationSelection"]
+    assert len(curve["TikhonovWeights"]) == len(curve["FieldMisfitRMSppm"]) == 25
+    assert curve["TikhonovCorner"] in curve["TikhonovWeights"]
+    check = next(c for c in report["qc"]["checks"] if c["name"] == "regularization")
+    assert check["value"].startswith(f"{inversion['Regularization']:.3g}")
+    assert "<svg" in (figures / "sub-01_desc-lcurve_Chimap.svg").read_text()
 
 
 def test_a_second_run_from_scratch_gives_identical_derivatives(digital_subject_run):

@@ -6,6 +6,7 @@ import pytest
 from scipy import ndimage
 
 from qsmprep.errors import BadDataError
+from qsmprep.qsm import background
 from qsmprep.qsm.background import (PDF_PEEL_VOXELS, default_peel_voxels, default_radii_mm, lbv,
                                     pdf, resharp, vsharp)
 from qsmprep.qsm.dipole import forward_field_ppm, ppm_to_hz
@@ -118,10 +119,16 @@ def test_pdf_and_lbv_remove_background_and_keep_local_field(fields, method):
         run = lambda field: lbv(field, brain, VOXEL)  # noqa: E731
     background_only = run(background_hz)
     _check_output(background_only, brain)
-    # PDF peels one outer layer (face neighbours) by default; LBV peels 2 mm and also drops
-    # the boundary layer on which it imposes the total field
-    layers = 1 if method == "pdf" else 3
-    assert np.array_equal(background_only.mask, ndimage.binary_erosion(brain, iterations=layers))
+    # PDF leaves out the rim voxels whose field departs from the field inside (here the
+    # steepest, next to the air-like sphere: a few % of the rim); LBV peels 2 mm and also
+    # drops the boundary layer on which it imposes the total field
+    if method == "pdf":
+        left_out = brain & ~background_only.mask
+        rim = brain & ~ndimage.binary_erosion(brain)
+        assert not np.any(left_out & ~rim) and left_out.sum() < 0.05 * rim.sum()
+        assert np.array_equal(left_out, background.rim_outliers(background_hz, brain))
+    else:
+        assert np.array_equal(background_only.mask, ndimage.binary_erosion(brain, iterations=3))
     assert _residual_fraction(background_only, background_hz) < 0.03
     both = run(background_hz + local_hz)
     _check_output(both, brain)
@@ -129,8 +136,43 @@ def test_pdf_and_lbv_remove_background_and_keep_local_field(fields, method):
     assert np.corrcoef(both.local_field_hz[valid], local_hz[valid])[0, 1] > 0.9
 
 
-def test_default_peel_is_about_two_millimetres_for_lbv_and_one_layer_for_pdf():
-    assert PDF_PEEL_VOXELS == 1
+def test_rim_outliers_are_the_partial_volume_voxels_of_the_outer_layer(fields):
+    """Rim voxels given the field of skull or air (+-150 Hz) are found, and only they: the
+    smooth field of the rest of the rim, and every deeper voxel, are kept, even a deep
+    voxel as far off; PDF leaves them out of its fit and removes the background as if they
+    were not there."""
+    brain = fields[0]
+    rim = brain & ~ndimage.binary_erosion(brain)
+    x, y, z = np.indices(brain.shape)
+    background_hz = (0.5 * x + 0.2 * z + 0.01 * (x**2 - y**2)).astype(np.float32)  # harmonic
+    rng = np.random.default_rng(4)
+    field = background_hz + rng.normal(0, 0.5, brain.shape).astype(np.float32)
+    spoiled = np.zeros_like(brain)
+    spoiled.flat[np.flatnonzero(rim)[::40]] = True
+    spoiled_field = np.where(spoiled, field + rng.choice([-150.0, 150.0], brain.shape), field)
+    deep = np.unravel_index(np.flatnonzero(ndimage.binary_erosion(brain, iterations=4))[0],
+                            brain.shape)
+    spoiled_field[deep] += 150.0
+    outliers = background.rim_outliers(spoiled_field, brain)
+    assert np.array_equal(outliers, spoiled)
+    assert not background.rim_outliers(field, brain).any()
+    result = pdf(spoiled_field.astype(np.float32), brain, VOXEL, (0.0, 0.0, 1.0))
+    assert np.array_equal(result.mask, brain & ~spoiled)
+    peeled = pdf(spoiled_field.astype(np.float32), brain, VOXEL, (0.0, 0.0, 1.0),
+                 rim_limit=None)
+    assert peeled.mask.sum() == brain.sum()
+    # the same fit as on a mask that never held the spoiled voxels
+    without = pdf(spoiled_field.astype(np.float32), brain & ~spoiled, VOXEL, (0.0, 0.0, 1.0),
+                  rim_limit=None)
+    assert np.allclose(result.local_field_hz, without.local_field_hz, atol=1e-4)
+    elsewhere = result.mask.copy()
+    elsewhere[deep] = False
+    assert 2 * _residual_fraction(result._replace(mask=elsewhere), background_hz) < \
+        _residual_fraction(peeled._replace(mask=elsewhere), background_hz)
+
+
+def test_default_peel_is_about_two_millimetres_for_lbv_and_none_for_pdf():
+    assert PDF_PEEL_VOXELS == 0
     assert default_peel_voxels((2.0, 2.0, 2.0)) == 1
     assert default_peel_voxels((1.0, 1.0, 1.0)) == 2
     assert default_peel_voxels((0.65, 0.65, 0.65)) == 3

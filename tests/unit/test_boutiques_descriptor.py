@@ -225,7 +225,9 @@ def test_simulated_command_line_is_accepted_by_the_cli(tmp_path):
     defaults = build_parser().parse_args([str(bids_dir), str(output_dir), "participant"])
     assert (workflow.unwrapping, workflow.echo_fit, workflow.referencing, workflow.r2star) == \
         (defaults.unwrapping, defaults.echo_fit, defaults.referencing, defaults.r2star)
-    assert workflow.tv_regularization == defaults.tv_regularization
+    assert workflow.tikhonov_regularization == defaults.tikhonov_regularization
+    # an automatic parameter has no default value in the descriptor: the configuration's 0
+    assert defaults.tv_regularization is None and workflow.tv_regularization == 0.0
 
 
 def _expected_value(item: dict, value):

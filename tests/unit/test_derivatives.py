@@ -278,3 +278,17 @@ def test_other_files_are_copied_with_extra_entities(tmp_path):
     with pytest.raises(ValueError, match="Invalid BIDS"):
         write_derivative(table, tmp_path / "out", {"subject": "01"}, suffix="stats",
                          extension=".tsv", extra_entities={"from": "a_b"}, metadata=None)
+
+
+def test_metadata_found_while_running_completes_nested_blocks():
+    known = {"QSMProcessing": {"DipoleInversion": {"Algorithm": "tv-admm",
+                                                   "Regularization": "chosen per run"},
+                               "Unwrapping": {"Algorithm": "romeo"}}, "Units": "ppm"}
+    found = {"QSMProcessing": {"DipoleInversion": {"Regularization": 0.0012}},
+             "ReferenceValue": 0.01}
+    merged = derivatives.merged_metadata(known, found)
+    assert merged["QSMProcessing"]["DipoleInversion"] == {"Algorithm": "tv-admm",
+                                                          "Regularization": 0.0012}
+    assert merged["QSMProcessing"]["Unwrapping"] == {"Algorithm": "romeo"}
+    assert (merged["Units"], merged["ReferenceValue"]) == ("ppm", 0.01)
+    assert known["QSMProcessing"]["DipoleInversion"]["Regularization"] == "chosen per run"

@@ -59,3 +59,23 @@ def test_plot_registration_interface(images, tmp_path):
     finally:
         os.chdir(cwd)
     assert ElementTree.parse(result.outputs.out_report).getroot().tag == f"{SVG}svg"
+
+
+def _lcurve_selection(corner):
+    weights = np.logspace(-4.5, -1, 29)
+    return {"TikhonovWeights": list(weights), "FieldMisfitRMSppm": list(1e-3 * weights**0.3),
+            "GradientNormRMSppmPerMM": list(1e-2 * weights**-0.2), "TikhonovCorner": corner,
+            "weight": 8.7e-4}
+
+
+def test_lcurve_figure_is_a_deterministic_svg_marking_the_corner(tmp_path):
+    from qsmprep.reports.figures import plot_lcurve
+
+    corner = float(np.logspace(-4.5, -1, 29)[13])
+    first = plot_lcurve(_lcurve_selection(corner), tmp_path / "a.svg")
+    second = plot_lcurve(_lcurve_selection(corner), tmp_path / "b.svg")
+    assert open(first, "rb").read() == open(second, "rb").read()
+    assert ElementTree.parse(first).getroot().tag.endswith("svg")
+    # without a corner, no circle and another annotation: a different drawing
+    unmarked = plot_lcurve(_lcurve_selection(None), tmp_path / "c.svg")
+    assert open(unmarked, "rb").read() != open(first, "rb").read()

@@ -270,3 +270,62 @@ def test_edges_of_several_echoes_are_the_union_of_each_echo_edges():
                               edge_weight=0.1, outside_weight=1.0)
     # one echo misses it: only noise differences are picked there
     assert np.mean(single[0, 5, 2:10, 2:10] == np.float32(0.1)) < 0.5
+
+
+def test_lcurve_is_the_closed_form_tikhonov_solution():
+    """Each point of the L-curve is the closed-form gradient-regularised solution: its misfit
+    in the mask and its gradient norm, computed here directly in image space, agree; more
+    weight raises the misfit and lowers the gradient norm (Tikhonov's monotonicity)."""
+    from qsmprep.qsm.dipole import dipole_kernel, irfftn, laplacian_kernel, rfftn
+
+    _, field, brain = head_phantom(noise=0.2, seed=3)
+    curve = inversion.tikhonov_lcurve(field, brain, VOXEL, AXIAL)
+    assert np.all(np.diff(curve.residual_norms) > 0)
+    assert np.all(np.diff(curve.solution_norms) < 0)
+    # one point by hand, on the same grid (the mask's box plus 8 mm)
+    box, shape = inversion._support_grid(brain, VOXEL, margin_mm=8.0)
+    grid_field = inversion._to_grid(field, box, shape)
+    inside = inversion._to_grid(brain, box, shape) > 0.5
+    kernel = dipole_kernel(shape, VOXEL, AXIAL)
+    weight = curve.weights[10]
+    denominator = kernel**2 - weight * laplacian_kernel(shape, VOXEL)
+    denominator[denominator == 0] = 1
+    chi = irfftn(kernel * rfftn(grid_field) / denominator, shape)
+    misfit = irfftn(kernel * rfftn(chi), shape) - grid_field
+    gradient = inversion._gradient(chi, VOXEL)
+    assert curve.residual_norms[10] == pytest.approx(
+        np.sqrt(np.mean(misfit[inside].astype(np.float64) ** 2)), rel=1e-3)
+    assert curve.solution_norms[10] == pytest.approx(
+        np.sqrt(np.sum(gradient.astype(np.float64) ** 2) / inside.sum()), rel=1e-3)
+
+
+def test_lcurve_corner_and_tv_weight_follow_the_noise():
+    """More noise in the field moves the corner, and so the automatic TV weight, up."""
+    _, quiet, brain = head_phantom(noise=0.05, seed=2)
+    _, noisy, _ = head_phantom(noise=0.4, seed=2)
+    weight_quiet, curve_quiet = inversion.automatic_tv_regularization(quiet, brain, VOXEL, AXIAL)
+    weight_noisy, curve_noisy = inversion.automatic_tv_regularization(noisy, brain, VOXEL, AXIAL)
+    assert curve_quiet.corner is not None and curve_noisy.corner is not None
+    assert curve_noisy.corner > 2 * curve_quiet.corner
+    assert weight_noisy > weight_quiet
+    assert weight_quiet == pytest.approx(np.sqrt(curve_quiet.corner * 1e-3))
+    with pytest.raises(ValueError, match="ascending"):
+        inversion.tikhonov_lcurve(quiet, brain, VOXEL, AXIAL, weights=(1e-3, 1e-4) * 4)
+
+
+def test_lcurve_corner_of_analytic_curves():
+    """A symmetric L, rho = softplus(t - t0) and eta = softplus(t0 - t) on log scales, has its
+    corner at t0; a straight line (a power law) has none, and then the reference weight is
+    used."""
+    weights = np.logspace(-5, -1, 33)
+    t, t0 = np.log(weights), np.log(weights[13])
+    residual = np.exp(np.logaddexp(0, 3 * (t - t0)))
+    solution = np.exp(np.logaddexp(0, 3 * (t0 - t)))
+    curvature, corner = inversion.lcurve_corner(weights, residual, solution)
+    assert corner == pytest.approx(weights[13])
+    assert curvature[13] > 0
+    _, corner = inversion.lcurve_corner(weights, weights**0.5, weights**-0.3)
+    assert corner is None
+    straight = inversion.LCurve(tuple(weights), tuple(weights**0.5), tuple(weights**-0.3),
+                                tuple(np.zeros(weights.size)), None)
+    assert inversion.tv_weight_for(straight) == inversion.TV_REFERENCE_WEIGHT

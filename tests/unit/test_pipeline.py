@@ -142,5 +142,7 @@ def test_every_choice_runs(acquisition, stage_name, name):
 def test_pdf_default_peel_is_recorded_in_the_sidecar_parameters():
     parameters = pipeline.stage_parameters(WorkflowConfig(), (1.0, 1.0, 1.0))
     assert parameters["BackgroundFieldRemoval"] == {"Algorithm": "pdf",
-                                                    "PeeledVoxels": background.PDF_PEEL_VOXELS}
+                                                    "PeeledVoxels": background.PDF_PEEL_VOXELS,
+                                                    "RimOutlierLimitSD":
+                                                        background.RIM_OUTLIER_LIMIT}
     assert parameters["DipoleInversion"]["OutsideMaskWeight"] == WorkflowConfig().tv_outside_weight

@@ -421,3 +421,20 @@ def test_the_report_opens_in_headless_chromium(written, tmp_path):
     assert "Pattern consistent with CBS" in dom
     for error in ("ERR_", "Traceback", "UndefinedError", "jinja2", "This page isn"):
         assert error not in dom
+
+
+def test_automatic_tv_weight_is_stated_in_the_quality_table():
+    from qsmprep.reports import cbs, render
+
+    metadata = {"QSMProcessing": {"DipoleInversion": {
+        "Regularization": 0.00087, "RegularizationSelection": {
+            "TikhonovWeights": [1e-4, 1e-3], "TikhonovCorner": 0.00075}}}}
+    record = render.regularization_record(metadata)
+    assert record["weight"] == 0.00087 and record["TikhonovCorner"] == 0.00075
+    assert render.regularization_record({"QSMProcessing": {"DipoleInversion": {
+        "Regularization": 0.001}}}) is None  # a weight given by the user: nothing to show
+    quality = cbs.assess_quality({"regularization": {"weight": 0.00087, "corner": 0.00075}})
+    check = next(c for c in quality["checks"] if c["name"] == "regularization")
+    assert check["value"] == "0.00087 (L-curve corner 0.00075 mm\u00b2)"
+    assert not check["flagged"] and "inversion" not in quality["flagged_categories"]
+    assert not any(c["name"] == "regularization" for c in cbs.assess_quality({})["checks"])
