@@ -1,14 +1,18 @@
-"""Accuracy of every reconstruction stage and chain on a 1 mm head phantom, scored with QSM-CI.
+"""Accuracy of every reconstruction stage and chain on every head phantom, scored with QSM-CI.
 
 One command::
 
-    python bench/bench_accuracy.py            # full-size head at 1 mm (about 15 min on 2 cores)
-    python bench/bench_accuracy.py --quick    # the same head at 2 mm (a few minutes)
+    python bench/bench_accuracy.py            # every phantom at 1 mm (about an hour on 2 cores)
+    python bench/bench_accuracy.py --quick    # every phantom at 2 mm (about 8 minutes)
+    python bench/bench_accuracy.py --quick --phantom textured    # one of them
 
 What it does
 ------------
-1. Builds the analytic head phantom of :mod:`qsmprep.phantom.head` (160 x 192 x 160 mm field of
-   view) and simulates a 4-echo GRE acquisition (TE 4/9/14/19 ms, 3 T, B0 along z) twice:
+1. Builds each phantom of :data:`PHANTOMS`: the analytic head of :mod:`qsmprep.phantom.head`
+   (160 x 192 x 160 mm field of view, piecewise constant), the same head with the texture of
+   :mod:`qsmprep.phantom.textured`, and the digital subject made from the MNI template
+   (:mod:`qsmprep.phantom.template_head`); simulates a 4-echo GRE acquisition (TE
+   4/9/14/19 ms, 3 T, B0 along z) of each twice:
    (a) with qsmprep's own forward model (:func:`qsmprep.phantom.signal.simulate_multiecho_gre`)
    and (b) with ``qsm-forward`` (an independent simulator: ``qsm_forward.generate_bids`` fed the
    same susceptibility, M0, R2*, brain mask and a per-tissue R1, writing BIDS MEGRE plus ground
@@ -27,6 +31,9 @@ What it does
    choice of :data:`qsmprep.stages.STAGES`.
 4. Runs qmrpy's split-Bregman QSM pipeline (a Python port of qMRLab's ``qsm_sb``) on the same
    data and compares it with qsmprep's default chain.
+5. Ends with one row per phantom and simulator: the default chain, the default inversion
+   alone from the true local field, and qsmprep's TKD from the same field (the dipole-only
+   floor, :data:`FLOOR_INVERSION`), with whether the default holds that floor.
 
 Scoring: :func:`qsm_ci.qsm_eval.score_arrays` over the true brain mask (the QSM-CI convention:
 voxels a method leaves out count as 0, and ``coverage`` is the fraction of the brain it covers).

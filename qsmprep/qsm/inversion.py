@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import numba
 import numpy as np
 from numba import prange as numba_prange
 
+from .compiled import compiled, threads
 from .dipole import crop_to, dipole_kernel, irfftn, laplacian_kernel, pad_to, padded_shape, rfftn
 from .solvers import conjugate_gradient
 
@@ -409,36 +409,6 @@ def _field_split_step_py(squared_weight, field, predicted, field_dual, penalty, 
                 out[i, j, k] = split - dual
 
 
-_KERNELS = {}
-
-
-def _kernel(function):
-    """``function`` compiled with numba (parallel loops, cached on disk where possible)."""
-    kernel = _KERNELS.get(function.__name__)
-    if kernel is None:
-        try:
-            kernel = numba.njit(cache=True, parallel=True, nogil=True)(function)
-        except RuntimeError:  # no writable cache location (read-only install, no HOME)
-            kernel = numba.njit(parallel=True, nogil=True)(function)
-        _KERNELS[function.__name__] = kernel
-    return kernel
-
-
-class _Threads:
-    """Run compiled parallel loops on ``count`` threads, restoring numba's setting after."""
-
-    def __init__(self, count):
-        self.count = int(count)
-
-    def __enter__(self):
-        self.previous = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(self.count, numba.config.NUMBA_NUM_THREADS)))
-        return self
-
-    def __exit__(self, *exc):
-        numba.set_num_threads(self.previous)
-        return False
-
 
 def _tv_admm_loop(solve_chi, shape, voxel_size, thresholds, *, max_iter, tolerance,
                   workers=1):
@@ -456,14 +426,14 @@ def _tv_admm_loop(solve_chi, shape, voxel_size, thresholds, *, max_iter, toleran
     shape = tuple(shape)
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (3,) + shape)
     inverse_steps = np.array([1.0 / h for h in voxel_size], dtype=np.float32)
-    split_step = _kernel(_tv_split_step_py)
-    adjoint = _kernel(_gradient_adjoint_py)
+    split_step = compiled(_tv_split_step_py)
+    adjoint = compiled(_gradient_adjoint_py)
     dual = np.zeros((3,) + shape, dtype=np.float32)
     divergence_input = np.empty_like(dual)
     target = np.zeros(shape, dtype=np.float32)
     chi = solve_chi(target)
     for _ in range(int(max_iter)):
-        with _Threads(workers):
+        with threads(workers):
             split_step(chi, dual, thresholds, inverse_steps, divergence_input)
             adjoint(divergence_input, inverse_steps, target)
         previous, chi = chi, solve_chi(target)
@@ -730,12 +700,12 @@ def tv_admm(local_field_ppm, mask, voxel_size, b0_direction, *, regularization: 
     field_dual = np.zeros_like(field)
     split_minus_dual = field.copy()  # v - s, with v = f and s = 0 before the first chi step
     predicted = None
-    field_step = _kernel(_field_split_step_py)
+    field_step = compiled(_field_split_step_py)
 
     def solve_chi(target):
         nonlocal predicted
         if predicted is not None:  # v and s steps, from the previous chi
-            with _Threads(workers):
+            with threads(workers):
                 field_step(squared_weight, field, predicted, field_dual, mu, split_minus_dual)
         spectrum = rfftn(split_minus_dual, workers=workers)
         spectrum *= mu * kernel

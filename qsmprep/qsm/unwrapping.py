@@ -23,7 +23,9 @@ Two spatial unwrappers are offered (:data:`METHODS`):
 from __future__ import annotations
 
 import numpy as np
+from numba import prange as numba_prange
 
+from .compiled import compiled, threads
 from .dipole import irfftn, laplacian_kernel, rfftn
 
 
@@ -48,7 +50,9 @@ def _poisson_unwrap(wrapped_phase, voxel_size, workers):
 
 
 def _wrap(phase):
-    return np.angle(np.exp(1j * phase)).astype(np.float32)
+    """Phase wrapped onto [-pi, pi], in float32 (no complex temporary)."""
+    phase = np.asarray(phase, dtype=np.float32)
+    return phase - _TWO_PI * np.round(phase / _TWO_PI)
 
 
 def snap_to_wrapped(estimate, wrapped_phase) -> np.ndarray:
@@ -136,18 +140,6 @@ ROMEO_MAX_MAGNITUDE_PERCENTILE = 99.0
 _TWO_PI = np.float32(2 * np.pi)
 
 
-def _axis_pairs(volume, axis):
-    """The two ends of every edge along ``axis``: views ``volume[..., :-1, ...]``, ``[1:]``."""
-    low, high = [slice(None)] * 3, [slice(None)] * 3
-    low[axis], high[axis] = slice(None, -1), slice(1, None)
-    return volume[tuple(low)], volume[tuple(high)]
-
-
-def _wrap32(phase):
-    """Wrap float32 phase onto [-pi, pi] without leaving float32 (no complex temporary)."""
-    return phase - _TWO_PI * np.round(phase / _TWO_PI)
-
-
 def _romeo_inputs(wrapped_phase, magnitude, second_echo_phase, echo_times_s, mask):
     """Validate and convert the inputs shared by :func:`romeo_unwrap` and :func:`romeo_quality`.
 
@@ -195,12 +187,13 @@ def _romeo_inputs(wrapped_phase, magnitude, second_echo_phase, echo_times_s, mas
     return phase, magnitude, second, ratio, valid, max_magnitude
 
 
-def _edge_weights(phase, magnitude, second, ratio, valid, max_magnitude):
-    """Yield ``(axis, weights)``: the ROMEO weight in [0, 1] of every edge along each axis.
+def _edge_weights_py(phase, magnitude, second, valid, ratio, half_max, use_magnitude,
+                     use_second, bins, weights, costs):
+    """The ROMEO weight in [0, 1] of every edge, and its cost (compiled, see below).
 
-    ``weights`` has the shape of the volume shortened by one along ``axis``; entry ``i`` is the
-    edge between voxel ``i`` and its successor along ``axis``. NaN marks edges that are not
-    used (an end outside ``valid``). The weight is the product (Dymerska et al. 2021, eq. 1-4):
+    ``weights[axis, i, j, k]`` is the weight of the edge from voxel (i, j, k) to its
+    successor along ``axis``; NaN marks edges that are not used (an end outside ``valid``,
+    or past the array's end). The weight is the product (Dymerska et al. 2021, eq. 1-4):
 
     - phase coherence ``1 - |wrap(dphi)| / pi``;
     - with a second echo, phase-gradient coherence
@@ -210,62 +203,110 @@ def _edge_weights(phase, magnitude, second, ratio, valid, max_magnitude):
       the magnitude weights ``0.5 + 0.5 min(1, min / (M / 2))`` (dark voxels are noisy) and
       ``0.5 + 0.5 min(1, (M / 2) / max)`` (very bright voxels are often flow artefacts), with
       M a high percentile of the magnitude (:data:`ROMEO_MAX_MAGNITUDE_PERCENTILE`).
+
+    ``costs`` (uint8) quantises a usable edge as ``round((1 - w) (bins - 1))`` clipped to
+    [1, bins - 1] (1 best); 0 marks edges never crossed. One pass over the volume, parallel
+    over its first axis.
     """
-    half_max = np.float32(0.5 * max_magnitude) if magnitude is not None else None
-    for axis in range(3):
-        low, high = _axis_pairs(phase, axis)
-        gradient = _wrap32(high - low)
-        weights = np.float32(1) - np.abs(gradient) * np.float32(1 / np.pi)
-        if second is not None:
-            low2, high2 = _axis_pairs(second, axis)
-            mismatch = np.abs(gradient - _wrap32(high2 - low2) * ratio)
-            weights *= np.maximum(np.float32(1) - mismatch, np.float32(0))
-            del low2, high2, mismatch
-        del gradient
-        if magnitude is not None:
-            low_m, high_m = _axis_pairs(magnitude, axis)
-            smaller, larger = np.minimum(low_m, high_m), np.maximum(low_m, high_m)
-            positive = larger > 0
-            safe_larger = np.where(positive, larger, np.float32(1))
-            weights *= np.where(positive, (smaller / safe_larger) ** 2, np.float32(0))
-            weights *= np.float32(0.5) + np.float32(0.5) * np.minimum(
-                np.float32(1), smaller / half_max)
-            weights *= np.float32(0.5) + np.float32(0.5) * np.minimum(
-                np.float32(1), half_max / safe_larger)
-            del smaller, larger, safe_larger, positive
-        low_valid, high_valid = _axis_pairs(valid, axis)
-        usable = low_valid & high_valid & np.isfinite(weights)
-        weights = np.clip(weights, 0, 1, out=weights)
-        weights[~usable] = np.nan
-        yield axis, weights
+    n0, n1, n2 = phase.shape
+    two_pi = np.float32(2 * np.pi)
+    inverse_pi = np.float32(1 / np.pi)
+    one, zero, half = np.float32(1), np.float32(0), np.float32(0.5)
+    top = np.float32(bins - 1)
+    for parallel_i in numba_prange(n0):
+        i = np.int64(parallel_i)
+        for j in range(n1):
+            for k in range(n2):
+                for axis in range(3):
+                    weights[axis, i, j, k] = np.nan
+                    costs[axis, i, j, k] = 0
+                    i2, j2, k2 = i, j, k
+                    if axis == 0:
+                        i2 += 1
+                    elif axis == 1:
+                        j2 += 1
+                    else:
+                        k2 += 1
+                    if i2 >= n0 or j2 >= n1 or k2 >= n2:
+                        continue
+                    if not (valid[i, j, k] and valid[i2, j2, k2]):
+                        continue
+                    step = phase[i2, j2, k2] - phase[i, j, k]
+                    gradient = step - two_pi * np.round(step / two_pi)
+                    weight = one - abs(gradient) * inverse_pi
+                    if use_second:
+                        step2 = second[i2, j2, k2] - second[i, j, k]
+                        gradient2 = step2 - two_pi * np.round(step2 / two_pi)
+                        weight *= max(one - abs(gradient - gradient2 * ratio), zero)
+                    if use_magnitude:
+                        low, high = magnitude[i, j, k], magnitude[i2, j2, k2]
+                        smaller, larger = min(low, high), max(low, high)
+                        if larger > 0:
+                            weight *= (smaller / larger) ** 2
+                            weight *= half + half * min(one, smaller / half_max)
+                            weight *= half + half * min(one, half_max / larger)
+                        else:
+                            weight = zero
+                    if not np.isfinite(weight):
+                        continue
+                    weight = min(max(weight, zero), one)
+                    weights[axis, i, j, k] = weight
+                    costs[axis, i, j, k] = np.uint8(min(max(np.rint((one - weight) * top), one),
+                                                        top))
 
 
-def _weights_summary(inputs, *, with_costs):
+def _edge_sums_py(weights, total, count):
+    """Per voxel, the sum and number of the usable weights of its 6 edges (compiled)."""
+    n0, n1, n2 = total.shape
+    for parallel_i in numba_prange(n0):
+        i = np.int64(parallel_i)
+        for j in range(n1):
+            for k in range(n2):
+                summed = np.float32(0)
+                used = 0
+                for axis in range(3):
+                    forward = weights[axis, i, j, k]
+                    if forward == forward:  # not NaN
+                        summed += forward
+                        used += 1
+                    i0, j0, k0 = i, j, k
+                    if axis == 0:
+                        i0 -= 1
+                    elif axis == 1:
+                        j0 -= 1
+                    else:
+                        k0 -= 1
+                    if i0 >= 0 and j0 >= 0 and k0 >= 0:
+                        backward = weights[axis, i0, j0, k0]
+                        if backward == backward:
+                            summed += backward
+                            used += 1
+                total[i, j, k] = summed
+                count[i, j, k] = used
+
+
+def _weights_summary(inputs, *, with_costs, workers=1):
     """Per-voxel sum and count of the weights of its usable edges, and optionally the costs.
 
-    Costs are ``uint8`` of shape (3,) + volume shape: ``costs[axis][i]`` quantises the edge
-    from voxel ``i`` to its successor along ``axis`` as ``round((1 - w) (ROMEO_BINS - 1))``
-    clipped to [1, ROMEO_BINS - 1] (1 best); 0 marks edges never crossed.
+    Costs are ``uint8`` of shape (3,) + volume shape: ``costs[axis][i]`` is the cost of the
+    edge from voxel ``i`` to its successor along ``axis`` (see :func:`_edge_weights_py`).
     """
-    phase = inputs[0]
-    total = np.zeros(phase.shape, dtype=np.float32)
-    count = np.zeros(phase.shape, dtype=np.uint8)
-    costs = np.zeros((3,) + phase.shape, dtype=np.uint8) if with_costs else None
-    for axis, weights in _edge_weights(*inputs):
-        usable = np.isfinite(weights)
-        values = np.where(usable, weights, np.float32(0))
-        for end in _axis_pairs(total, axis):
-            end += values
-        for end in _axis_pairs(count, axis):
-            end += usable
-        if with_costs:
-            cost = np.rint((np.float32(1) - values) * np.float32(ROMEO_BINS - 1))
-            cost = np.clip(cost, 1, ROMEO_BINS - 1).astype(np.uint8)
-            cost[~usable] = 0
-            _axis_pairs(costs[axis], axis)[0][...] = cost
-            del cost
-        del weights, usable, values
-    return total, count, costs
+    phase, magnitude, second, ratio, valid, max_magnitude = inputs
+    weights = np.empty((3,) + phase.shape, dtype=np.float32)
+    costs = np.empty((3,) + phase.shape, dtype=np.uint8)
+    placeholder = np.zeros((1, 1, 1), dtype=np.float32)
+    with threads(workers):
+        compiled(_edge_weights_py)(
+            phase, magnitude if magnitude is not None else placeholder,
+            second if second is not None else placeholder, valid,
+            np.float32(ratio if ratio is not None else 1.0),
+            np.float32(0.5 * max_magnitude if magnitude is not None else 1.0),
+            magnitude is not None, second is not None, ROMEO_BINS, weights, costs)
+        total = np.empty(phase.shape, dtype=np.float32)
+        count = np.empty(phase.shape, dtype=np.uint8)
+        compiled(_edge_sums_py)(weights, total, count)
+    del weights
+    return total, count, (costs if with_costs else None)
 
 
 def romeo_quality(wrapped_phase, voxel_size=None, *, magnitude=None, second_echo_phase=None,
@@ -369,23 +410,9 @@ def _grow_regions_py(phase, costs, strides, seeds, turns, labels, last_label, bi
     return label
 
 
-_COMPILED = {}
-
-
 def _grow_regions(*args):
-    """:func:`_grow_regions_py` compiled with numba (cached on disk where possible)."""
-    kernel = _COMPILED.get("grow")
-    if kernel is None:
-        try:
-            import numba
-        except ImportError as error:  # pragma: no cover - numba is a dependency
-            raise ImportError("ROMEO unwrapping needs numba (pip install numba)") from error
-        try:
-            kernel = numba.njit(cache=True, nogil=True)(_grow_regions_py)
-        except RuntimeError:  # no writable cache location (read-only install, no HOME)
-            kernel = numba.njit(nogil=True)(_grow_regions_py)
-        _COMPILED["grow"] = kernel
-    return kernel(*args)
+    """:func:`_grow_regions_py` compiled with numba (sequential)."""
+    return compiled(_grow_regions_py, parallel=False)(*args)
 
 
 def romeo_unwrap(wrapped_phase, voxel_size=None, *, magnitude=None, second_echo_phase=None,
@@ -429,16 +456,16 @@ def romeo_unwrap(wrapped_phase, voxel_size=None, *, magnitude=None, second_echo_
     correct_global : bool
         Bring each region's mean phase within [-pi, pi] by whole turns.
     workers : int
-        Accepted for the common signature; the growing is sequential.
+        Threads of the edge weights (the growing is sequential).
 
     Returns
     -------
     numpy.ndarray of float32, same shape as the input.
     """
-    del voxel_size, workers  # per-step weights; the growth is inherently sequential
+    del voxel_size  # per-step weights
     inputs = _romeo_inputs(wrapped_phase, magnitude, second_echo_phase, echo_times_s, mask)
     phase = inputs[0]
-    total, count, costs = _weights_summary(inputs, with_costs=True)
+    total, count, costs = _weights_summary(inputs, with_costs=True, workers=workers)
     del inputs
     flat_phase = phase.ravel()
     turns = np.zeros(phase.size, dtype=np.int32)

@@ -11,6 +11,7 @@ import pytest
 
 from qsmprep.qsm.dipole import forward_field_ppm
 from qsmprep.qsm import inversion
+from qsmprep.qsm.compiled import compiled
 from qsmprep.qsm.inversion import gradient_weights, medi_l1, rts, tikhonov_cg, tkd, tv_admm
 
 VOXEL = (1.0, 1.0, 1.0)
@@ -203,12 +204,12 @@ def test_compiled_tv_steps_match_their_definitions():
     expected_dual = shifted - np.sign(shifted) * np.maximum(np.abs(shifted) - thresholds, 0)
     expected_input = (shifted - expected_dual) - expected_dual  # z - u
     divergence_input = np.empty_like(dual)
-    inversion._kernel(inversion._tv_split_step_py)(chi, dual, thresholds, inverse_steps,
+    compiled(inversion._tv_split_step_py)(chi, dual, thresholds, inverse_steps,
                                                      divergence_input)
     np.testing.assert_allclose(dual, expected_dual, atol=1e-5)
     np.testing.assert_allclose(divergence_input, expected_input, atol=1e-5)
     target = np.empty_like(chi)
-    inversion._kernel(inversion._gradient_adjoint_py)(divergence_input, inverse_steps, target)
+    compiled(inversion._gradient_adjoint_py)(divergence_input, inverse_steps, target)
     np.testing.assert_allclose(target, inversion._gradient_adjoint(divergence_input, voxel_size),
                                atol=1e-4)
 
