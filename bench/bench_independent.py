@@ -66,7 +66,7 @@ from qsmprep.phantom.independent import (COMPOSITE_REGIONS, HARVARD_OXFORD_THRES
 SCORED_REGIONS = tuple(name for name in REGIONS if name != "lateral_ventricle")
 SIDES = ("L", "R")
 #: What each patient's report should say: pattern and favoured side of its key region.
-EXPECTED_VERDICTS = {"control": ("indeterminate", None), "cbs": ("CBS", "L"),
+EXPECTED_VERDICTS = {"control": ("none", None), "cbs": ("CBS", "L"),
                      "psp": ("PSP", None), "pd": ("PD", "R")}
 #: Tolerance: max(ABSOLUTE_TOLERANCE_PPB, RELATIVE_TOLERANCE * |truth|).
 ABSOLUTE_TOLERANCE_PPB = 15.0

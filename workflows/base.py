@@ -324,7 +324,8 @@ def init_anatomy_wf(*, config, run, anatomy, workflow_config, name="anatomy_wf")
         methods_markdown=anatomy["methods_markdown"],
         reference_ranges=config.workflow.reference_ranges, has_r2star=has_r2star,
         has_lcurve=chooses_tv_weight(workflow_config))
-    images = ["chimap", "magnitude", "brain_mask", "quality_mask", "fit_residual", "metadata"]
+    images = ["chimap", "magnitude", "brain_mask", "quality_mask", "fit_residual", "metadata",
+              "atlas_table"]
     if has_r2star:
         images.append("r2star")
     workflow.connect([

@@ -46,6 +46,8 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
     ------
     chimap, native_labels, magnitude, brain_mask, quality_mask, fit_residual, r2star : str
         Native-space images.
+    atlas_table : str
+        The atlas TSV, whose names label the outlines of the QSM mosaic.
     regional_table, registration_figure : str
         Written derivatives (paths inside ``output_dir``).
     registration_quality : dict
@@ -61,7 +63,7 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         "chimap", "native_labels", "magnitude", "brain_mask", "quality_mask", "fit_residual",
         "r2star", "regional_table", "registration_figure", "registration_quality",
-        "metadata"]),
+        "metadata", "atlas_table"]),
         name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["report"]), name="outputnode")
 
@@ -79,7 +81,8 @@ def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_mark
     workflow.connect([
         (inputnode, figures, [("chimap", "chimap"), ("native_labels", "labels"),
                               ("magnitude", "magnitude"), ("brain_mask", "brain_mask"),
-                              ("metadata", "reconstruction_metadata")]),
+                              ("metadata", "reconstruction_metadata"),
+                              ("atlas_table", "atlas_table")]),
         (inputnode, collect, [("registration_figure", "registration")]),
         (inputnode, report, [("regional_table", "regional_table"),
                              ("brain_mask", "brain_mask"), ("quality_mask", "quality_mask"),

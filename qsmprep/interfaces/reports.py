@@ -18,6 +18,7 @@ from nipype.interfaces.base import (
 class _ReportFiguresInputSpec(BaseInterfaceInputSpec):
     chimap = File(exists=True, mandatory=True, desc="referenced Chimap (native)")
     labels = File(exists=True, mandatory=True, desc="atlas labels on the Chimap's grid")
+    atlas_table = File(exists=True, desc="atlas TSV (index, name): the outlines' legend")
     magnitude = File(exists=True, mandatory=True, desc="echo magnitudes (the first is shown)")
     brain_mask = File(exists=True, mandatory=True)
     r2star = File(exists=True, desc="R2* map (two echoes or more)")
@@ -44,8 +45,13 @@ class ReportFigures(SimpleInterface):
         def out(name):
             return os.path.join(runtime.cwd, name)
 
+        names = None
+        if isdefined(self.inputs.atlas_table):
+            from qsmprep.atlases import read_atlas_table
+
+            names = {row["index"]: row["name"] for row in read_atlas_table(self.inputs.atlas_table)}
         self._results["qsm"] = figures.plot_qsm_mosaic(self.inputs.chimap, self.inputs.labels,
-                                                       out("qsm.svg"))
+                                                       out("qsm.svg"), names=names)
         self._results["mask"] = figures.plot_mask_mosaic(self.inputs.magnitude,
                                                          self.inputs.brain_mask, out("mask.svg"))
         if isdefined(self.inputs.r2star):

@@ -67,7 +67,15 @@ zero. A side is *favoured* when ``|AI| >= ASYMMETRY_THRESHOLD_PCT`` (10 %) **and
 ``|R - L| >= ASYMMETRY_MIN_DIFFERENCE_PPB`` (5 ppb); otherwise the region is *symmetric*.
 [cbs-review] reports the index without a cut-off: 10 % is our choice (a tenth of the mean), and
 the 5 ppb guard keeps a few ppb of noise in low-iron regions (cortex, thalamus, about 15 ppb)
-from being called asymmetric.
+from being called asymmetric. The report *states* an asymmetry (``asymmetry`` of a region and
+of the interpretation) only where the favoured side is measurably above the healthy value of
+the region: higher than ``HEALTHY_PPB`` (the healthy adult values of [rc2]: cortex 15, globus
+pallidus 124, substantia nigra 102, red nucleus 97, putamen 36, caudate 39, thalamus 16,
+dentate 142 ppb) plus ``ASYMMETRY_MIN_DIFFERENCE_PPB``; elsewhere it says "near healthy
+values" (a control's motor cortex at 11 and 16 ppb is not "favouring R"). The other side may
+be healthy: CBS's cortical iron is often one-sided (63 against 18 ppb in the demo's CBS
+patient), and that is the asymmetry to report. The features below use the favoured side as
+defined above, unguarded.
 
 Features and pattern scores
 ---------------------------
@@ -120,15 +128,21 @@ Interpretation
 --------------
 - A pattern is a *candidate* when its hallmark feature agrees and its score is at least
   ``CANDIDATE_MIN_SCORE`` (0.5).
-- No candidate: ``indeterminate``. One: that pattern. Several: the best-scoring one, unless the
-  next is within ``MIXED_MARGIN`` (0.25) of it: ``mixed`` (naming those within the margin).
+- No candidate: ``none`` ("no disease pattern") when every assessed pattern's hallmark
+  feature was measured and is absent, ``indeterminate`` when a hallmark could not be assessed
+  (a region or range it needs is missing) or is present without enough supporting features.
+  One candidate: that pattern. Several: the best-scoring one, unless the next is within
+  ``MIXED_MARGIN`` (0.25) of it: ``mixed`` (naming those within the margin).
 - Confidence of a single pattern from its score ``s`` and its margin ``m`` over the best other
   assessed pattern: *high* if ``s >= 0.8`` and ``m >= 0.4``; *moderate* if ``s >= 0.6`` and
-  ``m >= 0.2``; *low* otherwise. ``mixed`` and ``indeterminate`` are *low*.
+  ``m >= 0.2``; *low* otherwise. ``mixed`` and ``indeterminate`` are *low*. ``none`` is *high*
+  when no pattern scores ``CANDIDATE_MIN_SCORE`` or more, *moderate* otherwise (the regional
+  values fit some pattern's ranges without its hallmark).
 - Each flagged quality category (:func:`assess_quality`) lowers the confidence by one level.
-- The asymmetry statement ("favouring L" / "favouring R" / "symmetric") is that of the
-  pattern's key region: motor cortex for CBS (and for mixed or indeterminate results), GPi for
-  PSP, substantia nigra for PD ([azuma]), putamen for MSA.
+- The asymmetry statement ("favouring L" / "favouring R" / "symmetric" / "near healthy
+  values") is that of the pattern's key region: motor cortex for CBS (and for mixed,
+  indeterminate or no-pattern results), GPi for PSP, substantia nigra for PD ([azuma]),
+  putamen for MSA.
 
 Quality checks (:func:`assess_quality`)
 --------------------------------------
@@ -193,10 +207,26 @@ REGION_LABELS = {
     "thalamus": "Thalamus",
     "dentate_nucleus": "Dentate nucleus",
     "lateral_ventricle": "Lateral ventricle",
+    "precentral_ba4": "Precentral gyrus, BA4",
+    "precentral_ba6": "Precentral gyrus, BA6",
+    "precentral_other": "Precentral gyrus, rest",
+    "ba4_outside_precentral": "BA4 outside the precentral gyrus",
+    "ba6_outside_precentral": "BA6 outside the precentral gyrus",
 }
 
 ASYMMETRY_THRESHOLD_PCT = 10.0
 ASYMMETRY_MIN_DIFFERENCE_PPB = 5.0
+#: Healthy adult susceptibility (ppb, relative to CSF) of the RC2 head phantom [rc2], per
+#: region: an asymmetry is stated only where the higher side exceeds it by
+#: ASYMMETRY_MIN_DIFFERENCE_PPB (see "Asymmetry").
+HEALTHY_PPB = {
+    "motor_cortex": 15.0, "primary_motor_cortex": 15.0, "premotor_cortex": 15.0,
+    "globus_pallidus": 124.0, "globus_pallidus_interna": 124.0,
+    "globus_pallidus_externa": 124.0, "substantia_nigra": 102.0,
+    "substantia_nigra_compacta": 102.0, "substantia_nigra_reticulata": 102.0,
+    "red_nucleus": 97.0, "caudate": 39.0, "putamen": 36.0, "thalamus": 16.0,
+    "dentate_nucleus": 142.0,
+}
 RATIO_CBS_MIN = 0.40
 RATIO_PSP_MAX = 0.25
 NIGRAL_SN_MIN_PPB = 210.0
@@ -219,7 +249,7 @@ CONFIDENCE_LEVELS = ("low", "moderate", "high")
 #: The region whose asymmetry each result states.
 KEY_REGIONS = {"CBS": "motor_cortex", "PSP": "globus_pallidus_interna",
                "PD": "substantia_nigra", "MSA": "putamen", "mixed": "motor_cortex",
-               "indeterminate": "motor_cortex"}
+               "indeterminate": "motor_cortex", "none": "motor_cortex"}
 HALLMARKS = {"CBS": "motor_cortex_elevation", "PSP": "gpi_stn_rn_elevation",
              "PD": "nigral_pattern", "MSA": "putamen_elevation"}
 
@@ -358,6 +388,29 @@ def asymmetry_statement(side) -> str:
     return f"favouring {side}" if side else "symmetric"
 
 
+#: The statement of a region whose higher side is not above its healthy value.
+NEAR_HEALTHY = "near healthy values"
+
+
+def stated_asymmetry(region, left_ppb, right_ppb, side) -> tuple[str, str | None]:
+    """The asymmetry the report states for ``region`` and its side: that of
+    :func:`favoured_side` (``side``) where the higher side exceeds ``HEALTHY_PPB[region]`` by
+    ``ASYMMETRY_MIN_DIFFERENCE_PPB`` (or the region has no healthy value), else
+    :data:`NEAR_HEALTHY` and no side.
+
+    Examples
+    --------
+    >>> stated_asymmetry("motor_cortex", 11.0, 16.0, "R")
+    ('near healthy values', None)
+    >>> stated_asymmetry("motor_cortex", 63.0, 18.0, "L")
+    ('favouring L', 'L')
+    """
+    healthy = HEALTHY_PPB.get(region)
+    if healthy is not None and max(left_ppb, right_ppb) <= healthy + ASYMMETRY_MIN_DIFFERENCE_PPB:
+        return NEAR_HEALTHY, None
+    return asymmetry_statement(side), side
+
+
 def _placement(value, low, high):
     if value is None:
         return None
@@ -414,8 +467,9 @@ def findings(regional_rows, *, reference="csf", reference_ranges=None,
         ``{"reference", "ranges_reference", "regions": [...]}``; each region: ``region``,
         ``label``, ``core`` (a row of the reporting template), ``left_ppb``, ``right_ppb``,
         ``bilateral_ppb`` (means; None when not measured), ``n_voxels`` (per side),
-        ``ai_pct`` (absolute-value-safe index, positive: R > L), ``favoured_side``,
-        ``asymmetry`` (statement), ``ranges`` (this region's rows of the range table),
+        ``ai_pct`` (absolute-value-safe index, positive: R > L), ``favoured_side`` (for the
+        features), ``stated_side`` and ``asymmetry`` (the statement, guarded by the healthy
+        value: :func:`stated_asymmetry`), ``ranges`` (this region's rows of the range table),
         ``placement`` ({side: {pattern: "below"/"within"/"above"}}) and ``within`` (patterns
         whose range holds the both-hemisphere mean). Core regions are always listed (as not
         measured when absent); other regions when measured.
@@ -450,6 +504,8 @@ def findings(regional_rows, *, reference="csf", reference_ranges=None,
         if ai is None and means["L"] is not None and means["R"] is not None:
             ai = _finite(asymmetry_index(means["R"], means["L"])[1])
         side = favoured_side(means["L"], means["R"], ai)
+        statement, stated_side = (stated_asymmetry(name, means["L"], means["R"], side)
+                                  if ai is not None else ("not measured", None))
         region_ranges = [{key: row[key] for key in ("pattern", "low_ppb", "high_ppb", "source")}
                          for row in ranges["rows"] if row["region"] == name]
         placement = {
@@ -466,7 +522,8 @@ def findings(regional_rows, *, reference="csf", reference_ranges=None,
             "n_voxels": counts,
             "ai_pct": _rounded(ai, 1),
             "favoured_side": side,
-            "asymmetry": (asymmetry_statement(side) if ai is not None else "not measured"),
+            "stated_side": stated_side,
+            "asymmetry": statement,
             "ranges": region_ranges,
             "placement": placement,
             "within": [pattern for pattern, where in placement.get("bilateral", {}).items()
@@ -827,7 +884,7 @@ def score_patterns(findings_: dict, *, quality: dict | None = None) -> dict:
         ``features`` (name, label, rule, value_text, votes per pattern), ``patterns``
         ({pattern: agree, applicable, score, hallmark, hallmark_met, candidate, agreed,
         disagreed}), ``not_assessed`` ({pattern: reason}), and ``interpretation``: ``pattern``
-        (CBS / PSP / PD / MSA / mixed / indeterminate), ``patterns`` (those named),
+        (CBS / PSP / PD / MSA / mixed / indeterminate / none), ``patterns`` (those named),
         ``statement``, ``confidence``, ``confidence_before_quality``, ``confidence_notes``,
         ``asymmetry`` (``statement``, ``side``, ``region``, ``ai_pct``).
     """
@@ -860,10 +917,18 @@ def score_patterns(findings_: dict, *, quality: dict | None = None) -> dict:
     ranked = sorted(patterns, key=lambda name: (-scores[name]["score"], order[name]))
     candidates = [name for name in ranked if scores[name]["candidate"]]
     notes = []
-    if not candidates:
+    if not candidates and all(by_name[HALLMARKS[name]]["votes"][name] == "disagree"
+                              for name in patterns):
+        result, named = "none", []
+        statement = ("No disease pattern: every hallmark region was measured and none of the "
+                     "hallmark features (" + ", ".join(
+                         scores[name]["hallmark_label"] for name in patterns) + ") is present")
+        confidence = ("high" if all(scores[name]["score"] < CANDIDATE_MIN_SCORE
+                                    for name in patterns) else "moderate")
+    elif not candidates:
         result, named = "indeterminate", []
         statement = ("Indeterminate: no pattern's hallmark feature is present with enough "
-                     "supporting features")
+                     "supporting features, or a hallmark could not be assessed")
         confidence = "low"
     else:
         best = candidates[0]
@@ -903,7 +968,7 @@ def score_patterns(findings_: dict, *, quality: dict | None = None) -> dict:
     if key_region is None or key_region["ai_pct"] is None:
         asymmetry = {"statement": "not measured", "side": None, "region": key, "ai_pct": None}
     else:
-        asymmetry = {"statement": key_region["asymmetry"], "side": key_region["favoured_side"],
+        asymmetry = {"statement": key_region["asymmetry"], "side": key_region["stated_side"],
                      "region": key, "ai_pct": key_region["ai_pct"]}
     return {
         "features": features,

@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from scipy import ndimage
 
 from ..bids.derivatives import write_atomically
@@ -147,16 +148,19 @@ def _axial_cuts(extent_mask, count: int) -> list[int]:
     return list(dict.fromkeys(int(position) for position in positions))
 
 
-def _mosaic(count: int, columns: int, *, colorbar: bool, panel_inches: float = 1.9):
+def _mosaic(count: int, columns: int, *, colorbar: bool, panel_inches: float = 1.9,
+            bottom_inches: float = 0.0):
     """A black figure of ``count`` axial panels in rows of ``columns`` (room on the right for
-    a colour bar when asked)."""
+    a colour bar when asked, and ``bottom_inches`` below the panels for a legend)."""
     rows = int(np.ceil(count / columns))
     width = columns * panel_inches + (0.8 if colorbar else 0.0)
-    figure = Figure(figsize=(width, rows * panel_inches + 0.1), facecolor="black")
+    height = rows * panel_inches + 0.1 + bottom_inches
+    figure = Figure(figsize=(width, height), facecolor="black")
     FigureCanvasAgg(figure)
     right = columns * panel_inches / width
-    grid = figure.add_gridspec(rows, columns, left=0.005, right=right - 0.005, bottom=0.005,
-                               top=0.995, wspace=0.02, hspace=0.02)
+    grid = figure.add_gridspec(rows, columns, left=0.005, right=right - 0.005,
+                               bottom=0.005 + bottom_inches / height, top=0.995,
+                               wspace=0.02, hspace=0.02)
     axes = [figure.add_subplot(grid[divmod(index, columns)]) for index in range(count)]
     for ax in axes:
         ax.set_axis_off()
@@ -191,21 +195,29 @@ def _side_labels(ax):
 
 
 def _colour_bar(figure, image, label, ticks):
-    bar = figure.colorbar(image, cax=figure.add_axes([0.94, 0.2, 0.015, 0.6]), ticks=ticks)
-    bar.set_label(label, color="white", fontsize=7)
+    """A colour bar in the right margin of a :func:`_mosaic`, its label (with the unit) on
+    its left side, inside the figure."""
+    bar = figure.colorbar(image, cax=figure.add_axes([0.955, 0.2, 0.012, 0.6]), ticks=ticks)
+    bar.set_label(label, color="white", fontsize=7, labelpad=2)
+    bar.ax.yaxis.set_label_position("left")
     bar.ax.tick_params(labelsize=6, colors="white")
     bar.outline.set_edgecolor("white")
 
 
-def plot_qsm_mosaic(chimap_path, labels_path, out_path, *, window_ppb=QSM_WINDOW_PPB,
-                    cuts: int = 8, columns: int = 4) -> str:
+#: Legend entries per row under the QSM mosaic.
+_LEGEND_COLUMNS = 4
+
+
+def plot_qsm_mosaic(chimap_path, labels_path, out_path, *, names=None,
+                    window_ppb=QSM_WINDOW_PPB, cuts: int = 8, columns: int = 4) -> str:
     """SVG mosaic of a susceptibility map with the outline of every labelled region.
 
     Axial cuts (``cuts``, spread over the labelled extent) of the Chimap (ppm, shown in ppb)
     in grey at the fixed window ``window_ppb`` (default -150 to +250 ppb, the same for every
     run), with the boundary of each label of ``labels_path`` (the atlas on the same grid) in
-    its own colour. Both images are shown in their closest RAS orientation. Returns the
-    absolute path of the SVG.
+    its own colour. With ``names`` ({label value: region name}), both hemispheres of a region
+    share a colour and a legend under the panels names every colour. Both images are shown
+    in their closest RAS orientation. Returns the absolute path of the SVG.
     """
     chi_ppb, affine = _canonical(chimap_path)
     chi_ppb = chi_ppb * 1e3
@@ -214,18 +226,31 @@ def plot_qsm_mosaic(chimap_path, labels_path, out_path, *, window_ppb=QSM_WINDOW
         raise ValueError(f"{labels_path} {labels.shape} is not on the grid of {chimap_path} "
                          f"{chi_ppb.shape}")
     values = [int(value) for value in np.unique(labels) if value > 0]
+    names = {int(key): str(name) for key, name in (names or {}).items()}
+    regions = list(dict.fromkeys(names.get(value, str(value)) for value in values))
     palette = matplotlib.colormaps["tab20"]
+    colour_of = {region: palette(order % 20) for order, region in enumerate(regions)}
     indices = _axial_cuts(labels > 0, cuts)
-    figure, axes = _mosaic(len(indices), columns, colorbar=True)
+    legend_rows = int(np.ceil(len(regions) / _LEGEND_COLUMNS)) if names else 0
+    figure, axes = _mosaic(len(indices), columns, colorbar=True,
+                           bottom_inches=0.05 + 0.17 * legend_rows if legend_rows else 0.0)
     image = None
     for ax, index in zip(axes, indices):
         image, voxel_size = _show_axial(ax, chi_ppb, index, affine, cmap="gray",
                                         vmin=window_ppb[0], vmax=window_ppb[1])
         cut = _slice(labels, 2, index)
-        for order, value in enumerate(values):
-            _outline(ax, cut == value, voxel_size, palette(order % 20), 0.6)
+        for value in values:
+            _outline(ax, cut == value, voxel_size, colour_of[names.get(value, str(value))], 0.6)
     _side_labels(axes[0])
-    _colour_bar(figure, image, "ppb", [window_ppb[0], 0.0, window_ppb[1]])
+    _colour_bar(figure, image, "susceptibility (ppb)", [window_ppb[0], 0.0, window_ppb[1]])
+    if legend_rows:
+        from .cbs import REGION_LABELS
+
+        handles = [Line2D([], [], color=colour_of[region], linewidth=2) for region in regions]
+        texts = [REGION_LABELS.get(region, region.replace("_", " ")) for region in regions]
+        figure.legend(handles, texts, loc="lower left", bbox_to_anchor=(0.0, 0.0),
+                      ncol=_LEGEND_COLUMNS, fontsize=6, frameon=False, labelcolor="white",
+                      handlelength=1.5, columnspacing=1.0, borderaxespad=0.2)
     return _save_svg(figure, out_path)
 
 
@@ -270,14 +295,19 @@ def plot_r2star_mosaic(r2star_path, out_path, *, mask_path=None, window_hz=R2STA
     return _save_svg(figure, out_path)
 
 
+#: Colour of the higher hemisphere's marker in a strip plot (the one the scoring reads).
+_HIGHER_SIDE_COLOUR = "#D55E00"
+
+
 def plot_range_strip(region: dict, out_path, *, colours: dict) -> str:
     """SVG strip of one findings row: each pattern's range as a coloured bar on its own lane
-    (named on the left), the subject's left (L) and right (R) means as letters above, and the
-    mean of both hemispheres as a black line.
+    (named on the left), the subject's left (L) and right (R) means as letters above (the
+    higher one, which the scoring reads, in bold vermilion), and the mean of both
+    hemispheres as a black line labelled "mean".
 
     ``region`` is a findings entry of :func:`qsmprep.reports.cbs.findings` (``ranges``,
     ``left_ppb``, ``right_ppb``, ``bilateral_ppb``); ``colours`` maps pattern names to
-    colours. The figure is 3.2 x 0.9 inches (320 x 90 px at 100 dpi). Returns the absolute
+    colours. The figure is 4 x 1.1 inches (400 x 110 px at 100 dpi). Returns the absolute
     path of the SVG.
     """
     ranges = region["ranges"]
@@ -288,30 +318,36 @@ def plot_range_strip(region: dict, out_path, *, colours: dict) -> str:
     pad = 0.08 * max(high - low, 10.0)
     close = (left is not None and right is not None
              and abs(left - right) < 0.05 * (high - low + 2 * pad))
-    figure = Figure(figsize=(3.2, 0.9), facecolor="white")
+    higher = None
+    if left is not None and right is not None and left != right:
+        higher = "L" if left > right else "R"
+    figure = Figure(figsize=(4.0, 1.1), facecolor="white")
     FigureCanvasAgg(figure)
-    ax = figure.add_axes([0.11, 0.3, 0.87, 0.68])
+    ax = figure.add_axes([0.1, 0.27, 0.88, 0.71])
     lanes = max(len(ranges), 1)
     for lane, item in enumerate(ranges):
         y = lanes - lane
         colour = colours.get(item["pattern"], "#777777")
-        ax.plot([item["low_ppb"], item["high_ppb"]], [y, y], linewidth=5,
+        ax.plot([item["low_ppb"], item["high_ppb"]], [y, y], linewidth=6,
                 solid_capstyle="butt", color=colour)
         ax.text(-0.015, y, item["pattern"], transform=ax.get_yaxis_transform(), ha="right",
-                va="center", fontsize=5.5, color=colour, fontweight="bold")
+                va="center", fontsize=7, color=colour, fontweight="bold")
     if both is not None:
         ax.plot([both, both], [0.4, lanes + 0.6], color="black", linewidth=1.2)
+        ax.text(both, 0.35, "mean", ha="center", va="top", fontsize=6)
     for value, letter, side in ((left, "L", "right"), (right, "R", "left")):
         if value is not None:
+            emphasis = letter == higher
             ax.text(value, lanes + 0.75, letter, ha=side if close else "center", va="bottom",
-                    fontsize=7, fontweight="bold")
+                    fontsize=9 if emphasis else 8, fontweight="bold" if emphasis else "normal",
+                    color=_HIGHER_SIDE_COLOUR if emphasis else "#444444")
     ax.set_xlim(low - pad, high + pad)
-    ax.set_ylim(0.3, lanes + 1.6)
+    ax.set_ylim(-0.3, lanes + 1.7)
     ax.set_yticks([])
     for spine in ("left", "right", "top"):
         ax.spines[spine].set_visible(False)
-    ax.tick_params(axis="x", labelsize=6, length=2, pad=1)
-    ax.set_xlabel("ppb", fontsize=6, labelpad=0)
+    ax.tick_params(axis="x", labelsize=7, length=2, pad=1)
+    ax.set_xlabel("ppb", fontsize=7, labelpad=0)
     return _save_svg(figure, out_path, dpi=100)
 
 

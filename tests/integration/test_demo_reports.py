@@ -14,6 +14,7 @@ from cli_helpers import run_cli
 from qsmprep.reports.render import validate_report
 
 EXPECTED = {  # subject: (pattern, favoured side or None when not checked)
+    "control": ("none", None),  # no disease pattern: every hallmark measured and absent
     "cbs": ("CBS", "L"),
     "psp": ("PSP", None),
     "pd": ("PD", "R"),
@@ -55,6 +56,8 @@ def test_control_is_not_called_cbs_or_psp_with_high_confidence(demo_run):
     interpretation = _report(demo_run["out"], "control")["interpretation"]
     assert not (interpretation["pattern"] in ("CBS", "PSP")
                 and interpretation["confidence"] == "high"), interpretation
+    # its motor cortex sits at healthy values: no side is favoured in the statement
+    assert interpretation["asymmetry"]["statement"] == "near healthy values"
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,

@@ -193,4 +193,4 @@ def test_reports_give_a_verdict(independent_run):
     for result in evaluations:
         assert result["verdict"] is not None, result["label"]
         assert result["verdict"]["pattern"] in ("CBS", "PSP", "PD", "MSA", "mixed",
-                                                "indeterminate")
+                                                "indeterminate", "none")

@@ -218,10 +218,39 @@ def test_the_control_is_not_called_cbs_or_psp_with_high_confidence():
     interpretation = result["interpretation"]
     assert not (interpretation["pattern"] in ("CBS", "PSP")
                 and interpretation["confidence"] == "high")
+    assert interpretation["pattern"] == "none"
+    assert interpretation["statement"].startswith("No disease pattern")
+    assert interpretation["confidence"] in ("moderate", "high")
+    assert interpretation["asymmetry"]["statement"] == "near healthy values"
+    assert not any(score["hallmark_met"] for score in result["patterns"].values())
+
+
+def test_a_hallmark_that_cannot_be_assessed_leaves_the_control_indeterminate():
+    """Without a substantia nigra the nigral (PD) hallmark is not measured: no "no disease
+    pattern" then, but indeterminate with low confidence."""
+    values = {key: value for key, value in CONTROL.items() if not key.startswith("substantia")}
+    interpretation = interpret(values, qc=GOOD_QC)["interpretation"]
     assert interpretation["pattern"] == "indeterminate"
     assert interpretation["confidence"] == "low"
-    assert interpretation["asymmetry"]["statement"] == "symmetric"
-    assert not any(score["hallmark_met"] for score in result["patterns"].values())
+
+
+@pytest.mark.parametrize("region, left, right, statement", [
+    ("motor_cortex", 11.0, 16.0, "near healthy values"),  # a control's 11 vs 16 ppb
+    ("motor_cortex", 63.0, 18.0, "favouring L"),           # one-sided cortical iron (CBS)
+    ("motor_cortex", 12.0, 26.0, "favouring R"),           # above 15 + 5 ppb
+    ("globus_pallidus_interna", 100.0, 125.0, "near healthy values"),
+    ("globus_pallidus_interna", 200.0, 140.0, "favouring L"),
+    ("subthalamic_nucleus", 60.0, 90.0, "favouring R"),    # no healthy value: unguarded
+])
+def test_an_asymmetry_is_stated_only_above_the_healthy_value(region, left, right, statement):
+    ai = cbs.asymmetry_index(right, left)[1]
+    side = cbs.favoured_side(left, right, ai)
+    assert side is not None
+    assert cbs.stated_asymmetry(region, left, right, side)[0] == statement
+    # the features keep the favoured side: the control-like motor cortex is still "R" there
+    values = {**CONTROL, region: (left, right)}
+    found = _region(cbs.findings(regional_rows(values)), region)
+    assert found["favoured_side"] == side and found["asymmetry"] == statement
 
 
 @pytest.mark.parametrize("values", [CBS_PATIENT, PD_PATIENT])

@@ -5,6 +5,7 @@ import html.parser
 import json
 import shutil
 import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 from xml.etree import ElementTree
 
@@ -109,11 +110,16 @@ class _Structure(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
         self.stack, self.errors, self.images, self.table_classes = [], [], [], []
+        self.linked_images = []  # (link target, image source) of images inside a link
 
     def handle_starttag(self, tag, attrs):
         attributes = dict(attrs)
         if tag == "img":
             self.images.append(attributes.get("src"))
+            if self.stack and self.stack[-1] == "a":
+                self.linked_images.append((self.link, attributes.get("src")))
+        if tag == "a":
+            self.link = attributes.get("href")
         if tag == "table":
             self.table_classes.append(attributes.get("class"))
         if tag not in self.VOID:
@@ -308,6 +314,11 @@ def test_html_is_well_formed_with_findings_table_interpretation_and_disclaimer(w
     page = (out / "sub-01.html").read_text()
     parsed = _parse(page)
     assert not parsed.errors and parsed.stack == []
+    # every QC figure opens full size: its image sits in a link to the same file
+    for name in ("qsm", "mask", "r2star"):
+        path = report["figures"][name]
+        assert any(target == source and source.endswith(Path(path).name)
+                   for target, source in parsed.linked_images), name
     assert "findings" in parsed.table_classes and "qc" in parsed.table_classes
     assert "Research aid, not a diagnosis." in page
     assert "Pattern consistent with CBS" in page and "favouring L" in page
@@ -438,3 +449,24 @@ def test_automatic_tv_weight_is_stated_in_the_quality_table():
     assert check["value"] == "0.00087 (L-curve corner 0.00075 mm\u00b2)"
     assert not check["flagged"] and "inversion" not in quality["flagged_categories"]
     assert not any(c["name"] == "regularization" for c in cbs.assess_quality({})["checks"])
+
+
+def test_qsm_mosaic_legend_names_each_outline_colour(volumes, tmp_path):
+    """With the atlas names, both hemispheres of a region share one colour and a legend under
+    the panels names it: the figure grows by the legend and holds one legend line per region
+    (2 here: labels 1 and 2 are the two putamina); without names there is no legend."""
+    names = {1: "putamen", 2: "putamen", 3: "red_nucleus"}
+    plain = figures.plot_qsm_mosaic(volumes["chimap"], volumes["labels"], tmp_path / "a.svg")
+    named = figures.plot_qsm_mosaic(volumes["chimap"], volumes["labels"], tmp_path / "b.svg",
+                                    names=names)
+
+    def height(path):
+        return float(ElementTree.parse(path).getroot().get("height").rstrip("pt"))
+
+    assert height(named) > height(plain)
+    groups = ElementTree.parse(named).getroot().iter("{http://www.w3.org/2000/svg}g")
+    legend = [group for group in groups if (group.get("id") or "").startswith("legend")]
+    assert len(legend) == 1
+    lines = [group for group in legend[0].iter("{http://www.w3.org/2000/svg}g")
+             if (group.get("id") or "").startswith("line2d")]
+    assert len(lines) == 2
