@@ -138,8 +138,8 @@ def main(argv=None):
             ("local field (V-SHARP, its own mask)", vsharp_removal.local_field_hz, local_truth,
              vsharp_region),
             ("susceptibility, TV-ADMM (default chain)", result.chimap_ppm, truth, region),
-            ("susceptibility, iterative Tikhonov", tikhonov, truth, region),
-            ("susceptibility, TKD", tkd, truth, region)):
+            ("susceptibility, iterative Tikhonov", tikhonov.susceptibility_ppm, truth, region),
+            ("susceptibility, TKD", tkd.susceptibility_ppm, truth, region)):
         nrmse, correlation, slope = accuracy(estimate, reference, scored, phantom)
         slope_text = f"{slope:.2f}" if "susceptibility" in name else "-"
         print(f"| {name} | {nrmse:.1f} | {correlation:.3f} | {slope_text} |")
