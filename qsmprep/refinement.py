@@ -42,28 +42,25 @@ from scipy import ndimage
 from . import registration
 from .config import DEFAULT_SEED
 from .errors import BadDataError
+from .regions import HEALTHY_ADULT_PPB
 
 LOGGER = logging.getLogger("qsmprep")
 
-#: Healthy adult susceptibility (ppb, relative to CSF) painted into the prior: the 2019 QSM
-#: challenge head phantom (Marques et al., Magn Reson Med 2021;86:526-542). The subthalamic
+#: Healthy adult susceptibility (ppb, relative to CSF) painted into the prior: those of the
+#: 2019 QSM challenge head phantom (:data:`qsmprep.regions.HEALTHY_ADULT_PPB`). The subthalamic
 #: nucleus, absent from that phantom, takes the substantia nigra's value (both are iron-rich
 #: nuclei of similar susceptibility in healthy adults; Keuken et al., NeuroImage
 #: 2017;150:152-161 report them within 10-20 ppb of each other).
 PRIOR_REGION_PPB = {
-    "globus_pallidus_externa": 124.0,
-    "globus_pallidus_interna": 124.0,
-    "substantia_nigra_compacta": 102.0,
-    "substantia_nigra_reticulata": 102.0,
-    "subthalamic_nucleus": 102.0,
-    "red_nucleus": 97.0,
-    "caudate": 39.0,
-    "putamen": 36.0,
-    "thalamus": 16.0,
-    "lateral_ventricle": 0.0,
+    **{name: HEALTHY_ADULT_PPB[name] for name in (
+        "globus_pallidus_externa", "globus_pallidus_interna", "substantia_nigra_compacta",
+        "substantia_nigra_reticulata")},
+    "subthalamic_nucleus": HEALTHY_ADULT_PPB["substantia_nigra"],
+    **{name: HEALTHY_ADULT_PPB[name] for name in (
+        "red_nucleus", "caudate", "putamen", "thalamus", "lateral_ventricle")},
 }
-PRIOR_GREY_MATTER_PPB = 15.0
-PRIOR_WHITE_MATTER_PPB = -30.0
+PRIOR_GREY_MATTER_PPB = HEALTHY_ADULT_PPB["grey_matter"]
+PRIOR_WHITE_MATTER_PPB = HEALTHY_ADULT_PPB["white_matter"]
 PRIOR_SMOOTHING_MM = 1.0
 
 #: Regions whose placement the refinement targets (and whose dilation is the metric mask).

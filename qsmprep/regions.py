@@ -48,6 +48,19 @@ MIN_CORE_VOXELS = 10
 #: Reference names, in the order the table lists them.
 REFERENCES = ("whole-brain", "csf")
 
+#: Healthy adult susceptibility (ppb, relative to CSF) by region: the values of the 2019 QSM
+#: reconstruction challenge's head phantom (Marques et al., Magn Reson Med 2021;86:526-542),
+#: its cortical grey matter under ``grey_matter``. The registration prior and the report's
+#: asymmetry statements use them.
+HEALTHY_ADULT_PPB = {
+    "globus_pallidus": 124.0, "globus_pallidus_externa": 124.0,
+    "globus_pallidus_interna": 124.0, "substantia_nigra": 102.0,
+    "substantia_nigra_compacta": 102.0, "substantia_nigra_reticulata": 102.0,
+    "red_nucleus": 97.0, "caudate": 39.0, "putamen": 36.0, "thalamus": 16.0,
+    "dentate_nucleus": 142.0, "grey_matter": 15.0, "white_matter": -30.0,
+    "lateral_ventricle": 0.0,
+}
+
 #: Smallest |R + L| (ppb) for which the plain asymmetry index is reported.
 MIN_AI_DENOMINATOR_PPB = 1.0
 

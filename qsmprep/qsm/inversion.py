@@ -409,7 +409,6 @@ def _field_split_step_py(squared_weight, field, predicted, field_dual, penalty, 
                 out[i, j, k] = split - dual
 
 
-
 def _tv_admm_loop(solve_chi, shape, voxel_size, thresholds, *, max_iter, tolerance,
                   workers=1):
     """ADMM for ``min_chi Q(chi) + sum(penalty * thresholds * |grad chi|)`` (Boyd et al.,
@@ -486,10 +485,10 @@ def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
     over the mask's bounding box plus ``margin_mm``, f set to 0 outside the mask (Bilgic et
     al., JMRI 2014;40:181-191, who pick lambda at the L-curve's corner). The curve is the
     misfit inside the mask against the gradient norm, on log scales; its corner, the point of
-    largest curvature (Hansen PC, SIAM Review 1992;34:561-580; it may be a gentle bend,
-    of negative curvature, on a noisy field), is where more weight stops
-    buying smoothness cheaply and starts costing misfit: it moves with the noise of the field
-    and the texture of the tissue. One forward FFT, then one inverse FFT per weight (the
+    largest curvature (Hansen PC, SIAM Review 1992;34:561-580; on a noisy field it may be a
+    gentle bend, of negative curvature), is where more weight stops buying smoothness cheaply
+    and starts costing misfit: it moves with the noise of the field and the texture of the
+    tissue. One forward FFT, then one inverse FFT per weight (the
     misfit is measured in the mask only); the gradient norm is summed in k-space.
 
     Parameters

@@ -285,8 +285,8 @@ def _edge_sums_py(weights, total, count):
                 count[i, j, k] = used
 
 
-def _weights_summary(inputs, *, with_costs, workers=1):
-    """Per-voxel sum and count of the weights of its usable edges, and optionally the costs.
+def _weights_summary(inputs, *, workers=1):
+    """Per-voxel sum and count of the weights of its usable edges, and the edges' costs.
 
     Costs are ``uint8`` of shape (3,) + volume shape: ``costs[axis][i]`` is the cost of the
     edge from voxel ``i`` to its successor along ``axis`` (see :func:`_edge_weights_py`).
@@ -306,7 +306,7 @@ def _weights_summary(inputs, *, with_costs, workers=1):
         count = np.empty(phase.shape, dtype=np.uint8)
         compiled(_edge_sums_py)(weights, total, count)
     del weights
-    return total, count, (costs if with_costs else None)
+    return total, count, costs
 
 
 def romeo_quality(wrapped_phase, voxel_size=None, *, magnitude=None, second_echo_phase=None,
@@ -335,7 +335,7 @@ def romeo_quality(wrapped_phase, voxel_size=None, *, magnitude=None, second_echo
     """
     del voxel_size  # edge weights are per voxel step
     inputs = _romeo_inputs(wrapped_phase, magnitude, second_echo_phase, echo_times_s, mask)
-    total, count, _ = _weights_summary(inputs, with_costs=False)
+    total, count, _ = _weights_summary(inputs)
     quality = np.zeros_like(total)
     np.divide(total, count, out=quality, where=count > 0)
     return np.clip(quality, 0, 1, out=quality)
@@ -465,7 +465,7 @@ def romeo_unwrap(wrapped_phase, voxel_size=None, *, magnitude=None, second_echo_
     del voxel_size  # per-step weights
     inputs = _romeo_inputs(wrapped_phase, magnitude, second_echo_phase, echo_times_s, mask)
     phase = inputs[0]
-    total, count, costs = _weights_summary(inputs, with_costs=True, workers=workers)
+    total, count, costs = _weights_summary(inputs, workers=workers)
     del inputs
     flat_phase = phase.ravel()
     turns = np.zeros(phase.size, dtype=np.int32)

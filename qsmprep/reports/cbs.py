@@ -176,7 +176,7 @@ import re
 from pathlib import Path
 
 from ..errors import UsageError
-from ..regions import REFERENCES, asymmetry_index, read_regional_table
+from ..regions import HEALTHY_ADULT_PPB, REFERENCES, asymmetry_index, read_regional_table
 
 #: Patterns scored by :func:`score_patterns` (MSA only when the ranges have MSA rows).
 PATTERNS = ("CBS", "PSP", "PD", "MSA")
@@ -220,12 +220,10 @@ ASYMMETRY_MIN_DIFFERENCE_PPB = 5.0
 #: region: an asymmetry is stated only where the higher side exceeds it by
 #: ASYMMETRY_MIN_DIFFERENCE_PPB (see "Asymmetry").
 HEALTHY_PPB = {
-    "motor_cortex": 15.0, "primary_motor_cortex": 15.0, "premotor_cortex": 15.0,
-    "globus_pallidus": 124.0, "globus_pallidus_interna": 124.0,
-    "globus_pallidus_externa": 124.0, "substantia_nigra": 102.0,
-    "substantia_nigra_compacta": 102.0, "substantia_nigra_reticulata": 102.0,
-    "red_nucleus": 97.0, "caudate": 39.0, "putamen": 36.0, "thalamus": 16.0,
-    "dentate_nucleus": 142.0,
+    **{name: HEALTHY_ADULT_PPB["grey_matter"]
+       for name in ("motor_cortex", "primary_motor_cortex", "premotor_cortex")},
+    **{name: value for name, value in HEALTHY_ADULT_PPB.items()
+       if name not in ("grey_matter", "white_matter", "lateral_ventricle")},
 }
 RATIO_CBS_MIN = 0.40
 RATIO_PSP_MAX = 0.25

@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from ..bids.derivatives import write_atomically
 from ..qsm.masking import otsu_threshold
+from .cbs import REGION_LABELS
 
 _SVG_SETTINGS = {"svg.hashsalt": "qsmprep", "svg.fonttype": "path", "svg.image_inline": True,
                  "path.simplify": True}
@@ -244,8 +245,6 @@ def plot_qsm_mosaic(chimap_path, labels_path, out_path, *, names=None,
     _side_labels(axes[0])
     _colour_bar(figure, image, "susceptibility (ppb)", [window_ppb[0], 0.0, window_ppb[1]])
     if legend_rows:
-        from .cbs import REGION_LABELS
-
         handles = [Line2D([], [], color=colour_of[region], linewidth=2) for region in regions]
         texts = [REGION_LABELS.get(region, region.replace("_", " ")) for region in regions]
         figure.legend(handles, texts, loc="lower left", bbox_to_anchor=(0.0, 0.0),
@@ -295,8 +294,9 @@ def plot_r2star_mosaic(r2star_path, out_path, *, mask_path=None, window_hz=R2STA
     return _save_svg(figure, out_path)
 
 
-#: Colour of the higher hemisphere's marker in a strip plot (the one the scoring reads).
-_HIGHER_SIDE_COLOUR = "#D55E00"
+#: Colour of what a figure points out: the higher hemisphere of a strip plot (the one the
+#: scoring reads), the corner of an L-curve.
+_EMPHASIS_COLOUR = "#D55E00"
 
 
 def plot_range_strip(region: dict, out_path, *, colours: dict) -> str:
@@ -340,7 +340,7 @@ def plot_range_strip(region: dict, out_path, *, colours: dict) -> str:
             emphasis = letter == higher
             ax.text(value, lanes + 0.75, letter, ha=side if close else "center", va="bottom",
                     fontsize=9 if emphasis else 8, fontweight="bold" if emphasis else "normal",
-                    color=_HIGHER_SIDE_COLOUR if emphasis else "#444444")
+                    color=_EMPHASIS_COLOUR if emphasis else "#444444")
     ax.set_xlim(low - pad, high + pad)
     ax.set_ylim(-0.3, lanes + 1.7)
     ax.set_yticks([])
@@ -370,14 +370,14 @@ def plot_lcurve(selection: dict, out_path) -> str:
     if corner is not None:
         index = int(np.argmin(np.abs(np.log(weights / corner))))
         ax.plot(misfit_ppb[index], gradient_ppb[index], "o", markersize=8, markerfacecolor="none",
-                markeredgecolor="#D55E00", markeredgewidth=1.5)
+                markeredgecolor=_EMPHASIS_COLOUR, markeredgewidth=1.5)
         ax.annotate(f"corner: Tikhonov weight {corner:.3g} mm\u00b2\nTV weight "
                     f"{selection.get('weight', float('nan')):.3g}",
                     (misfit_ppb[index], gradient_ppb[index]), xytext=(12, 12),
-                    textcoords="offset points", fontsize=7, color="#D55E00")
+                    textcoords="offset points", fontsize=7, color=_EMPHASIS_COLOUR)
     else:
         ax.text(0.5, 0.9, "no corner: the reference weight was used", transform=ax.transAxes,
-                ha="center", fontsize=7, color="#D55E00")
+                ha="center", fontsize=7, color=_EMPHASIS_COLOUR)
     ax.set_xlabel("field misfit in the mask (ppb, RMS)", fontsize=7)
     ax.set_ylabel("susceptibility gradient (ppb/mm, RMS)", fontsize=7)
     ax.set_title("L-curve of the closed-form Tikhonov solution", fontsize=8)

@@ -83,13 +83,13 @@ def test_lcurve_figure_is_a_deterministic_svg_marking_the_corner(tmp_path):
 
 @pytest.mark.parametrize("left, right, emphasised", [(80.0, 40.0, True), (50.0, 50.0, False)])
 def test_strip_plot_emphasises_the_higher_hemisphere(tmp_path, left, right, emphasised):
-    from qsmprep.reports.figures import _HIGHER_SIDE_COLOUR, plot_range_strip
+    from qsmprep.reports.figures import _EMPHASIS_COLOUR, plot_range_strip
 
     region = {"ranges": [{"pattern": "CBS", "low_ppb": 45.0, "high_ppb": 120.0},
                          {"pattern": "PSP", "low_ppb": 15.0, "high_ppb": 40.0}],
               "left_ppb": left, "right_ppb": right, "bilateral_ppb": (left + right) / 2}
     path = plot_range_strip(region, tmp_path / "strip.svg", colours={"CBS": "#E69F00"})
     text = open(path).read().lower()
-    assert (_HIGHER_SIDE_COLOUR.lower() in text) == emphasised
+    assert (_EMPHASIS_COLOUR.lower() in text) == emphasised
     assert float(ElementTree.parse(path).getroot().get("width").rstrip("pt")) == \
         pytest.approx(4.0 * 72)
