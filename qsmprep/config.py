@@ -85,6 +85,8 @@ class _RunChoices:
     register_via_t1w: bool = False  # magnitude -> T1w -> template when the session has a T1w
     nuclei_refinement: bool = True  # refine the registration at the deep grey matter on the Chimap
     site_column: str = "site"  # participants.tsv / sessions.tsv column naming the site (group)
+    # numeric participants.tsv / sessions.tsv columns correlated with regional iron (group)
+    clinical_columns: list = dataclasses.field(default_factory=list)
     field_strength_t: float = 0.0
 
 

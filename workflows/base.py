@@ -70,7 +70,8 @@ def resolve_anatomy(config) -> dict:
     :func:`init_atlas_node` builds while the graph runs), ``atlas_name`` (``qsmprep`` or
     ``custom``), ``composites`` (unions of regions reported as regions) and
     ``cortical_regions`` (regions measured on the participant's grey matter only; none for a
-    user's atlas).
+    user's atlas) and ``depth_regions`` (regions also measured as a superficial and a deep half
+    of their grey matter; none for a user's atlas).
     """
     from qsmprep import atlases
 
@@ -88,7 +89,9 @@ def resolve_anatomy(config) -> dict:
             "atlas_table": table, "atlas_name": atlas_name,
             "composites": {name: list(parts)
                            for name, parts in atlases.COMPOSITE_REGIONS.items()},
-            "cortical_regions": [] if config.workflow.atlas else list(atlases.CORTICAL_REGIONS)}
+            "cortical_regions": [] if config.workflow.atlas else list(atlases.CORTICAL_REGIONS),
+            "depth_regions": {} if config.workflow.atlas else {
+                name: list(atlases.COMPOSITE_REGIONS[name]) for name in atlases.DEPTH_REGIONS}}
 
 
 def init_atlas_node(anatomy: dict):
@@ -98,7 +101,7 @@ def init_atlas_node(anatomy: dict):
     from qsmprep.interfaces.regions import BuildAtlas
 
     if anatomy["atlas_labels"] is None:
-        return pe.Node(BuildAtlas(), name="build_atlas", mem_gb=1.5)
+        return pe.Node(BuildAtlas(), name="build_atlas", mem_gb=2.0)
     atlas = pe.Node(niu.IdentityInterface(fields=["labels", "table"]), name="atlas")
     atlas.inputs.labels = anatomy["atlas_labels"]
     atlas.inputs.table = anatomy["atlas_table"]
@@ -129,7 +132,8 @@ def sidecar_sources(anatomy: dict) -> dict:
 
 def init_participant_wf(*, config, subject, runs, anatomy=None, name=None):
     """All runs of one participant (every session), each in its own ``init_run_wf``, and,
-    given ``anatomy``, the participant's report.
+    given ``anatomy``, the participant's report (its methods text counts this participant's
+    runs and echoes).
 
     Inputs
     ------
@@ -137,6 +141,11 @@ def init_participant_wf(*, config, subject, runs, anatomy=None, name=None):
         The atlas (given ``anatomy``), handed to every run.
     """
     workflow = pe.Workflow(name=name or f"sub_{subject}_wf")
+    if anatomy is not None:
+        from qsmprep.boilerplate import methods_boilerplate
+
+        # the participant's report describes the participant's own runs and echoes
+        anatomy = {**anatomy, "methods_markdown": methods_boilerplate(config=config, runs=runs)}
     run_wfs = [init_run_wf(config=config, run=run, anatomy=anatomy) for run in runs]
     workflow.add_nodes(run_wfs)
     if anatomy is not None:
@@ -268,7 +277,7 @@ def init_anatomy_wf(*, config, run, anatomy, workflow_config, name="anatomy_wf")
     regions_wf = init_regions_wf(
         template_t1w=anatomy["template_t1w"], template_mask=anatomy["template_mask"],
         composites=anatomy["composites"], cortical_regions=anatomy["cortical_regions"],
-        seed=config.workflow.random_seed,
+        depth_regions=anatomy.get("depth_regions"), seed=config.workflow.random_seed,
         template_stats=config.workflow.template_stats)
     ds_wf = init_ds_regions_wf(
         run=run, output_dir=config.execution.output_dir, template=anatomy["template"],

@@ -169,7 +169,8 @@ def _quality_scores(nmi, dice_brain):
 
 
 def init_regions_wf(*, template_t1w, template_mask, composites, cortical_regions=(),
-                    seed=DEFAULT_SEED, template_stats=False, name="regions_wf"):
+                    depth_regions=None, seed=DEFAULT_SEED, template_stats=False,
+                    name="regions_wf"):
     """Tissue classes, atlas into native space, Chimap into template space, and regional
     statistics.
 
@@ -182,6 +183,9 @@ def init_regions_wf(*, template_t1w, template_mask, composites, cortical_regions
         Regions reported as unions of atlas regions.
     cortical_regions : sequence of str
         Atlas regions kept on the participant's grey matter only (empty: no restriction).
+    depth_regions : dict, optional
+        Region -> atlas regions whose grey matter is also measured as a superficial and a deep
+        half (:mod:`qsmprep.depth`; the motor cortex of the ALS profile).
     seed : int
         Seed of the tissue classification's tie-breaking.
     template_stats : bool
@@ -232,8 +236,9 @@ def init_regions_wf(*, template_t1w, template_mask, composites, cortical_regions
                      name="classify_tissue", mem_gb=memory_gb(_TEMPLATE_VOXELS, 24))
     to_template = pe.Node(ApplyTransformToTemplate(template=template_t1w),
                           name="chimap_to_template", mem_gb=memory_gb(_TEMPLATE_VOXELS, 10))
-    stats = pe.Node(RegionalStatistics(composites=composites),
-                    name="regional_statistics", mem_gb=memory_gb(_TEMPLATE_VOXELS, 6))
+    stats = pe.Node(RegionalStatistics(composites=composites,
+                                       depth_regions=dict(depth_regions or {})),
+                    name="regional_statistics", mem_gb=memory_gb(_TEMPLATE_VOXELS, 8))
     workflow.connect([
         (inputnode, to_native, [("atlas_labels", "labels"), ("chimap", "reference"),
                                 ("inverse_transform", "transforms")]),

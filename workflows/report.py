@@ -22,6 +22,14 @@ def report_json_path(run, output_dir) -> str:
                                                   extension=".json"))
 
 
+def longitudinal_table_path(subject, output_dir) -> str:
+    """Where a subject's change over time goes:
+    ``sub-<label>/anat/sub-<label>_desc-longitudinal_stats.tsv`` (across sessions, so outside
+    the session folders)."""
+    return str(Path(output_dir) / derivative_path({"subject": subject}, suffix="stats",
+                                                  desc="longitudinal", extension=".tsv"))
+
+
 def init_run_report_wf(*, run, output_dir, acquisition, provenance, methods_markdown,
                        reference_ranges="", has_r2star=True, has_lcurve=False,
                        name="report_wf"):
@@ -120,7 +128,8 @@ def _figure_paths(qsm, mask, r2star, registration, lcurve):
 
 
 def init_subject_report_wf(*, subject, runs, output_dir, name="subject_report_wf"):
-    """Write ``sub-<label>.html`` (every run of the subject) and each run's JSON.
+    """Write ``sub-<label>.html`` (every run of the subject) and each run's JSON; with two
+    sessions or more, also the change over time (:func:`longitudinal_table_path`).
 
     Inputs
     ------
@@ -137,7 +146,8 @@ def init_subject_report_wf(*, subject, runs, output_dir, name="subject_report_wf
     write = pe.Node(SubjectReport(
         json_paths=[report_json_path(run, output_dir) for run in runs],
         html_path=str(Path(output_dir) / f"sub-{subject}.html"),
-        figures_dir=str(Path(output_dir) / f"sub-{subject}" / "figures")),
+        figures_dir=str(Path(output_dir) / f"sub-{subject}" / "figures"),
+        longitudinal_path=longitudinal_table_path(subject, output_dir)),
         name="write_report", run_without_submitting=True, mem_gb=0.5)
     workflow.connect(merge, "out", write, "reports")
     return workflow

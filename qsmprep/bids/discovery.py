@@ -137,6 +137,10 @@ class Run:
     metadata: dict = field(compare=False)
     field_strength_source: str
     t1w: str | None = field(default=None, compare=False)
+    #: When the run was acquired (ISO 8601, from the sessions or scans table; None: unknown)
+    #: and the table it came from (relative to the dataset).
+    acquisition_date: str | None = field(default=None, compare=False)
+    acquisition_date_source: str | None = field(default=None, compare=False)
 
     @property
     def entities(self) -> dict:
@@ -338,9 +342,21 @@ def discover_runs(
         if not any(run.subject == subject for run in runs):
             LOGGER.warning("sub-%s: no MEGRE or T2starw run with phase found; skipped.", subject)
     runs = [_with_t1w(layout, run) for run in runs]
+    runs = [_with_acquisition_date(root, run) for run in runs]
     for run in runs:
         LOGGER.info(run.describe())
     return runs
+
+
+def _with_acquisition_date(root: Path, run: Run) -> Run:
+    """``run`` with its acquisition date (:func:`qsmprep.bids.sessions.run_acquisition_date`:
+    the sessions table, else the scans table; unknown, with a warning, when malformed)."""
+    from dataclasses import replace
+
+    from .sessions import run_acquisition_date
+
+    date, source = run_acquisition_date(root, run)
+    return replace(run, acquisition_date=date, acquisition_date_source=source)
 
 
 def _with_t1w(layout, run: Run) -> Run:

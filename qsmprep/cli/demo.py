@@ -1,5 +1,5 @@
-"""``qsmprep-demo OUT/``: simulate four digital participants (a control and CBS, PSP and PD
-patients) and run the participant level on them, reports included.
+"""``qsmprep-demo OUT/``: simulate seven digital participants (a control and CBS, PSP, PD,
+ALS, MSA and AD patients) and run the participant level on them, reports included.
 
 Everything happens offline: the dataset comes from the package's forward model
 (:func:`qsmprep.phantom.dataset.make_demo_dataset`), with its ground truth beside it.

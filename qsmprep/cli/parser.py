@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--site-column", default="site", metavar="COLUMN",
                        help="column of participants.tsv (or sessions.tsv) naming the scanning "
                        "site; absent means one site")
+    group.add_argument("--clinical-columns", nargs="+", default=[], metavar="COLUMN",
+                       help="numeric columns of participants.tsv (or sessions.tsv), e.g. "
+                       "UPDRS_III MMSE, correlated with every regional mean (Spearman, partial "
+                       "Spearman adjusted for age, sex and site, FDR)")
 
     perf = parser.add_argument_group("Options to handle performance")
     perf.add_argument("--nprocs", "--nthreads", type=_positive_int, default=None,
@@ -276,6 +280,11 @@ def parse_args(argv=None) -> Config:
         reference_ranges = str(opts.reference_ranges.resolve())
 
     bids_filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else {}
+    clinical_columns = []
+    if opts.clinical_columns:
+        from ..group.clinical import check_clinical_columns
+
+        clinical_columns = check_clinical_columns(bids_dir, opts.clinical_columns)
     plugin, plugin_args = "MultiProc", {}
     if opts.use_plugin is not None:
         plugin, plugin_args = _read_plugin_file(opts.use_plugin)
@@ -312,6 +321,7 @@ def parse_args(argv=None) -> Config:
         register_via_t1w=opts.register_via_t1w,
         nuclei_refinement=not opts.no_nuclei_refinement,
         site_column=opts.site_column,
+        clinical_columns=clinical_columns,
         field_strength_t=opts.field_strength or 0.0,
         **{name: default if getattr(opts, name) is None else getattr(opts, name)
            for name, _, default in configuration_fields()},

@@ -84,7 +84,8 @@ def _run_group_level(config) -> int:
     execution = config.execution
     LOGGER.info("qsmprep %s: %s", __version__, execution.command_line)
     run_group_level(execution.output_dir, execution.bids_dir,
-                    site_column=config.workflow.site_column)
+                    site_column=config.workflow.site_column,
+                    clinical_columns=list(config.workflow.clinical_columns))
     LOGGER.info("Group tables written to %s", Path(execution.output_dir) / "group")
     return 0
 

@@ -15,8 +15,10 @@ import pandas as pd
 from ..bids.derivatives import write_atomically
 from ..errors import BadDataError
 from .classify import classify_diagnoses, learned_reference_ranges, write_reference_ranges
+from .clinical import run_clinical_analyses
 from .collect import collect_participant_results, qc_exclusions, scan_table, wide_table
 from .harmonise import harmonise
+from .longitudinal import write_longitudinal_rates
 from .report import write_group_report
 from .statistics import compare_asymmetry, compare_groups, describe_groups, site_effects
 
@@ -32,7 +34,8 @@ def _write(table: pd.DataFrame, path: Path) -> Path:
     return write_atomically(path, text)
 
 
-def run_group_level(output_dir, bids_dir=None, *, site_column: str = "site") -> dict:
+def run_group_level(output_dir, bids_dir=None, *, site_column: str = "site",
+                    clinical_columns=()) -> dict:
     """Collect, quality-control, harmonise, compare and classify; write ``output_dir/group/``.
 
     Files: ``regions_tidy.tsv`` (one row per scan x region x hemisphere x reference),
@@ -42,7 +45,15 @@ def run_group_level(output_dir, bids_dir=None, *, site_column: str = "site") -> 
     ``group_descriptives.tsv``, ``group_comparisons.tsv`` (Hedges' g, Welch's t, FDR),
     ``asymmetry_comparisons.tsv``, ``classification.tsv`` and ``single_region_auc.tsv`` (when
     two diagnoses have enough scans) and ``reference_ranges_learned.tsv`` (usable with
-    ``--reference-ranges``); and ``group.html`` with its figures (``figures/*.svg``).
+    ``--reference-ranges``); ``longitudinal_rates.tsv`` (annual rates by diagnosis from mixed
+    models, when enough participants have two or more dated sessions); and ``group.html``
+    with its figures (``figures/*.svg``).
+
+    Clinical analyses (:mod:`qsmprep.group.clinical`): ``clinical_correlations.tsv`` (each
+    of ``clinical_columns``, numeric columns of participants.tsv / sessions.tsv, against
+    each regional mean: Spearman and partial Spearman with FDR), ``clinical_asymmetry.tsv``
+    (asymmetry index by the clinically more affected side) and ``ratio_roc.tsv`` (ROC of the
+    cortical-to-subcortical ratio per pair of diagnoses), each when there are enough scans.
 
     Returns
     -------
@@ -113,9 +124,25 @@ def run_group_level(output_dir, bids_dir=None, *, site_column: str = "site") -> 
                 ranges, group_dir / "reference_ranges_learned.tsv")
     else:
         notes.append("no diagnosis column in participants.tsv: no group comparisons")
+    longitudinal = write_longitudinal_rates(kept, group_dir / "longitudinal_rates.tsv",
+                                            output_dir=output_dir, bids_dir=bids_dir)
+    if longitudinal["path"] is not None:
+        written["longitudinal_rates"] = longitudinal["path"]
+    notes.extend(f"change over time: {note}" for note in longitudinal["notes"])
+    clinical = run_clinical_analyses(kept, wide, bids_dir, clinical_columns)
+    for name, key in (("clinical_correlations", "correlations"),
+                      ("clinical_asymmetry", "asymmetry"), ("ratio_roc", "ratio_roc")):
+        stale = group_dir / f"{name}.tsv"
+        if len(clinical[key]):
+            written[name] = _write(clinical[key], stale)
+        else:
+            stale.unlink(missing_ok=True)  # of an earlier run
+    for note in clinical["notes"]:
+        LOGGER.info("Group level, clinical: %s", note)
     report = write_group_report(output_dir, written, tidy=tidy, wide=wide,
                                 harmonised=harmonised, classification=result,
-                                exclusions=excluded, notes=notes)
+                                exclusions=excluded, notes=notes, longitudinal=longitudinal,
+                                clinical=clinical)
     written["report"] = report["html"]
     for note in notes:
         LOGGER.info("Group level: %s", note)

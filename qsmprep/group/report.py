@@ -41,7 +41,14 @@ FIGURE_CAPTIONS = {
     "asymmetry": "Hemispheric asymmetry index (absolute-value-safe, ai_abs_pct, CSF "
                  "reference) per region by diagnosis.",
     "roc": "ROC curves of the cross-validated classifiers (out-of-fold predictions).",
+    "clinical_scatter": "The strongest correlation of each clinical measure: regional mean "
+                        "(CSF reference) against the measure, one point per scan, coloured by "
+                        "diagnosis.",
+    "ratio_roc": "ROC curves of the cortical-to-subcortical ratio (motor cortex of the higher "
+                 "hemisphere / mean(GPi, red nucleus)) for each pair of diagnoses.",
 }
+#: Figures shown in the clinical section rather than with the other figures.
+CLINICAL_FIGURES = ("clinical_scatter", "ratio_roc")
 
 TABLE_TITLES = {
     "tidy": "Regional values, one row per scan x region x hemisphere x reference",
@@ -55,6 +62,11 @@ TABLE_TITLES = {
     "classification": "Classification summary",
     "single_region_auc": "Single-region AUCs",
     "reference_ranges": "Reference ranges learned from the cohort",
+    "clinical_correlations": "Clinical measures against regional iron (Spearman, partial "
+                             "Spearman, FDR)",
+    "clinical_asymmetry": "Asymmetry index by the clinically more affected side",
+    "ratio_roc": "ROC of the cortical-to-subcortical ratio per pair of diagnoses",
+    "longitudinal_rates": "Annual rates of change by diagnosis (linear mixed models)",
 }
 
 
@@ -79,6 +91,12 @@ def _fixed(value, decimals: int = 1) -> str:
     if _missing(value):
         return "n/a"
     return f"{float(value):.{decimals}f}"
+
+
+def _signed(value, decimals: int = 1) -> str:
+    if _missing(value):
+        return "n/a"
+    return f"{float(value):+.{decimals}f}"
 
 
 def _p_value(value) -> str:
@@ -253,6 +271,88 @@ def _classification(classification, written) -> dict:
     return {"pairs": pairs, "note": note}
 
 
+def _correlation_rows(table, rows: int = TOP_ROWS) -> dict | None:
+    if table is None or len(table) == 0:
+        return None
+    order = table.assign(_q=table["q"].astype(float).fillna(np.inf),
+                         _r=-table["rho"].astype(float).abs().fillna(0.0))
+    order = order.sort_values(["_q", "_r"], kind="mergesort")
+    shown = [{"clinical": row["clinical"], "feature": row["feature"], "n": int(row["n"]),
+              "rho": _number(row["rho"], 2), "p": _p_value(row["p"]), "q": _p_value(row["q"]),
+              "significant": not _missing(row["q"]) and row["q"] < 0.05,
+              "covariates": _text(row["covariates"]),
+              "partial_rho": _number(row["partial_rho"], 2),
+              "partial_p": _p_value(row["partial_p"]), "partial_q": _p_value(row["partial_q"]),
+              "partial_significant": not _missing(row["partial_q"]) and row["partial_q"] < 0.05}
+             for row in order.head(rows).to_dict("records")]
+    return {"rows": shown, "total": len(table),
+            "significant": int((table["q"].astype(float) < 0.05).sum()),
+            "partial_significant": int((table["partial_q"].astype(float) < 0.05).sum())}
+
+
+def _smallest_first(table, column: str, rows: int) -> list[dict]:
+    """The ``rows`` records of ``table`` with the smallest ``column`` (missing values last,
+    ties in table order)."""
+    order = table.assign(_key=table[column].astype(float).fillna(np.inf))
+    return order.sort_values("_key", kind="mergesort").head(rows).to_dict("records")
+
+
+def _longitudinal(result: dict | None, *, top_rows: int = TOP_ROWS) -> dict | None:
+    """The "Change over time" content from
+    :func:`~qsmprep.group.longitudinal.write_longitudinal_rates`: ``rows`` (at most
+    ``top_rows``, smallest p first, formatted), ``total``, ``notes``, ``n_followed``."""
+    if result is None:
+        return None
+    table = result.get("table")
+    rows = []
+    if table is not None and len(table):
+        for row in _smallest_first(table, "p", top_rows):
+            rows.append({
+                "feature": row["feature"], "diagnosis": row["diagnosis"],
+                "n": f"{int(row['n_followed'])} / {int(row['n_participants'])}",
+                "rate": _signed(row["rate_ppb_per_year"]),
+                "ci": f"[{_signed(row['ci_low'])}, {_signed(row['ci_high'])}]",
+                "p": _p_value(row["p"]), "p_fdr": _p_value(row["p_fdr"]),
+                "significant": not _missing(row["p_fdr"]) and row["p_fdr"] < 0.05,
+                "converged": bool(row["converged"])})
+    return {"rows": rows, "total": 0 if table is None else len(table),
+            "notes": list(result.get("notes") or []), "n_followed": result.get("n_followed", 0)}
+
+
+def _clinical(clinical, figures, group_dir) -> dict | None:
+    """The clinical section: top rows of its tables, its figures and notes (None: no
+    clinical analysis ran)."""
+    if clinical is None:
+        return None
+    asymmetry = clinical.get("asymmetry")
+    asymmetry_rows = []
+    if asymmetry is not None and len(asymmetry):
+        for row in _smallest_first(asymmetry, "q", TOP_ROWS):
+            asymmetry_rows.append({
+                "region": row["region"], "n": f"{int(row['n_left'])} / {int(row['n_right'])}",
+                "means": f"{_fixed(row['mean_ai_left'])} / {_fixed(row['mean_ai_right'])}",
+                "difference": _fixed(row["difference"]), "rho": _number(row["rho"], 2),
+                "p": _p_value(row["p"]), "q": _p_value(row["q"]),
+                "significant": not _missing(row["q"]) and row["q"] < 0.05})
+    roc = clinical.get("ratio_roc")
+    roc_rows = [{"pair": f"{row['group_a']} vs {row['group_b']}", "positive": row["positive"],
+                 "n": f"{int(row['n_a'])} / {int(row['n_b'])}",
+                 "medians": f"{_number(row['median_ratio_a'], 2)} / "
+                            f"{_number(row['median_ratio_b'], 2)}",
+                 "auc": _number(row["auc"], 2),
+                 "ci": f"[{_number(row['auc_ci_low'], 2)}, {_number(row['auc_ci_high'], 2)}]",
+                 "p": _p_value(row["p"]),
+                 "significant": not _missing(row["p"]) and row["p"] < 0.05}
+                for row in ([] if roc is None else roc.to_dict("records"))]
+    return {"columns": list(clinical.get("columns") or []),
+            "correlations": _correlation_rows(clinical.get("correlations")),
+            "asymmetry": asymmetry_rows, "roc": roc_rows,
+            "figures": [{"name": name, "src": _relative(figures[name], group_dir),
+                         "caption": FIGURE_CAPTIONS[name]}
+                        for name in CLINICAL_FIGURES if name in figures],
+            "notes": [str(note) for note in clinical.get("notes") or []]}
+
+
 def _relative(path, html_dir: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), html_dir.resolve())).as_posix()
 
@@ -267,10 +367,12 @@ def _environment() -> jinja2.Environment:
 
 # ------------------------------------------------------------------------------------- writing
 def write_group_figures(figures_dir, *, tidy, wide, harmonised=None, classification=None,
-                        exclusions=None) -> dict:
+                        exclusions=None, clinical=None) -> dict:
     """Draw the group figures into ``figures_dir`` (``<name>.svg``, names of
-    :data:`FIGURE_CAPTIONS`; those not drawn are removed); name -> path of those drawn."""
-    from ..reports.figures import plot_group_asymmetry, plot_group_regions, plot_roc_curves
+    :data:`FIGURE_CAPTIONS`; those not drawn are removed); name -> path of those drawn.
+    ``clinical`` is the result of :func:`qsmprep.group.clinical.run_clinical_analyses`."""
+    from ..reports.figures import (plot_clinical_scatter, plot_group_asymmetry,
+                                   plot_group_regions, plot_roc_curves)
 
     figures_dir = Path(figures_dir)
     excluded = set(exclusions["scan"]) if exclusions is not None and len(exclusions) else set()
@@ -289,6 +391,13 @@ def write_group_figures(figures_dir, *, tidy, wide, harmonised=None, classificat
     if classification is not None:
         drawn["roc"] = plot_roc_curves(classification.get("predictions"),
                                        figures_dir / "roc.svg")
+    if clinical is not None:
+        drawn["clinical_scatter"] = plot_clinical_scatter(
+            clinical.get("values"), clinical.get("correlations"),
+            figures_dir / "clinical_scatter.svg")
+        drawn["ratio_roc"] = plot_roc_curves(
+            clinical.get("ratio_scores"), figures_dir / "ratio_roc.svg",
+            title="Cortical-to-subcortical ratio: ROC per pair of diagnoses")
     for name in FIGURE_CAPTIONS:  # a figure of an earlier run that is not drawn now
         if drawn.get(name) is None:
             (figures_dir / f"{name}.svg").unlink(missing_ok=True)
@@ -296,7 +405,8 @@ def write_group_figures(figures_dir, *, tidy, wide, harmonised=None, classificat
 
 
 def write_group_report(output_dir, written: dict, *, tidy, wide, harmonised=None,
-                       classification=None, exclusions, notes) -> dict:
+                       classification=None, exclusions, notes, longitudinal=None,
+                       clinical=None) -> dict:
     """Write ``<output_dir>/group/figures/*.svg`` and ``<output_dir>/group/group.html``.
 
     Parameters
@@ -320,6 +430,12 @@ def write_group_report(output_dir, written: dict, *, tidy, wide, harmonised=None
         The output of :func:`~qsmprep.group.collect.qc_exclusions`.
     notes : list of str
         Why steps were skipped.
+    clinical : dict, optional
+        The output of :func:`~qsmprep.group.clinical.run_clinical_analyses`: its tables are
+        shown (top rows) in the clinical section with their figures and notes.
+    longitudinal : dict, optional
+        The output of :func:`~qsmprep.group.longitudinal.write_longitudinal_rates` (the
+        "Change over time" section).
 
     Returns
     -------
@@ -333,7 +449,8 @@ def write_group_report(output_dir, written: dict, *, tidy, wide, harmonised=None
     notes = [str(note) for note in (notes or [])]
 
     figures = write_group_figures(figures_dir, tidy=tidy, wide=wide, harmonised=harmonised,
-                                  classification=classification, exclusions=exclusions)
+                                  classification=classification, exclusions=exclusions,
+                                  clinical=clinical)
     files = []
     for name, path in written.items():
         if isinstance(path, (str, os.PathLike)) and Path(path).is_file():
@@ -356,11 +473,13 @@ def write_group_report(output_dir, written: dict, *, tidy, wide, harmonised=None
         "classification": classified,
         "figures": [{"name": name, "src": _relative(path, group_dir),
                      "caption": FIGURE_CAPTIONS.get(name, name)}
-                    for name, path in figures.items()],
+                    for name, path in figures.items() if name not in CLINICAL_FIGURES],
+        "clinical": _clinical(clinical, figures, group_dir),
         "files": files,
         "hrefs": hrefs,
         "notes": notes,
         "top_rows": TOP_ROWS,
+        "longitudinal": _longitudinal(longitudinal),
     }
     html = _environment().get_template(TEMPLATE_NAME).render(**context)
     write_atomically(html_path, html)

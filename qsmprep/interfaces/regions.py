@@ -29,6 +29,8 @@ class _RegionalStatisticsInputSpec(BaseInterfaceInputSpec):
                        "added to the table")
     tissue_table = File(exists=True, desc="TSV of tissue_dseg (index, name)")
     tissue = traits.Dict(desc="the tissue classification's record, for the sidecar")
+    depth_regions = traits.Dict(desc="region -> atlas regions whose grey matter is also "
+                                "reported as a superficial and a deep half (needs tissue_dseg)")
 
 
 class _RegionalStatisticsOutputSpec(TraitedSpec):
@@ -69,6 +71,15 @@ class RegionalStatistics(SimpleInterface):
             rows += regions.regional_statistics(
                 chi_ppm, tissue_labels, tissue_rows, mask=mask,
                 voxel_size=voxel_size_from_affine(image.affine), offsets_ppm=offsets_ppm)
+            if isdefined(self.inputs.depth_regions) and self.inputs.depth_regions:
+                from ..depth import cortical_depth, depth_half_labels
+
+                depth = cortical_depth(tissue_labels, voxel_size_from_affine(image.affine))
+                half_labels, half_rows = depth_half_labels(
+                    labels, table, depth, dict(self.inputs.depth_regions))
+                rows += regions.regional_statistics(
+                    chi_ppm, half_labels, half_rows, mask=mask,
+                    voxel_size=voxel_size_from_affine(image.affine), offsets_ppm=offsets_ppm)
         out_table = os.path.join(runtime.cwd, "regions.tsv")
         regions.write_regional_table(rows, out_table)
 

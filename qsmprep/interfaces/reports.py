@@ -120,6 +120,8 @@ class _SubjectReportInputSpec(BaseInterfaceInputSpec):
     json_paths = traits.List(traits.Str, mandatory=True, desc="where each run's JSON goes")
     html_path = traits.Str(mandatory=True, desc="<output_dir>/sub-<label>.html")
     figures_dir = traits.Str(mandatory=True, desc="<output_dir>/sub-<label>/figures")
+    longitudinal_path = traits.Str(desc="where the change over time goes (two sessions or "
+                                   "more): sub-<label>_desc-longitudinal_stats.tsv")
 
 
 class _SubjectReportOutputSpec(TraitedSpec):
@@ -140,7 +142,13 @@ class SubjectReport(SimpleInterface):
 
         written = render.write_report(list(self.inputs.reports), html_path=self.inputs.html_path,
                                       json_path=list(self.inputs.json_paths),
-                                      figures_dir=self.inputs.figures_dir)
+                                      figures_dir=self.inputs.figures_dir,
+                                      longitudinal_path=_given(self.inputs.longitudinal_path))
         self._results["out_html"] = os.fspath(written["html"])
         self._results["out_json"] = [os.fspath(path) for path in written["json"]]
         return runtime
+
+
+def _given(value):
+    """An optional string input: None when undefined or empty."""
+    return value if isdefined(value) and value else None

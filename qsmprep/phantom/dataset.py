@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from ..bids.derivatives import derivative_path, entity_prefix
+from ..regions import HEALTHY_ADULT_PPB
 from .head import HeadPhantom, make_head_phantom
 from .signal import SimulatedAcquisition, oblique_affine, simulate_multiecho_gre
 from .template_head import (
@@ -85,12 +86,15 @@ class PhantomSubject:
     seed: int = 0
     susceptibility_overrides_ppm: dict = field(default_factory=dict, hash=False)
     group: str | None = None  # the participant's group in participants.tsv (e.g. a diagnosis)
+    # the participant's clinical scores in participants.tsv, e.g. {"UPDRS_III": 32, "MMSE": 26}
+    clinical: dict = field(default_factory=dict, hash=False)
     anatomy: str = "analytic"
     region_susceptibility_ppb: dict = field(default_factory=dict, hash=False)
     native_rotation_deg: tuple = (0.0, 0.0, 0.0)
     native_translation_mm: tuple = (0.0, 0.0, 0.0)
     native_scale: float = 1.0
     deformation_mm: float = 0.0
+    acq_time: str | None = None  # the session's acq_time in sessions.tsv (ISO 8601)
 
     def __post_init__(self):
         if self.anatomy not in ANATOMIES:
@@ -168,12 +172,19 @@ def write_phantom_dataset(bids_dir, subjects, *, name="qsmprep phantom",
         "forward model (dipole convolution, multi-echo signal with M0, R2*, phase offset,\n"
         f"background field and noise). Ground truth: derivatives/{TRUTH_PIPELINE}/.\n")
     groups = {subject.subject: subject.group for subject in subjects}
-    if any(groups.values()):
-        (bids_dir / "participants.tsv").write_text("participant_id\tgroup\n" + "".join(
-            f"sub-{label}\t{groups[label] or 'n/a'}\n" for label in sorted(groups)))
-    else:
-        (bids_dir / "participants.tsv").write_text(
-            "participant_id\n" + "".join(f"sub-{label}\n" for label in sorted(groups)))
+    clinical = {}
+    for subject in subjects:  # the first scan of a participant gives its scores
+        clinical.setdefault(subject.subject, dict(subject.clinical))
+    scores = list(dict.fromkeys(name for values in clinical.values() for name in values))
+    columns = ["participant_id", *(["group"] if any(groups.values()) else []), *scores]
+    lines = ["\t".join(columns) + "\n"]
+    for label in sorted(groups):
+        cells = [f"sub-{label}", *([groups[label] or "n/a"] if "group" in columns else [])]
+        cells += [_cell(clinical[label].get(name)) for name in scores]
+        lines.append("\t".join(cells) + "\n")
+    (bids_dir / "participants.tsv").write_text("".join(lines))
+
+    _write_sessions_tables(bids_dir, subjects)
 
     truths = {}
     for subject in subjects:
@@ -216,7 +227,8 @@ def asymmetric_digital_subject(voxel_size_mm: float = 2.0, **overrides) -> Phant
 #: Digital patients of the demo: regional susceptibility (ppb relative to CSF) set on the
 #: healthy head, following the patterns of the clinical reference ranges (CBS: asymmetric
 #: motor and premotor cortex iron, here left-dominant, moderate GPi/STN/RN; PSP: high,
-#: symmetric GPi, STN and RN; PD: nigral iron, asymmetric, low cortex and pallidum).
+#: symmetric GPi, STN and RN; PD: nigral iron, asymmetric, low cortex and pallidum) and of
+#: the wider differential diagnosis (ALS, MSA, AD: see qsmprep.reports.cbs and .motor).
 DIGITAL_PATIENTS = {
     "control": {},
     "cbs": {"motor_cortex": {"L": 110, "R": 45}, "premotor_cortex": {"L": 85, "R": 35},
@@ -230,15 +242,101 @@ DIGITAL_PATIENTS = {
            "globus_pallidus_externa": 70, "red_nucleus": 70, "subthalamic_nucleus": 75,
            "substantia_nigra_compacta": {"L": 250, "R": 340},
            "substantia_nigra_reticulata": {"L": 230, "R": 320}, "putamen": 45, "thalamus": 30},
+    # ALS: bilateral precentral iron, most in the deep half of the grey matter (Costagli 2016),
+    # and in the corticospinal tract; basal ganglia healthy
+    "als": {"motor_cortex": 40, "motor_cortex_deep": 80, "corticospinal_tract": -5},
+    # MSA: putaminal iron above the pallidum's, cerebellar cortex, some nigral iron
+    "msa": {"putamen": {"L": 190, "R": 150}, "globus_pallidus_interna": 140,
+            "globus_pallidus_externa": 140, "cerebellar_cortex": 65,
+            "substantia_nigra_compacta": 150, "substantia_nigra_reticulata": 150},
+    # AD: hippocampal and temporoparietal cortical iron, basal ganglia spared
+    "ad": {"hippocampus": 65, "superior_temporal_gyrus": 60, "posterior_cingulate": 60,
+           "superior_parietal_lobule": 60},
+}
+
+
+#: Participants of the demo scanned in sessions: label -> ((session, acq_time), ...), written
+#: to ``sub-<label>_sessions.tsv``. sub-cbs returns two years after its first scan.
+DEMO_SESSIONS = {
+    "cbs": (("1", "2021-03-02T10:00:00"), ("2", "2023-03-02T10:30:00")),
+    "psp": (("1", "2022-06-14T09:15:00"),),
+}
+#: Iron gained (ppb) by each follow-up session of the demo over the previous one: per region
+#: and side, ``"other"`` for every other region and side the participant has values for
+#: (sub-cbs: +25 ppb in the motor cortex of the affected left side, +10 ppb elsewhere).
+DEMO_FOLLOW_UP_GAIN_PPB = {"cbs": {"motor_cortex": {"L": 25.0}, "other": 10.0}}
+
+
+def with_iron_gain(values: dict, gain_ppb: dict) -> dict:
+    """Regional values (:attr:`PhantomSubject.region_susceptibility_ppb`) after a gain of
+    iron: ``gain_ppb`` maps regions to ``{side: ppb}``, with ``"other"`` (ppb) for every other
+    region and side of ``values``. Scalar (both-side) values become ``{"L", "R"}`` values.
+
+    >>> with_iron_gain({"motor_cortex": 100, "putamen": {"L": 80, "R": 70}},
+    ...                {"motor_cortex": {"L": 25.0}, "other": 10.0})
+    {'motor_cortex': {'L': 125.0, 'R': 110.0}, 'putamen': {'L': 90.0, 'R': 80.0}}
+    """
+    other = float(gain_ppb.get("other", 0.0))
+    gained = {}
+    for region, value in values.items():
+        sides = value if isinstance(value, dict) else {"L": value, "R": value}
+        specific = gain_ppb.get(region, {})
+        gained[region] = {side: float(ppb) + float(specific.get(side, other))
+                          for side, ppb in sides.items()}
+    return gained
+
+
+def _cell(value) -> str:
+    """A participants.tsv cell: ``n/a`` for a missing value, numbers without a needless
+    ``.0``."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _simulated_motor_cortex_ppb(label: str) -> float:
+    """The motor-cortex iron (ppb, mean of both sides) of a demo participant: its
+    :data:`DIGITAL_PATIENTS` value, the healthy cortical grey matter when not set."""
+    value = DIGITAL_PATIENTS.get(label, {}).get("motor_cortex", HEALTHY_ADULT_PPB["grey_matter"])
+    return float(np.mean(list(value.values()))) if isinstance(value, dict) else float(value)
+
+
+#: Cognition (MMSE, 0-30) and disease duration (years) of the demo participants; labels not
+#: in :data:`DIGITAL_PATIENTS` are not simulated.
+_DEMO_MMSE_AND_DURATION = {
+    "control": (30, 0.0), "cbs": (24, 3.0), "psp": (26, 3.5), "pd": (28, 6.0),
+    "als": (28, 2.0), "msa": (27, 4.0), "ad": (19, 5.0),
+}
+#: UPDRS-III of the demo's patients: 20 points plus 0.3 per ppb of motor-cortex iron above the
+#: healthy cortex (15 ppb), so that motor severity rises monotonically with the simulated
+#: motor-cortex iron (as the review reports, "higher cortical iron correlates with UPDRS-III
+#: scores"); the control scores 1.
+DEMO_UPDRS_BASE, DEMO_UPDRS_PER_PPB = 20.0, 0.3
+
+#: Clinical columns of the demo's participants.tsv by participant label: ``UPDRS_III``,
+#: ``MMSE`` and ``disease_duration`` (years).
+DEMO_CLINICAL = {
+    label: {"UPDRS_III": 1 if label == "control" else int(round(
+                DEMO_UPDRS_BASE + DEMO_UPDRS_PER_PPB * (
+                    _simulated_motor_cortex_ppb(label) - HEALTHY_ADULT_PPB["grey_matter"]))),
+            "MMSE": mmse, "disease_duration": duration}
+    for label, (mmse, duration) in _DEMO_MMSE_AND_DURATION.items()
 }
 
 
 def make_demo_dataset(bids_dir, *, seed: int = 0, workers: int = 1) -> list[PhantomSubject]:
-    """The demo: four digital participants made in template space, 2 mm, 4 echoes at 3 T.
+    """The demo: seven digital participants made in template space, 2 mm, 4 echoes at 3 T.
 
-    ``sub-control`` (healthy), ``sub-cbs``, ``sub-psp`` and ``sub-pd`` carry the regional iron
-    of :data:`DIGITAL_PATIENTS`; ``participants.tsv`` names their group. Each head is moved and
+    ``sub-control`` (healthy), ``sub-cbs``, ``sub-psp``, ``sub-pd``, ``sub-als``, ``sub-msa``
+    and ``sub-ad`` carry the regional iron of :data:`DIGITAL_PATIENTS`; ``participants.tsv`` names their group and their clinical
+    scores (:data:`DEMO_CLINICAL`). Each head is moved and
     deformed into its own native space; sub-psp (session 1) is scanned on an oblique slab.
+    Participants in :data:`DEMO_SESSIONS` get one scan per session and a ``sessions.tsv``
+    with the acquisition times: sub-cbs is scanned twice, two years apart, the second time
+    with more iron (:data:`DEMO_FOLLOW_UP_GAIN_PPB`) and otherwise the same simulation (head
+    position, deformation and noise seed), so that the change seen is the iron's.
     Small enough for the whole participant level, registration and reports included, to run
     in a few minutes on two cores.
     """
@@ -251,14 +349,34 @@ def make_demo_dataset(bids_dir, *, seed: int = 0, workers: int = 1) -> list[Phan
     for index, (label, values) in enumerate(DIGITAL_PATIENTS.items()):
         rotation, translation = poses[index % len(poses)]
         oblique = label == "psp"
-        subjects.append(PhantomSubject(
-            subject=label, session="1" if oblique else None,
-            rotation_deg=DEMO_OBLIQUE_ROTATION_DEG if oblique else (0.0, 0.0, 0.0),
-            native_rotation_deg=rotation, native_translation_mm=translation,
-            deformation_mm=2.0 if index else 0.0, seed=seed + index + 1,
-            region_susceptibility_ppb=values, group=label.upper() if index else "HC", **grid))
+        for visit, (session, acq_time) in enumerate(DEMO_SESSIONS.get(label, ((None, None),))):
+            if visit:  # same head, pose and noise seed: only the iron changes
+                values = with_iron_gain(values, DEMO_FOLLOW_UP_GAIN_PPB.get(label, {}))
+            subjects.append(PhantomSubject(
+                subject=label, session=session, acq_time=acq_time,
+                rotation_deg=DEMO_OBLIQUE_ROTATION_DEG if oblique else (0.0, 0.0, 0.0),
+                native_rotation_deg=rotation, native_translation_mm=translation,
+                deformation_mm=2.0 if index else 0.0, seed=seed + index + 1,
+                region_susceptibility_ppb=values, group=label.upper() if index else "HC",
+                clinical=DEMO_CLINICAL.get(label, {}),
+                **grid))
     write_phantom_dataset(bids_dir, subjects, name="qsmprep demo", workers=workers)
     return subjects
+
+
+def _write_sessions_tables(bids_dir: Path, subjects) -> None:
+    """``sub-<label>/sub-<label>_sessions.tsv`` (``session_id``, ``acq_time``; ``n/a`` when
+    a scan has none) for every participant scanned in sessions."""
+    by_subject: dict[str, dict[str, str | None]] = {}
+    for subject in subjects:
+        if subject.session is not None:
+            by_subject.setdefault(subject.subject, {})[str(subject.session)] = subject.acq_time
+    for label, sessions in by_subject.items():
+        lines = ["session_id\tacq_time\n"] + [f"ses-{session}\t{acq_time or 'n/a'}\n"
+                                               for session, acq_time in sorted(sessions.items())]
+        path = Path(bids_dir) / f"sub-{label}" / f"sub-{label}_sessions.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(lines))
 
 
 def _write_scan(bids_dir: Path, truth_dir: Path, subject: PhantomSubject, *,
@@ -480,6 +598,7 @@ def _write_json(path: Path, content: dict) -> None:
 
 
 __all__ = ["ANATOMIES", "ARBITRARY_PHASE_RANGE", "DEMO_ECHO_TIMES_S", "DEMO_FIELD_STRENGTH_T",
-           "ASYMMETRIC_REGIONS_PPB", "DEMO_OBLIQUE_ROTATION_DEG", "DIGITAL_PATIENTS", "asymmetric_digital_subject", "DEMO_VOXEL_SIZE_MM", "TRUTH_PIPELINE",
+           "ASYMMETRIC_REGIONS_PPB", "DEMO_OBLIQUE_ROTATION_DEG", "DEMO_SESSIONS",
+           "DEMO_FOLLOW_UP_GAIN_PPB", "with_iron_gain", "DIGITAL_PATIENTS", "asymmetric_digital_subject", "DEMO_VOXEL_SIZE_MM", "TRUTH_PIPELINE",
            "TEMPLATE_NATIVE_SHAPE_2MM", "PhantomSubject", "make_demo_dataset",
            "simulate_template_subject", "write_phantom_dataset"]

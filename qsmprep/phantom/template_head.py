@@ -92,6 +92,24 @@ DEFAULT_REGION_SUSCEPTIBILITY_PPB: dict[str, float] = {
     "lateral_ventricle": 0.0,
 }
 
+#: Atlas regions painted over one tissue class of the template only, with that tissue's value
+#: unless set otherwise: grey-matter structures over grey matter, the white-matter tracts over
+#: white matter. A healthy head therefore looks the same with or without them.
+REGION_TISSUE = {
+    "hippocampus": "grey_matter", "cerebellar_cortex": "grey_matter",
+    "posterior_cingulate": "grey_matter", "superior_temporal_gyrus": "grey_matter",
+    "superior_parietal_lobule": "grey_matter", "superior_frontal_gyrus": "grey_matter",
+    "corticospinal_tract": "white_matter", "corpus_callosum": "white_matter",
+}
+for _name, _tissue in REGION_TISSUE.items():
+    DEFAULT_REGION_SUSCEPTIBILITY_PPB[_name] = 1000 * HEALTHY_SUSCEPTIBILITY_PPM[
+        "cortical_grey_matter" if _tissue == "grey_matter" else "white_matter"]
+del _name, _tissue
+#: Atlas regions of mixed tissue (the brain stem's grey nuclei and white tracts) that keep the
+#: template's grey and white matter, and are not atlas regions of the subject, unless given a
+#: value: then all their voxels take it.
+MIXED_TISSUE_REGIONS = ("midbrain", "pons")
+
 #: M0 of the atlas regions (as the matching nuclei of :mod:`qsmprep.phantom.head`).
 _REGION_M0 = {
     "globus_pallidus_externa": 0.70, "globus_pallidus_interna": 0.70,
@@ -287,6 +305,19 @@ def _composite_regions() -> dict:
     return COMPOSITE_REGIONS
 
 
+def _named_regions(region_susceptibility_ppb, regions) -> set[str]:
+    """Atlas regions that ``region_susceptibility_ppb`` sets, directly or through a composite
+    (keys as :func:`_resolve_region_values` reads them)."""
+    names = {name for _, name, _ in regions}
+    composites = _composite_regions()
+    named = set()
+    for key in region_susceptibility_ppb or {}:
+        stem, _, suffix = key.rpartition("_")
+        region = stem if suffix in ("left", "right") and stem in names | set(composites) else key
+        named.update(composites.get(region, (region,)))
+    return named
+
+
 def _resolve_region_values(region_susceptibility_ppb, regions) -> dict[tuple[str, str], float]:
     """(region, side) -> ppb: defaults, then the given values.
 
@@ -354,9 +385,26 @@ def _region_properties(name: str, chi_ppm: float):
         return _tissue_properties("subarachnoid_csf")[1:]
     if name in _REGION_M0:
         return _REGION_M0[name], _deep_grey_r2star_hz(chi_ppm)
+    if REGION_TISSUE.get(name) == "white_matter":
+        return _tissue_properties("white_matter")[1:]
     chi_gm, m0_gm, r2s_gm = _tissue_properties("grey_matter")
     slope = _deep_grey_r2star_hz(1.0) - _deep_grey_r2star_hz(0.0)  # Hz per ppm of iron
     return m0_gm, max(r2s_gm, r2s_gm + slope * (chi_ppm - chi_gm))
+
+
+#: Key of ``region_susceptibility_ppb`` that sets the deep half of the precentral grey matter.
+DEEP_MOTOR_CORTEX = "motor_cortex_deep"
+
+
+def _paint_deep_motor_cortex(susceptibility, labels, deep_grey, regions, value_ppb) -> None:
+    """Set the deep grey-matter voxels of the precentral gyrus (the motor cortex's parts) to
+    ``value_ppb`` (a number, or per side ``{"L": .., "R": ..}``), in place."""
+    parts = _composite_regions()["motor_cortex"]
+    per_side = value_ppb if isinstance(value_ppb, dict) else {"L": value_ppb, "R": value_ppb}
+    for atlas_index, name, side in regions:
+        if name in parts and side in per_side:
+            voxels = deep_grey & (labels == ATLAS_LABEL_OFFSET + atlas_index)
+            susceptibility[voxels] = float(per_side[side]) / 1000.0
 
 
 # ----------------------------------------------------------------------------- template phantom
@@ -380,6 +428,10 @@ def make_template_phantom(
         Susceptibility of atlas regions (ppb relative to CSF) replacing
         :data:`DEFAULT_REGION_SUSCEPTIBILITY_PPB`: ``{"putamen": 50}`` sets both sides,
         ``{"putamen": {"L": 40, "R": 60}}`` or ``{"putamen_left": 40}`` one side.
+        ``"motor_cortex_deep"`` (a number or ``{"L": .., "R": ..}``) sets the deep half of the
+        precentral grey matter (:func:`qsmprep.depth.cortical_depth` of the template's tissue
+        classes > 0.5), where ALS gathers iron, over the value of its region; the precentral
+        labels then cover the gyrus' grey matter only.
     seed : int
         Seed of the smooth M0 / R2* texture.
     atlas_dir : path, optional
@@ -401,8 +453,13 @@ def make_template_phantom(
     voxel_size_mm = float(voxel_size_mm)
     if not voxel_size_mm > 0:
         raise ValueError(f"voxel_size_mm must be positive, not {voxel_size_mm}")
+    region_susceptibility_ppb = dict(region_susceptibility_ppb or {})
+    deep_motor_ppb = region_susceptibility_ppb.pop(DEEP_MOTOR_CORTEX, None)
     key = None if atlas_dir is None else str(Path(atlas_dir).resolve())
     template_mask, template_atlas, template_affine, regions = _template_inputs(key)
+    named = _named_regions(region_susceptibility_ppb, regions)
+    regions = tuple(region for region in regions
+                    if region[1] not in MIXED_TISSUE_REGIONS or region[1] in named)
     grey_map, white_map, tissue_affine = _tissue_probability_maps()
     shape, affine = _template_grid(voxel_size_mm, template_affine, template_mask.shape)
     voxel_size = (voxel_size_mm,) * 3
@@ -417,18 +474,32 @@ def make_template_phantom(
     labels[inside] = _TISSUE_INDEX["subarachnoid_csf"]
     labels[parenchyma & (grey >= white)] = _TISSUE_INDEX["grey_matter"]
     labels[parenchyma & (grey < white)] = _TISSUE_INDEX["white_matter"]
+    if deep_motor_ppb is not None:
+        from qsmprep.depth import cortical_depth
+        from qsmprep.tissue import LABELS as TISSUE_CLASSES
+
+        classes = np.where(parenchyma, np.where(grey >= white, TISSUE_CLASSES["gm"],
+                                                TISSUE_CLASSES["wm"]), 0)
+        deep_grey = cortical_depth(classes, voxel_size) > 0.5  # as qsmprep.depth's halves
+        del classes
     del grey, white
 
     # Atlas regions: cortical regions keep their grey matter; ventricles first, nuclei last.
     values_ppb = _resolve_region_values(region_susceptibility_ppb, regions)
-    is_grey = labels == _TISSUE_INDEX["grey_matter"]
+    tissue_voxels = {name: labels == _TISSUE_INDEX[name] for name in ("grey_matter",
+                                                                       "white_matter")}
     ordered = sorted(regions, key=lambda region: (region[1] != "lateral_ventricle", region[0]))
+    # with a deep-layer value the precentral labels hold grey matter only: their depth is the
+    # cortex's, and the white matter under the gyrus stays white matter
+    grey_only = set(_composite_regions()["motor_cortex"]) if deep_motor_ppb is not None else ()
     for atlas_index, name, _side in ordered:
         region = atlas == atlas_index
-        if name.endswith("cortex"):
-            region &= is_grey
+        if name in REGION_TISSUE:
+            region &= tissue_voxels[REGION_TISSUE[name]]
+        elif name.endswith("cortex") or name in grey_only:
+            region &= tissue_voxels["grey_matter"]
         labels[region] = ATLAS_LABEL_OFFSET + atlas_index
-    del atlas, is_grey
+    del atlas, tissue_voxels
 
     brain = np.isin(labels, [_TISSUE_INDEX["grey_matter"], _TISSUE_INDEX["white_matter"]])
     brain |= labels >= ATLAS_LABEL_OFFSET
@@ -478,6 +549,9 @@ def make_template_phantom(
         chi_lut[index] = region_susceptibility[label_names[index]] = chi
         m0_lut[index], r2s_lut[index] = _region_properties(name, chi)
     susceptibility = chi_lut[labels]
+    if deep_motor_ppb is not None:
+        _paint_deep_motor_cortex(susceptibility, labels, deep_grey, regions, deep_motor_ppb)
+        del deep_grey
     m0 = m0_lut[labels]
     r2star = r2s_lut[labels]
     if texture:

@@ -32,6 +32,20 @@ Sources
     Marques JP, et al. QSM reconstruction challenge 2.0. Magn Reson Med. 2021;86:526-542
     (healthy values of its head phantom, relative to CSF: globus pallidus 124, substantia nigra
     102, red nucleus 97, caudate 39, putamen 36, thalamus 16, cortical grey matter 15 ppb).
+[lancione]
+    Lancione M, Cencini M, Costagli M, et al. Diagnostic accuracy of quantitative
+    susceptibility mapping in multiple system atrophy: the impact of echo time and the
+    potential of histogram analysis. NeuroImage Clin. 2022;34:102989.
+    doi:10.1016/j.nicl.2022.102989. Susceptibility altered in putamen, substantia nigra,
+    globus pallidus and caudate in MSA-P, substantia nigra and dentate in MSA-C.
+[msa-c]
+    QSM of 28 patients with the cerebellar subtype of MSA, 9 with spinocerebellar ataxia type 6
+    and 23 controls. J Neurol Sci. 2019, article 116525. doi:10.1016/j.jns.2019.116525.
+    Higher susceptibility of the substantia nigra and the dentate nucleus in MSA-C.
+[ayton]
+    Ayton S, Fazlollahi A, Bourgeat P, et al. Cerebral quantitative susceptibility mapping
+    predicts amyloid-beta-related cognitive decline. Brain. 2017;140:2112-2119.
+    doi:10.1093/brain/awx137 (hippocampal and cortical susceptibility in Alzheimer disease).
 [studholme]
     Studholme C, Hill DLG, Hawkes DJ. An overlap invariant entropy measure of 3D medical image
     alignment. Pattern Recognit. 1999;32:71-86 (normalised mutual information).
@@ -90,11 +104,17 @@ them.
 feature                      rule
 ===========================  =====================================================================
 motor_cortex_elevation       CBS agrees if MCmax >= CBS motor cortex low [45]. PSP agrees if
-  (hallmark of CBS)          MCmax <= PSP motor cortex high [40]; PD agrees if MCmax <= PD motor
+                             MCmax <= PSP motor cortex high [40]; PD agrees if MCmax <= PD motor
                              cortex high [30].
 motor_cortex_asymmetry       asymmetric = a favoured side (see Asymmetry) while MCmax >= CBS
-                             motor cortex low [45]. CBS agrees if asymmetric, PSP if not
-                             ([cbs-review]: CBS asymmetric cortex, PSP symmetric).
+  (hallmark of CBS)          motor cortex low [45] and the sides differ by at least
+                             CBS_ASYMMETRY_MIN_PPB (15 ppb, the regional accuracy: a bilateral
+                             rise read 59 and 51 ppb on the 1 mm ALS digital patient whose
+                             truth is 85 and 83). CBS agrees if asymmetric, PSP if not
+                             ([cbs-review]: CBS asymmetric cortex, higher in the clinically
+                             affected hemisphere; PSP symmetric). Elevated cortex on both sides
+                             alike is not the CBS hallmark: it is also the motor-neuron (ALS)
+                             pattern (:mod:`qsmprep.reports.motor`).
 cortical_subcortical_ratio   r = MCmax / mean(GPi, red nucleus). CBS agrees if r >=
                              RATIO_CBS_MIN (0.40); PSP agrees if r <= RATIO_PSP_MAX (0.25).
                              [cbs-review] quotes the ratio as its best discriminator (85 %
@@ -116,21 +136,45 @@ nigral_pattern               present = SNmax (the substantia nigra of the higher
 regional_ranges              fraction of the ranged regions whose both-hemisphere mean lies
                              within the pattern's range; agrees if >= RANGE_FIT_MIN_FRACTION
                              (0.5), with at least 2 ranged regions measured.
-putamen_elevation            MSA only, when the range table has an MSA putamen row: agrees if
-  (hallmark of MSA)          the putamen mean >= MSA putamen low.
+putamen_elevation            MSA agrees if the putamen of the higher hemisphere >=
+  (hallmark of MSA)          MSA_PUTAMEN_MIN_PPB (100; the MSA putamen low of the range table
+                             when it has one) **and** >= the GPi mean: putaminal iron at or
+                             above the pallidum's, the reverse of the healthy order ([rc2]:
+                             putamen 36, pallidum 124 ppb). [cbs-review]: MSA has more putaminal
+                             (and cerebellar) iron than CBS; [lancione], [msa-c].
+cerebellar_elevation         MSA agrees if the cerebellar cortex of the higher hemisphere >=
+                             its healthy value + ELEVATION_MARGIN_PPB (15 + 15 ppb).
+hippocampal_elevation        AD agrees if the hippocampus of the higher hemisphere >= its
+  (hallmark of AD)           healthy value + ELEVATION_MARGIN_PPB (15 + 15 ppb).
+                             [cbs-review]: AD shows hippocampal and cortical iron, less basal
+                             ganglia involvement; [ayton].
+temporoparietal_elevation    AD agrees if at least 2 of the superior temporal, posterior
+                             cingulate and superior parietal cortex (higher hemisphere) are at
+                             or above their healthy value + 15 ppb.
+basal_ganglia_sparing        AD agrees if putamen <= 36 + 15 and GPi <= 124 + 15 ppb (both
+                             hemispheres).
 ===========================  =====================================================================
 
-A pattern's score is the fraction of its applicable features that agree. MSA is assessed only
-when the range table has MSA rows: [cbs-review] quotes no MSA numbers and the atlas has no
-cerebellum, so MSA rests on the putamen alone and its confidence never exceeds *low*.
+A pattern's score is the fraction of its applicable features that agree. MSA is assessed when
+the putamen and GPi are measured, AD when the hippocampus is (the qsmprep atlas has them; a
+user's atlas may not, and the report says so). Published QSM studies of MSA and AD give group
+differences, not ranges per region, so their thresholds are ours: a healthy value ([rc2]; grey
+matter 15 ppb for the cerebellar cortex, the hippocampus and the association cortex, which RC2
+does not list separately) plus ``ELEVATION_MARGIN_PPB`` (15 ppb, the regional accuracy qsmprep
+holds on independent digital patients), so that no measurement error of that size alone makes
+a hallmark. Without the cerebellar cortex, MSA rests on the putamen alone and its confidence
+never exceeds *low*.
 
 Interpretation
 --------------
 - A pattern is a *candidate* when its hallmark feature agrees and its score is at least
   ``CANDIDATE_MIN_SCORE`` (0.5).
 - No candidate: ``none`` ("no disease pattern") when every assessed pattern's hallmark
-  feature was measured and is absent, ``indeterminate`` when a hallmark could not be assessed
-  (a region or range it needs is missing) or is present without enough supporting features.
+  feature was measured and is absent and the motor cortex of the higher hemisphere is below
+  its healthy value + ``ELEVATION_MARGIN_PPB`` (30 ppb); ``indeterminate`` when a hallmark
+  could not be assessed (a region or range it needs is missing), is present without enough
+  supporting features, or when the motor cortex is above that value without any hallmark,
+  e.g. raised on both sides alike (the statement then points to the motor-neuron profile).
   One candidate: that pattern. Several: the best-scoring one, unless the next is within
   ``MIXED_MARGIN`` (0.25) of it: ``mixed`` (naming those within the margin).
 - Confidence of a single pattern from its score ``s`` and its margin ``m`` over the best other
@@ -142,7 +186,7 @@ Interpretation
 - The asymmetry statement ("favouring L" / "favouring R" / "symmetric" / "near healthy
   values") is that of the pattern's key region: motor cortex for CBS (and for mixed,
   indeterminate or no-pattern results), GPi for PSP, substantia nigra for PD ([azuma]),
-  putamen for MSA.
+  putamen for MSA, hippocampus for AD.
 
 Quality checks (:func:`assess_quality`)
 --------------------------------------
@@ -175,11 +219,14 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import UsageError
 from ..regions import HEALTHY_ADULT_PPB, REFERENCES, asymmetry_index, read_regional_table
 
-#: Patterns scored by :func:`score_patterns` (MSA only when the ranges have MSA rows).
-PATTERNS = ("CBS", "PSP", "PD", "MSA")
+#: Patterns scored by :func:`score_patterns` (MSA and AD when their hallmark regions are in the
+#: regional table).
+PATTERNS = ("CBS", "PSP", "PD", "MSA", "AD")
 #: Pattern names allowed in a reference-range table (``control`` ranges are shown, not scored).
 RANGE_PATTERNS = (*PATTERNS, "control")
 
@@ -188,7 +235,10 @@ CORE_REGIONS = ("motor_cortex", "globus_pallidus_interna", "red_nucleus", "subst
                 "putamen", "thalamus")
 #: Further regions listed when the regional table has them.
 EXTRA_REGIONS = ("subthalamic_nucleus", "globus_pallidus_externa", "caudate", "dentate_nucleus",
-                 "primary_motor_cortex", "premotor_cortex")
+                 "primary_motor_cortex", "premotor_cortex", "midbrain", "pons",
+                 "cerebellar_cortex", "hippocampus", "posterior_cingulate",
+                 "superior_temporal_gyrus", "superior_parietal_lobule", "frontoparietal_cortex",
+                 "corticospinal_tract", "corpus_callosum")
 
 REGION_LABELS = {
     "motor_cortex": "Motor cortex (precentral grey matter)",
@@ -212,6 +262,19 @@ REGION_LABELS = {
     "precentral_other": "Precentral gyrus, rest",
     "ba4_outside_precentral": "BA4 outside the precentral gyrus",
     "ba6_outside_precentral": "BA6 outside the precentral gyrus",
+    "motor_cortex_superficial": "Motor cortex, superficial half",
+    "motor_cortex_deep": "Motor cortex, deep half",
+    "midbrain": "Midbrain (without SN, RN, STN)",
+    "pons": "Pons",
+    "cerebellar_cortex": "Cerebellar cortex",
+    "hippocampus": "Hippocampus",
+    "posterior_cingulate": "Posterior cingulate cortex",
+    "superior_temporal_gyrus": "Superior temporal cortex",
+    "superior_parietal_lobule": "Superior parietal cortex",
+    "superior_frontal_gyrus": "Superior frontal cortex",
+    "frontoparietal_cortex": "Frontoparietal cortex (superior frontal + parietal)",
+    "corticospinal_tract": "Corticospinal tract",
+    "corpus_callosum": "Corpus callosum",
 }
 
 ASYMMETRY_THRESHOLD_PCT = 10.0
@@ -221,10 +284,27 @@ ASYMMETRY_MIN_DIFFERENCE_PPB = 5.0
 #: ASYMMETRY_MIN_DIFFERENCE_PPB (see "Asymmetry").
 HEALTHY_PPB = {
     **{name: HEALTHY_ADULT_PPB["grey_matter"]
-       for name in ("motor_cortex", "primary_motor_cortex", "premotor_cortex")},
+       for name in ("motor_cortex", "primary_motor_cortex", "premotor_cortex",
+                    "motor_cortex_superficial", "motor_cortex_deep", "cerebellar_cortex",
+                    "hippocampus", "posterior_cingulate", "superior_temporal_gyrus",
+                    "superior_parietal_lobule", "superior_frontal_gyrus",
+                    "frontoparietal_cortex")},
+    **{name: HEALTHY_ADULT_PPB["white_matter"]
+       for name in ("corticospinal_tract", "corpus_callosum")},
     **{name: value for name, value in HEALTHY_ADULT_PPB.items()
        if name not in ("grey_matter", "white_matter", "lateral_ventricle")},
 }
+#: An iron rise is "elevated" above the healthy value of a region lacking a published range
+#: only when it exceeds that value by this much: the regional accuracy qsmprep holds on
+#: independent digital patients (max(15 ppb, 15 %), bench/bench_independent.py).
+ELEVATION_MARGIN_PPB = 15.0
+#: MSA: putaminal iron at least this high (about three times the healthy 36 ppb of [rc2],
+#: above the CBS and PD ranges' upper ends of [cbs-review]) and at least the pallidum's.
+MSA_PUTAMEN_MIN_PPB = 100.0
+#: CBS's cortical asymmetry: the hemispheres' motor cortices must differ by at least the
+#: regional accuracy, so that a bilateral rise measured a few ppb apart is not called
+#: asymmetric (the 1 mm ALS digital patient: true 85 and 83 ppb, measured 59 and 51).
+CBS_ASYMMETRY_MIN_PPB = ELEVATION_MARGIN_PPB
 RATIO_CBS_MIN = 0.40
 RATIO_PSP_MAX = 0.25
 NIGRAL_SN_MIN_PPB = 210.0
@@ -246,10 +326,11 @@ CONFIDENCE_LEVELS = ("low", "moderate", "high")
 
 #: The region whose asymmetry each result states.
 KEY_REGIONS = {"CBS": "motor_cortex", "PSP": "globus_pallidus_interna",
-               "PD": "substantia_nigra", "MSA": "putamen", "mixed": "motor_cortex",
+               "PD": "substantia_nigra", "MSA": "putamen", "AD": "hippocampus",
+               "mixed": "motor_cortex",
                "indeterminate": "motor_cortex", "none": "motor_cortex"}
-HALLMARKS = {"CBS": "motor_cortex_elevation", "PSP": "gpi_stn_rn_elevation",
-             "PD": "nigral_pattern", "MSA": "putamen_elevation"}
+HALLMARKS = {"CBS": "motor_cortex_asymmetry", "PSP": "gpi_stn_rn_elevation",
+             "PD": "nigral_pattern", "MSA": "putamen_elevation", "AD": "hippocampal_elevation"}
 
 DISCLAIMER = (
     "Research aid, not a diagnosis. The pattern scores compare regional susceptibility with "
@@ -359,6 +440,30 @@ def _finite(value):
 
 def _rounded(value, digits=2):
     return None if value is None else round(value, digits)
+
+
+def cortical_subcortical_ratio(motor_left, motor_right, gpi, red_nucleus, *,
+                               motor_bilateral=math.nan):
+    """The cortical-to-subcortical iron ratio ``r = MCmax / mean(GPi, red nucleus)``.
+
+    ``MCmax`` is the motor-cortex mean of the higher hemisphere (the bilateral mean when
+    neither side is known); GPi and red nucleus are bilateral means, all in ppb relative to the
+    same reference. [cbs-review] quotes the ratio as its best single discriminator of CBS
+    from PSP (85 % accuracy). Scalars or arrays (element by element); NaN where a value is
+    missing or ``mean(GPi, red nucleus) <= 0``.
+
+    >>> float(cortical_subcortical_ratio(60.0, 20.0, 140.0, 100.0))
+    0.5
+    """
+    left, right, both, gpi, red_nucleus = (
+        np.asarray(value, dtype=np.float64) for value in
+        (motor_left, motor_right, motor_bilateral, gpi, red_nucleus))
+    higher = np.fmax(left, right)  # one side known: that side
+    higher = np.where(np.isnan(higher), both, higher)
+    subcortical = (gpi + red_nucleus) / 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(subcortical > 0, higher / subcortical, np.nan)
+    return ratio[()] if ratio.ndim == 0 else ratio
 
 
 def favoured_side(left_ppb, right_ppb, ai_pct):
@@ -737,21 +842,26 @@ def _features(regions: _Regions, patterns) -> list[dict]:
     asymmetric = None
     if motor is not None and motor["ai_pct"] is not None and mc_max is not None \
             and cbs_mc_low is not None:
-        asymmetric = motor["favoured_side"] is not None and mc_max >= cbs_mc_low
+        difference = abs(motor["left_ppb"] - motor["right_ppb"])
+        asymmetric = (motor["favoured_side"] is not None and mc_max >= cbs_mc_low
+                      and difference >= CBS_ASYMMETRY_MIN_PPB)
     value_text = ("not measured" if motor is None or motor["ai_pct"] is None
-                  else f"AI {motor['ai_pct']:+.1f} % ({motor['asymmetry']})")
+                  else f"AI {motor['ai_pct']:+.1f} % ({motor['asymmetry']}), |R - L| "
+                       f"{abs(motor['left_ppb'] - motor['right_ppb']):.1f} ppb")
     features.append(_feature(
         "motor_cortex_asymmetry", "Motor-cortex asymmetry",
         f"asymmetric: |AI| >= {ASYMMETRY_THRESHOLD_PCT:g} % and |R - L| >= "
-        f"{ASYMMETRY_MIN_DIFFERENCE_PPB:g} ppb, with elevated cortex; CBS if asymmetric, PSP if "
-        "not",
+        f"{CBS_ASYMMETRY_MIN_PPB:g} ppb, with elevated cortex; CBS if asymmetric, PSP if not",
         value_text, {"CBS": asymmetric, "PSP": None if asymmetric is None else not asymmetric},
         patterns, value=None if motor is None else motor["ai_pct"]))
 
     # Cortical-to-subcortical ratio.
-    ratio = None
-    if mc_max is not None and gpi is not None and rn is not None and (gpi + rn) / 2 > 0:
-        ratio = mc_max / ((gpi + rn) / 2)
+    left, right, both, gpi_ppb, rn_ppb = (
+        math.nan if value is None else value for value in (
+            regions.mean("motor_cortex", "L"), regions.mean("motor_cortex", "R"),
+            regions.mean("motor_cortex"), gpi, rn))
+    ratio = _finite(cortical_subcortical_ratio(left, right, gpi_ppb, rn_ppb,
+                                               motor_bilateral=both))
     features.append(_feature(
         "cortical_subcortical_ratio", "Cortical-to-subcortical ratio",
         f"motor cortex (higher hemisphere) / mean(GPi, red nucleus); CBS if >= "
@@ -835,13 +945,84 @@ def _features(regions: _Regions, patterns) -> list[dict]:
         ", ".join(texts) or "no ranged region measured", votes, patterns))
 
     if "MSA" in patterns:
-        putamen = regions.mean("putamen")
-        features.append(_feature(
-            "putamen_elevation", "Putaminal iron",
-            "MSA if putamen >= MSA putamen low",
-            _fmt(putamen), {"MSA": _at_least(putamen, regions.bound("putamen", "MSA", "low"))},
-            patterns, value=_rounded(putamen)))
+        features += _msa_features(regions, patterns)
+    if "AD" in patterns:
+        features += _ad_features(regions, patterns)
     return features
+
+
+def _elevated_threshold(region):
+    """Healthy value of ``region`` plus :data:`ELEVATION_MARGIN_PPB`."""
+    return HEALTHY_PPB[region] + ELEVATION_MARGIN_PPB
+
+
+def _msa_features(regions: _Regions, patterns) -> list[dict]:
+    """Putaminal iron at or above the pallidum's (hallmark) and cerebellar cortical iron."""
+    putamen = regions.higher_side("putamen")
+    gpi = regions.mean("globus_pallidus_interna")
+    range_low = regions.bound("putamen", "MSA", "low")
+    putamen_min = MSA_PUTAMEN_MIN_PPB if range_low is None else range_low
+    elevated = None
+    if putamen is not None and gpi is not None:
+        elevated = putamen >= putamen_min and putamen >= gpi
+    cerebellum = regions.higher_side("cerebellar_cortex")
+    cerebellum_min = _elevated_threshold("cerebellar_cortex")
+    return [
+        _feature("putamen_elevation", "Putaminal iron (higher hemisphere)",
+                 f"MSA if putamen >= {putamen_min:g} ppb (MSA putamen low when the ranges have "
+                 "one) and >= GPi (putaminal iron at or above the pallidum's)",
+                 (_fmt(putamen) if gpi is None or putamen is None
+                  else f"putamen {putamen:.1f} ppb, GPi {gpi:.1f} ppb"),
+                 {"MSA": elevated}, patterns, value=_rounded(putamen)),
+        _feature("cerebellar_elevation", "Cerebellar cortical iron (higher hemisphere)",
+                 f"MSA if cerebellar cortex >= {cerebellum_min:g} ppb (healthy grey matter "
+                 f"{HEALTHY_PPB['cerebellar_cortex']:g} + {ELEVATION_MARGIN_PPB:g})",
+                 _fmt(cerebellum), {"MSA": _at_least(cerebellum, cerebellum_min)}, patterns,
+                 value=_rounded(cerebellum)),
+    ]
+
+
+#: Temporoparietal cortex of the AD pattern, at least two of which must be elevated.
+AD_CORTICAL_REGIONS = ("superior_temporal_gyrus", "posterior_cingulate",
+                       "superior_parietal_lobule")
+
+
+def _ad_features(regions: _Regions, patterns) -> list[dict]:
+    """Hippocampal iron (hallmark), temporoparietal cortical iron and basal-ganglia sparing."""
+    hippocampus = regions.higher_side("hippocampus")
+    hippocampus_min = _elevated_threshold("hippocampus")
+    cortical = [(name, regions.higher_side(name)) for name in AD_CORTICAL_REGIONS]
+    cortical = [(name, value) for name, value in cortical if value is not None]
+    cortex_elevated = None
+    if len(cortical) >= 2:
+        cortex_elevated = sum(value >= _elevated_threshold(name)
+                              for name, value in cortical) >= 2
+    putamen, gpi = regions.mean("putamen"), regions.mean("globus_pallidus_interna")
+    spared = None
+    if putamen is not None and gpi is not None:
+        spared = (putamen <= HEALTHY_PPB["putamen"] + ELEVATION_MARGIN_PPB
+                  and gpi <= HEALTHY_PPB["globus_pallidus_interna"] + ELEVATION_MARGIN_PPB)
+    return [
+        _feature("hippocampal_elevation", "Hippocampal iron (higher hemisphere)",
+                 f"AD if hippocampus >= {hippocampus_min:g} ppb (healthy grey matter "
+                 f"{HEALTHY_PPB['hippocampus']:g} + {ELEVATION_MARGIN_PPB:g})",
+                 _fmt(hippocampus), {"AD": _at_least(hippocampus, hippocampus_min)}, patterns,
+                 value=_rounded(hippocampus)),
+        _feature("temporoparietal_elevation", "Temporoparietal cortical iron",
+                 "AD if at least 2 of superior temporal, posterior cingulate and superior "
+                 f"parietal cortex (higher hemisphere) >= healthy + {ELEVATION_MARGIN_PPB:g} ppb",
+                 ("not measured" if not cortical else ", ".join(
+                     f"{REGION_LABELS.get(name, name)} {value:.0f}" for name, value in cortical)
+                  + " ppb"),
+                 {"AD": cortex_elevated}, patterns),
+        _feature("basal_ganglia_sparing", "Basal ganglia near healthy values",
+                 f"AD if putamen <= {HEALTHY_PPB['putamen'] + ELEVATION_MARGIN_PPB:g} and GPi <= "
+                 f"{HEALTHY_PPB['globus_pallidus_interna'] + ELEVATION_MARGIN_PPB:g} ppb (both "
+                 "hemispheres; AD spares the basal ganglia more than the parkinsonian patterns)",
+                 ("not measured" if spared is None
+                  else f"putamen {putamen:.0f}, GPi {gpi:.0f} ppb"),
+                 {"AD": spared}, patterns),
+    ]
 
 
 def _confidence(score, margin) -> str:
@@ -856,14 +1037,17 @@ def _lowered(level, steps) -> str:
     return CONFIDENCE_LEVELS[max(0, CONFIDENCE_LEVELS.index(level) - steps)]
 
 
+#: Regions a pattern beyond CBS, PSP and PD needs measured to be assessed.
+PATTERN_REGIONS = {"MSA": ("putamen", "globus_pallidus_interna"), "AD": ("hippocampus",)}
+
+
 def assessed_patterns(findings_) -> list[str]:
-    """CBS, PSP and PD always; MSA when the ranges in ``findings_`` have an MSA putamen row."""
-    patterns = ["CBS", "PSP", "PD"]
-    putamen = next((region for region in findings_["regions"]
-                    if region["region"] == "putamen"), None)
-    if putamen and any(item["pattern"] == "MSA" for item in putamen["ranges"]):
-        patterns.append("MSA")
-    return patterns
+    """CBS, PSP and PD always; MSA and AD when the regions of :data:`PATTERN_REGIONS` are
+    measured."""
+    measured = {region["region"] for region in findings_["regions"]
+                if region["bilateral_ppb"] is not None}
+    return ["CBS", "PSP", "PD", *[pattern for pattern, needed in PATTERN_REGIONS.items()
+                                  if set(needed) <= measured]]
 
 
 def score_patterns(findings_: dict, *, quality: dict | None = None) -> dict:
@@ -906,17 +1090,26 @@ def score_patterns(findings_: dict, *, quality: dict | None = None) -> dict:
             "candidate": hallmark_met and score >= CANDIDATE_MIN_SCORE,
             "agreed": agreed, "disagreed": disagreed,
         }
-    not_assessed = {}
-    if "MSA" not in patterns:
-        not_assessed["MSA"] = ("no MSA putamen range in the reference-range table; the atlas has "
-                               "no cerebellum, so MSA could rest on the putamen alone")
+    not_assessed = {
+        pattern: (f"{' and '.join(REGION_LABELS.get(name, name) for name in needed)} not "
+                  "measured (the atlas lacks them or they are outside the field of view)")
+        for pattern, needed in PATTERN_REGIONS.items() if pattern not in patterns}
 
     order = {pattern: index for index, pattern in enumerate(PATTERNS)}
     ranked = sorted(patterns, key=lambda name: (-scores[name]["score"], order[name]))
     candidates = [name for name in ranked if scores[name]["candidate"]]
     notes = []
-    if not candidates and all(by_name[HALLMARKS[name]]["votes"][name] == "disagree"
-                              for name in patterns):
+    motor_iron = _at_least(regions.higher_side("motor_cortex"),
+                           _elevated_threshold("motor_cortex"))
+    if not candidates and motor_iron and all(
+            by_name[HALLMARKS[name]]["votes"][name] == "disagree" for name in patterns):
+        result, named = "indeterminate", []
+        statement = ("Indeterminate: motor-cortex iron is above healthy values but no pattern's "
+                     "hallmark is present (CBS's is an asymmetric cortex); see the "
+                     "motor-neuron profile")
+        confidence = "low"
+    elif not candidates and all(by_name[HALLMARKS[name]]["votes"][name] == "disagree"
+                                for name in patterns):
         result, named = "none", []
         statement = ("No disease pattern: every hallmark region was measured and none of the "
                      "hallmark features (" + ", ".join(
@@ -942,8 +1135,10 @@ def score_patterns(findings_: dict, *, quality: dict | None = None) -> dict:
             others = [scores[name]["score"] for name in patterns if name != best]
             margin = scores[best]["score"] - max(others, default=0.0)
             confidence = _confidence(scores[best]["score"], margin)
-            if best == "MSA" and confidence != "low":
-                notes.append("MSA rests on the putamen alone: confidence capped at low")
+            if (best == "MSA" and confidence != "low"
+                    and by_name["cerebellar_elevation"]["votes"]["MSA"] == "n/a"):
+                notes.append("MSA rests on the putamen alone (cerebellar cortex not measured): "
+                             "confidence capped at low")
                 confidence = "low"
     before = confidence
     flagged = (quality or {}).get("flagged_categories", [])
@@ -990,6 +1185,9 @@ def thresholds() -> dict:
     return {
         "asymmetry_threshold_pct": ASYMMETRY_THRESHOLD_PCT,
         "asymmetry_min_difference_ppb": ASYMMETRY_MIN_DIFFERENCE_PPB,
+        "cbs_asymmetry_min_ppb": CBS_ASYMMETRY_MIN_PPB,
+        "elevation_margin_ppb": ELEVATION_MARGIN_PPB,
+        "msa_putamen_min_ppb": MSA_PUTAMEN_MIN_PPB,
         "ratio_cbs_min": RATIO_CBS_MIN,
         "ratio_psp_max": RATIO_PSP_MAX,
         "nigral_sn_min_ppb": NIGRAL_SN_MIN_PPB,

@@ -121,8 +121,12 @@ def plot_registration(template_path, warped_moving_path, out_path, *, cuts_per_v
 
 
 # ------------------------------------------------------------------ report mosaics and strips
-#: Display window of the susceptibility mosaics (ppb): fixed, so that runs compare by eye.
-QSM_WINDOW_PPB = (-150.0, 250.0)
+#: Percentiles of the brain's susceptibility that bound the mosaics' display window: wide
+#: enough to keep the iron-rich nuclei, narrow enough for grey/white contrast (a fixed
+#: -150 to +250 ppb window gave cortex and white matter, 45 ppb apart, a tenth of the scale).
+QSM_WINDOW_PERCENTILES = (1.0, 99.0)
+#: Narrowest display window (ppb), for nearly uniform maps.
+QSM_MIN_WINDOW_PPB = 100.0
 #: Display window of the R2* mosaics (1/s).
 R2STAR_WINDOW_HZ = (0.0, 100.0)
 _MASK_COLOUR = "#ff4040"
@@ -209,14 +213,30 @@ def _colour_bar(figure, image, label, ticks):
 _LEGEND_COLUMNS = 4
 
 
+def qsm_window_ppb(chi_ppb) -> tuple[float, float]:
+    """Display window (ppb) of a susceptibility map: the :data:`QSM_WINDOW_PERCENTILES` of its
+    nonzero voxels (the brain), outwards to whole 10 ppb, widened symmetrically to at least
+    :data:`QSM_MIN_WINDOW_PPB`."""
+    values = np.asarray(chi_ppb, dtype=np.float64)
+    values = values[np.isfinite(values) & (values != 0)]
+    if values.size == 0:
+        return (-QSM_MIN_WINDOW_PPB / 2, QSM_MIN_WINDOW_PPB / 2)
+    low, high = np.percentile(values, QSM_WINDOW_PERCENTILES)
+    low, high = 10.0 * np.floor(low / 10.0), 10.0 * np.ceil(high / 10.0)
+    missing = QSM_MIN_WINDOW_PPB - (high - low)
+    if missing > 0:
+        low, high = low - missing / 2, high + missing / 2
+    return float(low), float(high)
+
+
 def plot_qsm_mosaic(chimap_path, labels_path, out_path, *, names=None,
-                    window_ppb=QSM_WINDOW_PPB, cuts: int = 8, columns: int = 4) -> str:
+                    window_ppb=None, cuts: int = 8, columns: int = 4) -> str:
     """SVG mosaic of a susceptibility map with the outline of every labelled region.
 
     Axial cuts (``cuts``, spread over the labelled extent) of the Chimap (ppm, shown in ppb)
-    in grey at the fixed window ``window_ppb`` (default -150 to +250 ppb, the same for every
-    run), with the boundary of each label of ``labels_path`` (the atlas on the same grid) in
-    its own colour. With ``names`` ({label value: region name}), both hemispheres of a region
+    in grey at the window ``window_ppb`` (default: :func:`qsm_window_ppb`, the 1st to 99th
+    percentile of the brain, printed on the colour bar), with the boundary of each label of
+    ``labels_path`` (the atlas on the same grid) in its own colour. With ``names`` ({label value: region name}), both hemispheres of a region
     share a colour and a legend under the panels names every colour. Both images are shown
     in their closest RAS orientation. Returns the absolute path of the SVG.
     """
@@ -226,11 +246,13 @@ def plot_qsm_mosaic(chimap_path, labels_path, out_path, *, names=None,
     if labels.shape != chi_ppb.shape:
         raise ValueError(f"{labels_path} {labels.shape} is not on the grid of {chimap_path} "
                          f"{chi_ppb.shape}")
+    if window_ppb is None:
+        window_ppb = qsm_window_ppb(chi_ppb)
     values = [int(value) for value in np.unique(labels) if value > 0]
     names = {int(key): str(name) for key, name in (names or {}).items()}
     regions = list(dict.fromkeys(names.get(value, str(value)) for value in values))
-    palette = matplotlib.colormaps["tab20"]
-    colour_of = {region: palette(order % 20) for order, region in enumerate(regions)}
+    palette = [*matplotlib.colormaps["tab20"].colors, *matplotlib.colormaps["tab20b"].colors]
+    colour_of = {region: palette[order % len(palette)] for order, region in enumerate(regions)}
     indices = _axial_cuts(labels > 0, cuts)
     legend_rows = int(np.ceil(len(regions) / _LEGEND_COLUMNS)) if names else 0
     figure, axes = _mosaic(len(indices), columns, colorbar=True,
@@ -341,13 +363,68 @@ def plot_range_strip(region: dict, out_path, *, colours: dict) -> str:
             ax.text(value, lanes + 0.75, letter, ha=side if close else "center", va="bottom",
                     fontsize=9 if emphasis else 8, fontweight="bold" if emphasis else "normal",
                     color=_EMPHASIS_COLOUR if emphasis else "#444444")
-    ax.set_xlim(low - pad, high + pad)
-    ax.set_ylim(-0.3, lanes + 1.7)
+    _finish_lanes(ax, (low - pad, high + pad), (-0.3, lanes + 1.7), "ppb")
+    return _save_svg(figure, out_path, dpi=100)
+
+
+def _finish_lanes(ax, x_limits, y_limits, x_label) -> None:
+    """The axes of a lane plot: only the value axis at the bottom, labelled, small text."""
+    ax.set_xlim(*x_limits)
+    ax.set_ylim(*y_limits)
     ax.set_yticks([])
     for spine in ("left", "right", "top"):
         ax.spines[spine].set_visible(False)
     ax.tick_params(axis="x", labelsize=7, length=2, pad=1)
-    ax.set_xlabel("ppb", fontsize=7, labelpad=0)
+    ax.set_xlabel(x_label, fontsize=7, labelpad=1)
+
+
+def plot_motor_profile(profile: dict, out_path) -> str:
+    """SVG of the motor-neuron profile (:func:`qsmprep.reports.motor.motor_neuron_profile`).
+
+    One lane per region (precentral grey matter, its superficial and deep halves, BA4, the
+    corticospinal tract), the left (L) and right (R) values as letters (elevated sides in bold
+    vermilion), the reference of each lane as a grey band: the control mean +- 2 SD where the
+    range table has a control row, else the healthy value up to the elevation threshold.
+    5 inches wide, 0.4 inch per lane. Returns the absolute path of the SVG.
+    """
+    from .cbs import ELEVATION_MARGIN_PPB
+    from .motor import ELEVATED_Z
+
+    regions = profile["regions"]
+    height = 0.4 * len(regions) + 0.5
+    figure = Figure(figsize=(5.0, height), facecolor="white")
+    FigureCanvasAgg(figure)
+    ax = figure.add_axes([0.3, 0.42 / height, 0.66, 1 - 0.5 / height])
+    values = []
+    for lane, region in enumerate(regions):
+        y = len(regions) - lane
+        control, healthy = region["control"], region["healthy_ppb"]
+        if control is not None:
+            band = (control["mean_ppb"] - ELEVATED_Z * control["sd_ppb"],
+                    control["mean_ppb"] + ELEVATED_Z * control["sd_ppb"])
+        elif healthy is not None:
+            band = (healthy, healthy + ELEVATION_MARGIN_PPB)
+        else:
+            band = None
+        if band is not None:
+            ax.plot(band, [y, y], linewidth=9, solid_capstyle="butt", color="#DDDDDD")
+            values += list(band)
+        ax.text(-0.02, y, region["label"], transform=ax.get_yaxis_transform(), ha="right",
+                va="center", fontsize=7)
+        for letter, key in (("L", "left_ppb"), ("R", "right_ppb")):
+            value = region[key]
+            if value is None:
+                continue
+            values.append(value)
+            emphasis = bool(region["elevated"].get(letter))
+            ax.text(value, y + (0.12 if letter == "L" else -0.12), letter, ha="center",
+                    va="center", fontsize=9 if emphasis else 8,
+                    fontweight="bold" if emphasis else "normal",
+                    color=_EMPHASIS_COLOUR if emphasis else "#444444")
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = 0.08 * max(high - low, 10.0)
+    _finish_lanes(ax, (low - pad, high + pad), (0.4, len(regions) + 0.6),
+                  "susceptibility (ppb); grey: reference")
     return _save_svg(figure, out_path, dpi=100)
 
 
@@ -444,8 +521,10 @@ def plot_group_regions(wide, features, out_path, *, group_column="diagnosis",
 
     ``wide`` is a wide table (one row per scan, raw or harmonised); of ``features`` the
     ``<region>_bilateral_...`` columns are drawn (all of them when there is none). Scans
-    without a diagnosis are shown as ``n/a``. Returns the absolute path of the SVG, or None
-    when there is nothing to draw (no scans or no finite value).
+    without a diagnosis are shown as ``n/a``. Panels are wrapped in rows of
+    :data:`GROUP_FACET_COLUMNS` so that the figure fits :data:`GROUP_FIGURE_MAX_WIDTH_IN`
+    with text of at least :data:`GROUP_MIN_FONT_PT`. Returns the absolute path of the SVG, or
+    None when there is nothing to draw (no scans or no finite value).
     """
     features = [feature for feature in (features or []) if feature in wide.columns]
     bilateral = [feature for feature in features if _bilateral_region(feature)]
@@ -459,48 +538,32 @@ def plot_group_regions(wide, features, out_path, *, group_column="diagnosis",
     group_order, site_order = _ordered(groups), _ordered(sites)
     site_colours = {site: _GROUP_PALETTE[index % len(_GROUP_PALETTE)]
                     for index, site in enumerate(site_order)}
-    columns = min(4, len(features))
-    rows = -(-len(features) // columns)
-    figure = Figure(figsize=(2.6 * columns + 1.2, 2.4 * rows + 0.6), facecolor="white")
-    FigureCanvasAgg(figure)
-    grid = figure.add_gridspec(rows, columns, left=0.07, right=0.9, bottom=0.1 / rows + 0.04,
-                               top=1 - 0.45 / (2.4 * rows + 0.6), wspace=0.35, hspace=0.55)
-    for index, feature in enumerate(features):
-        ax = figure.add_subplot(grid[index // columns, index % columns])
+    rotate = _crowded(group_order)
+    figure, axes = _facet_figure(len(features), title=title, rotate_ticks=rotate)
+    for index, (ax, feature) in enumerate(zip(axes, features)):
         column = values[:, index]
         samples = [column[(groups == group) & np.isfinite(column)] for group in group_order]
         _box(ax, samples, range(len(group_order)), ["#bbbbbb"] * len(group_order))
         for position, group in enumerate(group_order):
             chosen = np.flatnonzero((groups == group) & np.isfinite(column))
             offsets = _spread(chosen.size)
-            ax.scatter(position + offsets, column[chosen], s=10, linewidths=0.3,
+            ax.scatter(position + offsets, column[chosen], s=14, linewidths=0.3,
                        edgecolors="white", zorder=3,
                        c=[site_colours[site] for site in sites[chosen]])
-        ax.set_xticks(range(len(group_order)))
-        ax.set_xticklabels(group_order, fontsize=7)
-        ax.set_xlim(-0.6, len(group_order) - 0.4)
-        ax.tick_params(axis="y", labelsize=6.5)
-        ax.set_title(_bilateral_region(feature) or feature, fontsize=8)
-        if index % columns == 0:
-            ax.set_ylabel("ppb", fontsize=7)
-        for spine in ("right", "top"):
-            ax.spines[spine].set_visible(False)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], marker="o", linestyle="", markersize=4, color=site_colours[site],
+        _group_axis(ax, group_order, _region_title(_bilateral_region(feature) or feature),
+                    "ppb" if index % GROUP_FACET_COLUMNS == 0 else None, rotate)
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=5, color=site_colours[site],
                       label=site) for site in site_order]
-    figure.legend(handles=handles, title=site_column, loc="upper right", fontsize=7,
-                  title_fontsize=7, frameon=False, bbox_to_anchor=(0.995, 1 - 0.3 / rows))
-    figure.suptitle(title, fontsize=9)
+    _top_legend(figure, handles, f"{site_column}:")
     return _save_svg(figure, out_path)
 
 
 def plot_group_asymmetry(tidy, out_path, *, reference="csf", group_column="diagnosis"
                          ) -> str | None:
     """SVG of the absolute-value-safe hemispheric asymmetry (``ai_abs_pct``, bilateral rows of
-    the ``reference`` values of a tidy group table) of each region, one box per diagnosis with
-    one point per scan. Returns the absolute path of the SVG, or None when the table has no
-    finite asymmetry.
+    the ``reference`` values of a tidy group table): one panel per region (wrapped in rows of
+    :data:`GROUP_FACET_COLUMNS`), one box per diagnosis with one point per scan. Returns the
+    absolute path of the SVG, or None when the table has no finite asymmetry.
     """
     if tidy is None or len(tidy) == 0 or "ai_abs_pct" not in tidy.columns:
         return None
@@ -515,41 +578,31 @@ def plot_group_asymmetry(tidy, out_path, *, reference="csf", group_column="diagn
                for index, group in enumerate(group_order)}
     values = rows["ai_abs_pct"].to_numpy(dtype=np.float64)
     region_of = rows["region"].astype(str).to_numpy()
-    step = 0.8 / len(group_order)
-    width = max(5.0, 0.5 * len(regions) * max(len(group_order), 2) + 2.2)
-    figure = Figure(figsize=(width, 3.6), facecolor="white")
-    FigureCanvasAgg(figure)
-    ax = figure.add_axes([1.0 / width + 0.04, 0.32, 1 - 2.2 / width, 0.58])
-    for region_index, region in enumerate(regions):
-        positions = region_index - 0.4 + step * (np.arange(len(group_order)) + 0.5)
+    rotate = _crowded(group_order)
+    figure, axes = _facet_figure(
+        len(regions), title=f"Hemispheric asymmetry index by {group_column} ({reference} "
+        "reference; positive: right > left)", rotate_ticks=rotate)
+    for index, (ax, region) in enumerate(zip(axes, regions)):
         samples = [values[(region_of == region) & (groups == group)] for group in group_order]
-        _box(ax, samples, positions, [colours[group] for group in group_order],
-             width=0.8 * step)
+        positions = np.arange(len(group_order))
+        ax.axhline(0.0, color="#999999", linewidth=0.6, zorder=0)
+        _box(ax, samples, positions, [colours[group] for group in group_order])
         for position, group, sample in zip(positions, group_order, samples):
-            ax.scatter(position + _spread(sample.size, 0.3 * step), sample, s=8,
-                       color=colours[group], linewidths=0.3, edgecolors="white", zorder=3)
-    ax.set_xticks(range(len(regions)))
-    ax.set_xticklabels(regions, rotation=30, ha="right", fontsize=7)
-    ax.set_xlim(-0.6, len(regions) - 0.4)
-    ax.tick_params(axis="y", labelsize=7)
-    ax.set_ylabel("asymmetry index ai_abs_pct (%)", fontsize=7)
-    for spine in ("right", "top"):
-        ax.spines[spine].set_visible(False)
-    from matplotlib.patches import Patch
-
-    handles = [Patch(facecolor=colours[group], label=group) for group in group_order]
-    figure.legend(handles=handles, title=group_column, loc="upper right", fontsize=7,
-                  title_fontsize=7, frameon=False)
-    ax.set_title(f"Hemispheric asymmetry by {group_column} ({reference} reference)",
-                 fontsize=9)
+            ax.scatter(position + _spread(sample.size), sample, s=14, color=colours[group],
+                       linewidths=0.3, edgecolors="white", zorder=3)
+        _group_axis(ax, group_order, _region_title(region),
+                    "AI (%)" if index % GROUP_FACET_COLUMNS == 0 else None, rotate)
     return _save_svg(figure, out_path)
 
 
-def plot_roc_curves(predictions, out_path) -> str | None:
+def plot_roc_curves(predictions, out_path, *,
+                    title="Cross-validated ROC (out-of-fold predictions)") -> str | None:
     """SVG of the ROC curve of each classified pair of diagnoses, from the out-of-fold
     probabilities of :func:`qsmprep.group.classify.classify_diagnoses` (``predictions``:
     ``group_a``, ``group_b``, ``diagnosis``, ``probability_b``; ``group_b`` is the positive
-    class). Returns the absolute path of the SVG, or None when no pair has both classes.
+    class; any score that is higher for ``group_b`` will do, e.g. a ratio). The legend, right
+    of the square axes, names each pair with its AUC. Returns the absolute path of the SVG, or
+    None when no pair has both classes.
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -568,20 +621,164 @@ def plot_roc_curves(predictions, out_path) -> str | None:
                        float(roc_auc_score(truth, score)), int(truth.size)))
     if not curves:
         return None
-    figure = Figure(figsize=(4.2, 4.0), facecolor="white")
+    side_in, legend_in = 3.6, 3.4
+    height = max(side_in + 1.0, 0.9 + 0.2 * len(curves))
+    width = 0.75 + side_in + 0.3 + legend_in
+    figure = Figure(figsize=(width, height), facecolor="white")
     FigureCanvasAgg(figure)
-    ax = figure.add_axes([0.14, 0.12, 0.82, 0.78])
+    ax = figure.add_axes([0.75 / width, (height - 0.5 - side_in) / height, side_in / width,
+                          side_in / height])
     ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=0.8)
     for index, (label, x, y, auc, count) in enumerate(curves):
-        ax.plot(x, y, drawstyle="steps-post", linewidth=1.4,
+        ax.plot(x, y, drawstyle="steps-post", linewidth=1.6,
                 color=_GROUP_PALETTE[index % len(_GROUP_PALETTE)],
+                linestyle=("-", "--", ":", "-.")[index // len(_GROUP_PALETTE) % 4],
                 label=f"{label}: AUC {auc:.2f} (n = {count})")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
-    ax.set_xlabel("1 - specificity", fontsize=8)
-    ax.set_ylabel("sensitivity", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.legend(loc="lower right", fontsize=6.5, frameon=False)
-    ax.set_title("Cross-validated ROC (out-of-fold predictions)", fontsize=9)
+    ax.set_xlabel("1 - specificity", fontsize=GROUP_LABEL_FONT_PT)
+    ax.set_ylabel("sensitivity", fontsize=GROUP_LABEL_FONT_PT)
+    ax.tick_params(labelsize=GROUP_MIN_FONT_PT)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.04, 1.0), fontsize=GROUP_MIN_FONT_PT,
+              frameon=False, borderaxespad=0.0)
+    figure.text(0.75 / width, 1 - 0.12 / height, title, fontsize=GROUP_TITLE_FONT_PT,
+                ha="left", va="top")
+    return _save_svg(figure, out_path)
+
+
+# --------------------------------------------------------------- layout of the group figures
+#: Widest group figure (inches). group.html shows each group figure in one column of its
+#: main area (1240 px less padding: about 1166 px, 12.1 inches at 96 px per inch) at no more
+#: than its natural size, so text keeps its size in points.
+GROUP_FIGURE_MAX_WIDTH_IN = 11.5
+#: Smallest text of the group figures (points): 8.5 pt is 11 px at the natural size, and at
+#: least 8 px down to a display of 70 % of it.
+GROUP_MIN_FONT_PT = 8.5
+GROUP_LABEL_FONT_PT = 9.0
+GROUP_TITLE_FONT_PT = 11.0
+#: Panels per row of the faceted group figures.
+GROUP_FACET_COLUMNS = 4
+#: Size of one panel and the gaps between panels (inches): room for a two-line title above
+#: and rotated diagnosis labels below.
+_PANEL_IN = (2.2, 1.8)
+_GAP_IN = (0.6, 1.05)
+_MARGIN_IN = {"left": 0.65, "right": 0.2, "top": 1.25, "bottom": 0.75}
+
+
+def _crowded(labels) -> bool:
+    """Whether the diagnosis labels would collide written horizontally under a panel."""
+    characters = sum(len(str(label)) + 2 for label in labels)
+    return characters * 0.6 * GROUP_MIN_FONT_PT / 72.0 > _PANEL_IN[0]
+
+
+def _region_title(name: str) -> str:
+    """A region name for a panel title: words, wrapped to two lines of a panel's width."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(name).replace("_", " "), width=24)[:2])
+
+
+def _facet_figure(count: int, *, title: str, rotate_ticks: bool = False,
+                  columns: int = GROUP_FACET_COLUMNS, panel_in=_PANEL_IN):
+    """A white figure of ``count`` panels in rows of ``columns``, laid out in inches (so the
+    titles, tick labels and the legend under the title never overlap); returns
+    ``(figure, axes)``. The figure title sits in the top margin, above a line kept for a
+    legend (:func:`_top_legend`)."""
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    gap_x, gap_y = _GAP_IN
+    bottom = _MARGIN_IN["bottom"] + (0.25 if rotate_ticks else 0.0)
+    gap_y += 0.25 if rotate_ticks else 0.0
+    width = (_MARGIN_IN["left"] + columns * panel_in[0] + (columns - 1) * gap_x
+             + _MARGIN_IN["right"])
+    height = _MARGIN_IN["top"] + rows * panel_in[1] + (rows - 1) * gap_y + bottom
+    figure = Figure(figsize=(width, height), facecolor="white")
+    FigureCanvasAgg(figure)
+    axes = []
+    for index in range(count):
+        row, column = divmod(index, columns)
+        x0 = _MARGIN_IN["left"] + column * (panel_in[0] + gap_x)
+        y0 = height - _MARGIN_IN["top"] - (row + 1) * panel_in[1] - row * gap_y
+        ax = figure.add_axes([x0 / width, y0 / height, panel_in[0] / width,
+                              panel_in[1] / height])
+        ax.tick_params(labelsize=GROUP_MIN_FONT_PT)
+        for spine in ("right", "top"):
+            ax.spines[spine].set_visible(False)
+        axes.append(ax)
+    figure.text(_MARGIN_IN["left"] / width, 1 - 0.1 / height, title,
+                fontsize=GROUP_TITLE_FONT_PT, ha="left", va="top")
+    return figure, axes
+
+
+def _group_axis(ax, group_order, title, ylabel, rotate=False):
+    """Diagnosis ticks (rotated by 45 degrees when ``rotate``), the panel title and the y
+    label."""
+    ax.set_xticks(range(len(group_order)))
+    ax.set_xticklabels(group_order, fontsize=GROUP_MIN_FONT_PT, rotation=45 if rotate else 0,
+                       ha="right" if rotate else "center",
+                       rotation_mode="anchor" if rotate else "default")
+    ax.set_xlim(-0.6, len(group_order) - 0.4)
+    ax.set_title(title, fontsize=GROUP_LABEL_FONT_PT, pad=4)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=GROUP_LABEL_FONT_PT)
+
+
+def _top_legend(figure, handles, title):
+    """One row of legend entries under the figure title (in the top margin of
+    :func:`_facet_figure`)."""
+    if not handles:
+        return
+    height = figure.get_figheight()
+    left = _MARGIN_IN["left"] / figure.get_figwidth()
+    figure.legend(handles=handles, title=title, loc="upper left", ncol=min(len(handles), 8),
+                  fontsize=GROUP_MIN_FONT_PT, title_fontsize=GROUP_MIN_FONT_PT, frameon=False,
+                  bbox_to_anchor=(left - 0.01, 1 - 0.38 / height), borderaxespad=0.0,
+                  alignment="left", handletextpad=0.3, columnspacing=1.0)
+
+
+def plot_clinical_scatter(values, correlations, out_path, *, group_column="diagnosis",
+                          panels: int = 3) -> str | None:
+    """SVG of the strongest clinical correlations: one panel per pair, the regional mean (x)
+    against the clinical measure (y), one point per scan coloured by diagnosis.
+
+    ``correlations`` is the table of :func:`qsmprep.group.clinical.correlate_clinical`; the
+    strongest pair of each clinical column (lowest q, then largest |rho|) is drawn, at most
+    ``panels`` of them, most significant first, each titled with its Spearman rho, q and n.
+    ``values`` holds the feature and clinical columns (one row per scan). Returns the
+    absolute path of the SVG, or None when there is no correlation to draw.
+    """
+    if correlations is None or len(correlations) == 0 or values is None or len(values) == 0:
+        return None
+    order = correlations.assign(_q=correlations["q"].astype(float).fillna(np.inf),
+                                _r=-correlations["rho"].astype(float).abs().fillna(0.0))
+    order = order.sort_values(["_q", "_r"], kind="mergesort")
+    chosen = order.drop_duplicates("clinical").head(panels)
+    chosen = chosen[[row["feature"] in values.columns and row["clinical"] in values.columns
+                     for row in chosen.to_dict("records")]]
+    if chosen.empty:
+        return None
+    groups = _labels(values, group_column)
+    group_order = _ordered(groups)
+    colours = {group: _GROUP_PALETTE[index % len(_GROUP_PALETTE)]
+               for index, group in enumerate(group_order)}
+    figure, axes = _facet_figure(len(chosen), title="Strongest clinical correlations "
+                                 "(Spearman; q: Benjamini-Hochberg)", columns=3,
+                                 panel_in=(2.9, 2.3))
+    for ax, row in zip(axes, chosen.to_dict("records")):
+        x = values[row["feature"]].to_numpy(dtype=np.float64)
+        y = values[row["clinical"]].to_numpy(dtype=np.float64)
+        keep = np.isfinite(x) & np.isfinite(y)
+        for group in group_order:
+            mine = keep & (groups == group)
+            ax.scatter(x[mine], y[mine], s=22, color=colours[group], linewidths=0.4,
+                       edgecolors="white", zorder=3)
+        region = str(row["region"]).replace("_", " ")
+        ax.set_xlabel(f"{region} {row['hemisphere']} (ppb)", fontsize=GROUP_LABEL_FONT_PT)
+        ax.set_ylabel(str(row["clinical"]), fontsize=GROUP_LABEL_FONT_PT)
+        ax.set_title(f"rho {row['rho']:.2f}, q {row['q']:.2g}, n = {int(row['n'])}",
+                     fontsize=GROUP_LABEL_FONT_PT, pad=4)
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=5, color=colours[group],
+                      label=group) for group in group_order]
+    _top_legend(figure, handles, f"{group_column}:")
     return _save_svg(figure, out_path)

@@ -7,8 +7,9 @@ content of ``<prefix>_desc-cbs_report.json``, checked against the JSON schema ke
 ``sub-<label>.html`` from the Jinja2 template ``templates/cbs_report.html`` (autoescaped), with
 one strip plot per findings row under the figures folder. Figures are referenced by paths
 relative to the HTML file (``sub-<label>/figures/...``), so the output folder can be copied
-elsewhere and still open. Nothing in the output depends on the clock: the only date is the one
-passed in ``provenance``.
+elsewhere and still open. Nothing in the output depends on the clock: the only dates are the one
+passed in ``provenance`` and the acquisition dates of the data. With two sessions or more the
+HTML adds the change over time (:mod:`qsmprep.reports.longitudinal`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jinja2
 from ..__about__ import __version__
 from ..bids.derivatives import report_entities, write_atomically
 from ..regions import read_regional_table
-from . import cbs
+from . import cbs, longitudinal, motor
 
 LOGGER = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ SCHEMA_VERSION = "1.0"
 
 #: Captions of the quality-control figures, by the key used in ``figures``.
 FIGURE_CAPTIONS = {
-    "qsm": "Susceptibility map (fixed window -150 to +250 ppb) with the outlines of the "
-           "measured regions.",
+    "qsm": "Susceptibility map (window: 1st to 99th percentile of the brain, on the colour "
+           "bar) with the outlines of the measured regions.",
     "mask": "Brain mask (outline) over the first-echo magnitude.",
     "registration": "Registration: template edges over the subject's magnitude in template "
                     "space.",
@@ -47,7 +48,7 @@ FIGURE_CAPTIONS = {
 
 #: Colours of the patterns in the report and its strip plots (Okabe-Ito, colour-blind safe).
 PATTERN_COLOURS = {"CBS": "#E69F00", "PSP": "#CC79A7", "PD": "#009E73", "MSA": "#56B4E9",
-                   "control": "#999999"}
+                   "AD": "#0072B2", "control": "#999999"}
 
 #: The processing checklist of the 2024 ISMRM QSM consensus (QSM Consensus Organization
 #: Committee, Magn Reson Med 2024, doi:10.1002/mrm.30006), as reported per run.
@@ -140,6 +141,9 @@ def acquisition_summary(run) -> dict:
                       ("MRAcquisitionType", "acquisition_type")):
         if metadata.get(key) not in (None, ""):
             summary[name] = str(metadata[key])
+    if getattr(run, "acquisition_date", None):  # sessions.tsv / scans.tsv acq_time
+        summary["acquisition_date"] = run.acquisition_date
+        summary["acquisition_date_source"] = run.acquisition_date_source
     return summary
 
 
@@ -394,6 +398,10 @@ def build_report(*, regional_table_path, entities: dict, qc: dict, acquisition: 
                                              regional_rows=rows, version=version),
         },
         "thresholds": cbs.thresholds(),
+        "motor_profile": motor.motor_neuron_profile(rows, reference=findings_["reference"],
+                                                    reference_ranges=ranges),
+        "measurement_uncertainty": longitudinal.regional_uncertainty(
+            rows, reference=findings_["reference"]),
     }
     report = _json_ready(report)
     if ranges["default"]:
@@ -477,11 +485,13 @@ def render_html(reports: list[dict]) -> str:
     """The HTML text of the report of one subject's runs (figure paths as in ``reports``)."""
     template = _environment().get_template(TEMPLATE_NAME)
     return template.render(reports=reports, subject=reports[0]["subject"],
+                           longitudinal=longitudinal.longitudinal_changes(reports),
                            captions=FIGURE_CAPTIONS, colours=PATTERN_COLOURS,
                            disclaimer=cbs.DISCLAIMER, version=reports[0]["generated_by"]["version"])
 
 
-def write_report(report, *, html_path, json_path=None, figures_dir, strip_plots=True):
+def write_report(report, *, html_path, json_path=None, figures_dir, strip_plots=True,
+                 longitudinal_path=None):
     """Write the JSON of each run and the subject's HTML report.
 
     Parameters
@@ -498,11 +508,16 @@ def write_report(report, *, html_path, json_path=None, figures_dir, strip_plots=
         (``<prefix>_desc-<region>_stripplot.svg``).
     strip_plots : bool
         Draw the per-region strip plots (matplotlib).
+    longitudinal_path : path, optional
+        ``<output_dir>/sub-<label>/anat/sub-<label>_desc-longitudinal_stats.tsv``: where the
+        change over time goes (:mod:`qsmprep.reports.longitudinal`) when the subject has two
+        sessions or more; not written otherwise.
 
     Returns
     -------
     dict
-        ``{"html": Path, "json": [Path, ...], "figures": [Path, ...]}``.
+        ``{"html": Path, "json": [Path, ...], "figures": [Path, ...], "longitudinal": Path or
+        None}``.
     """
     reports = [report] if isinstance(report, dict) else list(report)
     if not reports:
@@ -536,11 +551,25 @@ def write_report(report, *, html_path, json_path=None, figures_dir, strip_plots=
                 path = plot_range_strip(region, figures_dir / name, colours=PATTERN_COLOURS)
                 written_figures.append(Path(path))
                 region["strip_plot"] = _relative(Path(path).resolve(), html_dir)
+        profile = item.get("motor_profile")
+        if profile is not None:
+            profile["figure"] = None
+            if strip_plots and profile["measured"]:
+                from .figures import plot_motor_profile
+
+                path = plot_motor_profile(
+                    profile, figures_dir / f"{item['prefix']}_desc-motorprofile_Chimap.svg")
+                written_figures.append(Path(path))
+                profile["figure"] = _relative(Path(path).resolve(), html_dir)
         validate_report(item)
         finished.append(item)
 
     for item, path in zip(finished, json_paths):
         write_atomically(path, json.dumps(item, indent=2, ensure_ascii=False) + "\n")
     write_atomically(html_path, render_html(finished))
+    changes = longitudinal.longitudinal_changes(finished) if longitudinal_path else None
+    if changes is not None:
+        longitudinal.write_longitudinal_table(changes, longitudinal_path)
     return {"html": html_path, "json": [Path(path) for path in json_paths],
-            "figures": written_figures}
+            "figures": written_figures,
+            "longitudinal": Path(longitudinal_path) if changes is not None else None}

@@ -46,7 +46,22 @@ VOLUME_RANGES_MM3 = {
     "precentral_other": (1500, 30000),
     "ba4_outside_precentral": (3000, 20000),
     "ba6_outside_precentral": (10000, 60000),
+    # the regions of the wider differential diagnosis (run time); the midbrain leaves out the
+    # nuclei it holds (substantia nigra, red nucleus, subthalamic nucleus), the tracts and the
+    # cerebellar cortex are the template's white and grey matter only
+    "hippocampus": (2500, 6000),
+    "midbrain": (1000, 6000),
+    "pons": (5000, 15000),
+    "cerebellar_cortex": (40000, 90000),
+    "corticospinal_tract": (3000, 25000),
+    "corpus_callosum": (5000, 30000),
+    "posterior_cingulate": (3000, 15000),
+    "superior_temporal_gyrus": (2000, 15000),
+    "superior_parietal_lobule": (5000, 20000),
+    "superior_frontal_gyrus": (8000, 30000),
 }
+#: Regions merged at run time that are not cortical (measured on all their voxels).
+RUN_TIME_REGIONS = ("hippocampus", "midbrain", "pons", "corticospinal_tract", "corpus_callosum")
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +121,7 @@ def test_open_table_lists_the_open_regions_and_licences():
     rows = read_atlas_table(TEMPLATE_DIR / OPEN_TABLE_NAME)
     assert [row["index"] for row in rows] == list(range(1, 21))
     names = {row["name"] for row in rows}
-    assert names == set(VOLUME_RANGES_MM3) - set(CORTICAL_REGIONS)
+    assert names == set(VOLUME_RANGES_MM3) - set(CORTICAL_REGIONS) - set(RUN_TIME_REGIONS)
     for row in rows:
         assert row["hemisphere"] == ("L" if row["index"] % 2 else "R")
         assert row["source"] and row["licence"]
@@ -118,7 +133,8 @@ def test_open_table_lists_the_open_regions_and_licences():
 def test_composite_regions_are_made_of_atlas_regions():
     names = {row["name"] for row in read_atlas_table(TEMPLATE_DIR / OPEN_TABLE_NAME)}
     assert set(COMPOSITE_REGIONS) == {"globus_pallidus", "substantia_nigra", "motor_cortex",
-                                      "primary_motor_cortex", "premotor_cortex"}
+                                      "primary_motor_cortex", "premotor_cortex",
+                                      "frontoparietal_cortex"}
     for parts in COMPOSITE_REGIONS.values():
         assert set(parts) <= names | set(CORTICAL_REGIONS)
     # the motor cortex is the precentral gyrus; BA4 and BA6 are split by it
@@ -129,15 +145,18 @@ def test_composite_regions_are_made_of_atlas_regions():
 
 # --- the full atlas ---------------------------------------------------------------------------
 
-def test_full_atlas_adds_the_precentral_motor_and_premotor_cortex(full_atlas):
+def test_full_atlas_adds_the_run_time_regions(full_atlas):
     labels_path, table_path, labels, rows = full_atlas
     assert labels_path.parent == table_path.parent
-    assert [row["index"] for row in rows] == list(range(1, 31))
+    assert [row["index"] for row in rows] == list(range(1, 51))
     cortical = [row for row in rows if row["name"] in CORTICAL_REGIONS]
     assert {(row["name"], row["hemisphere"]) for row in cortical} == {
         (name, side) for name in CORTICAL_REGIONS for side in "LR"}
     assert all("Juelich" in row["source"] and "Harvard-Oxford" in row["source"]
-               for row in cortical)
+               for row in cortical if row["name"].startswith(("precentral", "ba")))
+    run_time = [row for row in rows if row["index"] > 20]
+    assert all("non-commercial" in row["licence"] for row in run_time)
+    assert {row["name"] for row in run_time} == set(CORTICAL_REGIONS) | set(RUN_TIME_REGIONS)
     open_labels = np.asarray(nb.load(TEMPLATE_DIR / OPEN_LABELS_NAME).dataobj)
     labelled_open = open_labels > 0
     np.testing.assert_array_equal(labels[labelled_open], open_labels[labelled_open])
@@ -219,6 +238,19 @@ def test_regions_are_in_their_anatomical_order(region_geometry, hemisphere):
     assert primary[1] < motor[1] < premotor[1]  # the gyrus holds the back of 6 and most of 4
     assert centroid("lateral_ventricle")[2] > centroid("thalamus")[2]
     assert abs(centroid("caudate")[0]) < abs(centroid("putamen")[0])
+    # the wider differential diagnosis
+    assert centroid("midbrain")[2] > centroid("pons")[2]
+    assert centroid("pons")[2] < nigra[2] < centroid("midbrain")[2] + 5
+    assert centroid("hippocampus")[2] < centroid("thalamus")[2]
+    assert abs(centroid("hippocampus")[0]) > abs(centroid("thalamus")[0])
+    assert centroid("cerebellar_cortex")[1] < centroid("pons")[1] - 20  # behind the stem
+    assert centroid("cerebellar_cortex")[2] < centroid("thalamus")[2] - 20
+    assert centroid("corpus_callosum")[2] > centroid("thalamus")[2]
+    assert abs(centroid("corpus_callosum")[0]) < abs(centroid("caudate")[0]) + 5
+    assert centroid("corticospinal_tract")[2] > centroid("pons")[2]
+    assert centroid("superior_frontal_gyrus")[1] > centroid("superior_parietal_lobule")[1] + 50
+    assert abs(centroid("superior_temporal_gyrus")[0]) > 45
+    assert centroid("posterior_cingulate")[1] < centroid("thalamus")[1]
 
 
 # --- templates --------------------------------------------------------------------------------
@@ -357,3 +389,22 @@ def test_user_atlas_missing_file(tmp_path):
     with pytest.raises(UsageError, match="absent.tsv"):
         load_user_atlas(tmp_path / "labels.nii", tmp_path / "absent.tsv")
 
+
+
+def test_brain_stem_junctions_on_a_stem_with_a_pontine_bulge():
+    """A column whose front edge steps 6 mm forward over 20 slices (the pons) and comes back
+    4 mm lower down (the medulla): the two junctions are the first bulging slice and the last
+    one within 5 mm of the bulge's front."""
+    from qsmprep.atlases.build import TEMPLATE_AFFINE, TEMPLATE_SHAPE, brain_stem_junctions
+
+    stem = np.zeros(TEMPLATE_SHAPE, bool)
+    x = slice(90, 102)
+    stem[x, 100:110, 60:90] = True      # midbrain: front edge at y index 109
+    stem[x, 100:116, 35:60] = True      # pons: 6 mm further forward
+    stem[x, 100:113, 34] = True         # its lower edge, 3 mm back: still pons
+    stem[x, 100:108, 20:34] = True      # medulla: 8 mm behind the pons' front
+    upper, lower = brain_stem_junctions(stem)
+    z0 = TEMPLATE_AFFINE[2, 3]
+    assert upper == z0 + 59 and lower == z0 + 34
+    with pytest.raises(Exception, match="pontine bulge"):
+        brain_stem_junctions(np.broadcast_to(stem[:, :, 70:71], TEMPLATE_SHAPE).copy())

@@ -275,7 +275,7 @@ def test_scores_name_the_features_that_drove_them():
     features = {feature["name"]: feature for feature in result["features"]}
     assert features["cortical_subcortical_ratio"]["value"] == pytest.approx(100 / 97.5, abs=1e-3)
     assert features["gpi_stn_rn_elevation"]["votes"] == {"CBS": "agree", "PSP": "disagree",
-                                                        "PD": "disagree"}
+                                                        "PD": "disagree", "MSA": "n/a"}
     assert features["nigral_pattern"]["votes"]["CBS"] == "n/a"
 
 
@@ -357,17 +357,73 @@ def test_a_user_range_table_changes_placement_and_scoring(tmp_path):
     assert result["interpretation"]["pattern"] != "CBS"
 
 
-def test_msa_is_assessed_from_the_putamen_only_when_the_table_has_it(tmp_path):
-    assert "MSA" in interpret(CONTROL)["not_assessed"]
-    text = _default_table_text() + "putamen\tMSA\t140\t260\n"
-    ranges = cbs.read_reference_ranges(_write(tmp_path, text))
-    msa_patient = {**CONTROL, "putamen": 200, "motor_cortex": 20}
-    result = interpret(msa_patient, ranges=ranges)
-    assert "MSA" in result["patterns"] and not result["not_assessed"]
+#: The regions of the wider differential diagnosis at healthy values (grey matter 15, white
+#: matter -30 ppb; RC2).
+WIDER_HEALTHY = {"cerebellar_cortex": 12, "hippocampus": 14, "superior_temporal_gyrus": 15,
+                 "posterior_cingulate": 16, "superior_parietal_lobule": 14,
+                 "corticospinal_tract": -28}
+MSA_PATIENT = {**CONTROL, **WIDER_HEALTHY, "putamen": (190, 150), "globus_pallidus_interna": 140,
+               "cerebellar_cortex": 45, "motor_cortex": 20}
+AD_PATIENT = {**CONTROL, **WIDER_HEALTHY, "hippocampus": (60, 50),
+              "superior_temporal_gyrus": 40, "posterior_cingulate": 38, "putamen": 40}
+
+
+def test_msa_and_ad_are_assessed_when_their_regions_are_measured():
+    """Without the hippocampus AD is not assessed, and says why; with the wider regions at
+    healthy values the control has no disease pattern."""
+    result = interpret(CONTROL)
+    assert "MSA" in result["patterns"] and "AD" not in result["patterns"]
+    assert "Hippocampus not measured" in result["not_assessed"]["AD"]
+    healthy = interpret({**CONTROL, **WIDER_HEALTHY})
+    assert set(healthy["patterns"]) == {"CBS", "PSP", "PD", "MSA", "AD"}
+    assert not healthy["not_assessed"]
+    assert healthy["interpretation"]["pattern"] == "none"
+    assert all(not score["hallmark_met"] for score in healthy["patterns"].values())
+
+
+def test_putaminal_and_cerebellar_iron_is_msa():
+    result = interpret(MSA_PATIENT)
     assert result["interpretation"]["pattern"] == "MSA"
-    assert result["interpretation"]["confidence"] == "low"
+    assert result["patterns"]["MSA"]["agree"] == result["patterns"]["MSA"]["applicable"] == 2
+    # the cerebellum was measured: no cap on the confidence
+    assert result["interpretation"]["confidence"] != "low"
     assert result["interpretation"]["asymmetry"]["region"] == "putamen"
-    assert interpret(CBS_PATIENT, ranges=ranges)["interpretation"]["pattern"] == "CBS"
+    assert result["interpretation"]["asymmetry"]["side"] == "L"
+    # without the cerebellum, MSA rests on the putamen and its confidence is capped
+    putamen_only = {key: value for key, value in MSA_PATIENT.items()
+                    if key != "cerebellar_cortex"}
+    capped = interpret(putamen_only)["interpretation"]
+    assert capped["pattern"] == "MSA" and capped["confidence"] == "low"
+    assert any("putamen alone" in note for note in capped["confidence_notes"])
+
+
+def test_high_putamen_below_the_pallidum_is_not_msa():
+    """PSP raises the putamen too, but its pallidum stays higher: no MSA hallmark."""
+    result = interpret({**PSP_PATIENT, **WIDER_HEALTHY, "putamen": 120})
+    assert not result["patterns"]["MSA"]["hallmark_met"]
+    assert result["interpretation"]["pattern"] == "PSP"
+
+
+def test_a_user_msa_putamen_range_sets_the_threshold(tmp_path):
+    text = _default_table_text() + "putamen\tMSA\t200\t300\n"
+    ranges = cbs.read_reference_ranges(_write(tmp_path, text))
+    result = interpret(MSA_PATIENT, ranges=ranges)  # putamen 190: below the user's 200
+    assert not result["patterns"]["MSA"]["hallmark_met"]
+    features = {feature["name"]: feature for feature in result["features"]}
+    assert "200" in features["putamen_elevation"]["rule"]
+
+
+def test_hippocampal_and_temporoparietal_iron_with_spared_basal_ganglia_is_ad():
+    result = interpret(AD_PATIENT)
+    assert result["interpretation"]["pattern"] == "AD"
+    assert result["patterns"]["AD"]["agree"] == 3
+    assert result["interpretation"]["asymmetry"]["region"] == "hippocampus"
+    # the same hippocampus with parkinsonian basal ganglia loses the sparing feature
+    with_basal_ganglia = interpret({**AD_PATIENT, "putamen": 90, "globus_pallidus_interna": 200})
+    features = {feature["name"]: feature for feature in with_basal_ganglia["features"]}
+    assert features["basal_ganglia_sparing"]["votes"]["AD"] == "disagree"
+    # CBS stays CBS when the wider regions are healthy
+    assert interpret({**CBS_PATIENT, **WIDER_HEALTHY})["interpretation"]["pattern"] == "CBS"
 
 
 def test_a_rejected_nuclei_refinement_is_flagged_and_one_not_run_is_not():
@@ -413,3 +469,25 @@ def test_input_interpretation_is_stated_in_the_qc_not_flagged():
     assert check["value"] == "MaskedExportVoxels 1200; PhaseUnitsInferred rad"
     assert not check["flagged"] and "input" not in quality["flagged_categories"]
     assert not any(check["name"] == "input" for check in cbs.assess_quality({})["checks"])
+
+
+def test_symmetric_motor_cortex_iron_is_not_called_cbs():
+    """Bilateral, symmetric precentral iron (the motor-neuron pattern) lacks the CBS hallmark,
+    the asymmetry: the result is indeterminate and points to the motor-neuron profile, never
+    'no disease pattern', even below the CBS range (35 ppb >= healthy 15 + 15)."""
+    als_like = {**CONTROL, **WIDER_HEALTHY, "motor_cortex": (60, 58)}
+    result = interpret(als_like)
+    assert result["patterns"]["CBS"]["hallmark"] == "motor_cortex_asymmetry"
+    assert not result["patterns"]["CBS"]["hallmark_met"]
+    assert result["interpretation"]["pattern"] == "indeterminate"
+    assert "motor-neuron profile" in result["interpretation"]["statement"]
+    # a bilateral rise measured a few ppb apart is not the CBS asymmetry either
+    uneven = interpret({**als_like, "motor_cortex": (59, 51)})
+    assert uneven["interpretation"]["pattern"] == "indeterminate"
+    assert {f["name"]: f for f in uneven["features"]}["motor_cortex_asymmetry"]["votes"][
+        "CBS"] == "disagree"
+    mild = interpret({**als_like, "motor_cortex": (35, 34)})["interpretation"]
+    assert mild["pattern"] == "indeterminate" and "motor-neuron" in mild["statement"]
+    # the same cortex, one-sided, is CBS
+    assert interpret({**als_like, "motor_cortex": (90, 30), "globus_pallidus_interna": 110}
+                     )["interpretation"]["pattern"] == "CBS"

@@ -21,7 +21,7 @@ LAYERS = (
     ("bids", ("qsmprep.bids",)),
     ("qsm", ("qsmprep.qsm",)),
     ("anatomy", ("qsmprep.registration", "qsmprep.refinement", "qsmprep.tissue",
-                 "qsmprep.regions")),
+                 "qsmprep.depth", "qsmprep.regions")),
     ("reporting", ("qsmprep.reports", "qsmprep.group", "qsmprep.boilerplate",
                    "qsmprep.phantom")),
     ("interfaces", ("qsmprep.interfaces",)),

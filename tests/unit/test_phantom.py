@@ -110,15 +110,26 @@ def test_complex_parts_and_single_echo(tmp_path):
 
 
 def test_demo_dataset_holds_the_digital_patients(tmp_path):
-    from qsmprep.phantom.dataset import (DEMO_ECHO_TIMES_S, DIGITAL_PATIENTS,
+    from qsmprep.phantom.dataset import (DEMO_ECHO_TIMES_S, DEMO_SESSIONS, DIGITAL_PATIENTS,
                                          TEMPLATE_NATIVE_SHAPE_2MM, make_demo_dataset)
     from qsmprep.imageio import b0_direction_from_affine
 
     subjects = make_demo_dataset(tmp_path)
-    assert [s.subject for s in subjects] == list(DIGITAL_PATIENTS)
+    assert list(dict.fromkeys(s.subject for s in subjects)) == list(DIGITAL_PATIENTS)
+    assert [s.session for s in subjects if s.subject == "cbs"] == ["1", "2"]
     participants = (tmp_path / "participants.tsv").read_text().splitlines()
-    assert participants[0] == "participant_id\tgroup"
-    assert "sub-cbs\tCBS" in participants and "sub-control\tHC" in participants
+    assert participants[0] == "participant_id\tgroup\tUPDRS_III\tMMSE\tdisease_duration"
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in participants[1:]}
+    assert rows["sub-cbs"][0] == "CBS" and rows["sub-control"][0] == "HC"
+    assert rows["sub-control"][1:] == ["1", "30", "0"]
+    # motor severity rises with the simulated motor-cortex iron of the patients
+    patients = [label for label in DIGITAL_PATIENTS if label != "control"]
+    iron = [np.mean(list(np.atleast_1d(
+        list(value.values()) if isinstance(value, dict) else value)))
+        for value in (DIGITAL_PATIENTS[label].get("motor_cortex", 15.0) for label in patients)]
+    updrs = [float(rows[f"sub-{label}"][1]) for label in patients]
+    order = np.argsort(iron, kind="stable")
+    assert np.all(np.diff(np.asarray(updrs)[order]) >= 0) and max(updrs) > min(updrs)
     layout = bids.BIDSLayout(tmp_path, validate=True)
     for subject in subjects:
         query = {"subject": subject.subject, "suffix": "MEGRE", "part": "mag",
@@ -131,9 +142,16 @@ def test_demo_dataset_holds_the_digital_patients(tmp_path):
         assert image.shape == TEMPLATE_NATIVE_SHAPE_2MM and image.get_data_dtype() == np.float32
         b0 = b0_direction_from_affine(image.affine)
         assert (abs(b0[2]) < 0.99) == (subject.subject == "psp")
-    truth = (tmp_path / "derivatives" / "qsmprep-phantom" / "sub-cbs" / "anat"
-             / "sub-cbs_desc-truth_regions.tsv").read_text()
-    assert "motor_cortex\tL\t110" in truth
+    truth = tmp_path / "derivatives" / "qsmprep-phantom" / "sub-cbs"
+    first = (truth / "ses-1" / "anat" / "sub-cbs_ses-1_desc-truth_regions.tsv").read_text()
+    second = (truth / "ses-2" / "anat" / "sub-cbs_ses-2_desc-truth_regions.tsv").read_text()
+    assert "motor_cortex\tL\t110" in first and "motor_cortex\tL\t135" in second
+    assert "motor_cortex\tR\t45" in first and "motor_cortex\tR\t55" in second
+    for label, sessions in DEMO_SESSIONS.items():
+        table = (tmp_path / f"sub-{label}" / f"sub-{label}_sessions.tsv").read_text()
+        assert table.splitlines() == ["session_id\tacq_time"] + [
+            f"ses-{session}\t{acq_time}" for session, acq_time in sessions]
+    assert not (tmp_path / "sub-control" / "sub-control_sessions.tsv").exists()
 
 
 @pytest.mark.parametrize("settings", [{"phase_units": "degrees"}, {"suffix": "T1w"},

@@ -302,7 +302,9 @@ def test_write_report_writes_html_json_and_strip_plots(written):
     strips = {region["region"]: region["strip_plot"] for region in saved["findings"]["regions"]}
     assert strips["motor_cortex"] == f"sub-01/figures/{PREFIX}_desc-motorcortex_stripplot.svg"
     assert strips["caudate"] is None  # no reference range
-    assert len(result["figures"]) == 6
+    # six strip plots (the ranged regions) and the motor-neuron profile
+    assert len(result["figures"]) == 7
+    assert saved["motor_profile"]["figure"] == f"sub-01/figures/{PREFIX}_desc-motorprofile_Chimap.svg"
     for path in result["figures"]:
         assert ElementTree.parse(path).getroot().tag.endswith("svg")
     render.validate_report(saved)
@@ -336,7 +338,7 @@ def test_figures_are_linked_relatively_and_survive_copying_the_folder(written, t
     shutil.copytree(out, copied)
     page = (copied / "sub-01.html").read_text()
     images = _parse(page).images
-    assert len(images) == 9  # 6 strip plots and 3 mosaics
+    assert len(images) == 10  # 6 strip plots, 3 mosaics and the motor-neuron profile
     for source in images:
         assert source.startswith("sub-01/figures/"), source
         assert (copied / source).is_file(), source
@@ -470,3 +472,20 @@ def test_qsm_mosaic_legend_names_each_outline_colour(volumes, tmp_path):
     lines = [group for group in legend[0].iter("{http://www.w3.org/2000/svg}g")
              if (group.get("id") or "").startswith("line2d")]
     assert len(lines) == 2
+
+
+def test_qsm_window_follows_the_brain_and_keeps_tissue_contrast():
+    """The mosaic's window spans the 1st-99th percentile of the nonzero voxels, out to whole
+    10 ppb, at least 100 ppb wide: grey/white contrast (45 ppb) fills a fifth of it or more
+    on a healthy map, instead of a tenth of the old fixed 400 ppb window."""
+    rng = np.random.default_rng(0)
+    brain = np.concatenate([rng.normal(-30, 8, 4000), rng.normal(15, 8, 4000),
+                            rng.normal(124, 10, 200)])
+    chi_ppb = np.zeros(10000)
+    chi_ppb[:brain.size] = brain
+    low, high = figures.qsm_window_ppb(chi_ppb)
+    expected_low, expected_high = np.percentile(brain, [1, 99])
+    assert low == 10 * np.floor(expected_low / 10) and high == 10 * np.ceil(expected_high / 10)
+    assert 45 / (high - low) >= 0.2
+    assert figures.qsm_window_ppb(np.full(50, 3.0)) == (-45.0, 55.0)  # 0-10, widened to 100
+    assert figures.qsm_window_ppb(np.zeros(5)) == (-50.0, 50.0)

@@ -118,9 +118,9 @@ def test_region_values_are_checked(atlas_dir):
     assert phantom.region_susceptibility_ppm["thalamus_left"] == pytest.approx(0.030)
     assert phantom.region_susceptibility_ppm["caudate_left"] == pytest.approx(0.039)
     assert phantom.region_susceptibility_ppm["caudate_right"] == pytest.approx(0.070)
-    with pytest.raises(KeyError, match="hippocampus"):
+    with pytest.raises(KeyError, match="dentate_nucleus"):  # not an atlas region
         make_template_phantom(voxel_size_mm=6.0, atlas_dir=atlas_dir,
-                              region_susceptibility_ppb={"hippocampus": 100})
+                              region_susceptibility_ppb={"dentate_nucleus": 100})
     with pytest.raises(KeyError):
         make_template_phantom(voxel_size_mm=6.0, atlas_dir=atlas_dir,
                               region_susceptibility_ppb={"putamen": {"left-ish": 1}})
@@ -274,3 +274,38 @@ def test_dataset_with_a_template_subject(tmp_path):
 def test_invalid_template_subjects_are_refused(settings):
     with pytest.raises(ValueError):
         PhantomSubject(**settings)
+
+
+def test_wider_regions_keep_their_tissue_and_the_brain_stem_needs_a_value(atlas_dir):
+    """Regions of the wider differential diagnosis take their tissue's value over that tissue
+    only (a healthy head is unchanged); the midbrain and pons, of mixed tissue, are regions of
+    the subject only when given a value, which all their voxels then take."""
+    healthy, _ = make_template_phantom(voxel_size_mm=4.0, atlas_dir=atlas_dir, texture=False)
+    names = set(healthy.label_names.values())
+    assert {"hippocampus_left", "corticospinal_tract_right"} <= names
+    assert not any(name.startswith(("midbrain", "pons")) for name in names)
+    assert healthy.region_susceptibility_ppm["corticospinal_tract_left"] == pytest.approx(-0.030)
+    assert healthy.region_susceptibility_ppm["hippocampus_right"] == pytest.approx(0.015)
+    patient, _ = make_template_phantom(voxel_size_mm=4.0, atlas_dir=atlas_dir, texture=False,
+                                       region_susceptibility_ppb={"midbrain": 80})
+    index = {name: value for value, name in patient.label_names.items()}
+    midbrain = np.isin(patient.labels, [index["midbrain_left"], index["midbrain_right"]])
+    assert midbrain.any()
+    np.testing.assert_allclose(patient.susceptibility_ppm[midbrain], 0.080)
+
+
+def test_deep_motor_cortex_iron_fills_the_deep_half_of_the_precentral_grey_matter(atlas_dir):
+    """``motor_cortex_deep`` raises the precentral grey-matter voxels nearer the white matter
+    than the pial side, per side; the rest of the gyrus' grey matter keeps the motor cortex's
+    value, and the gyrus' labels hold grey matter only."""
+    phantom, _ = make_template_phantom(
+        voxel_size_mm=2.0, atlas_dir=atlas_dir, texture=False,
+        region_susceptibility_ppb={"motor_cortex": 40, "motor_cortex_deep": {"L": 120, "R": 90}})
+    index = {name: value for value, name in phantom.label_names.items()}
+    for side, deep_ppm in (("left", 0.120), ("right", 0.090)):
+        gyrus = np.isin(phantom.labels, [index[f"{part}_{side}"] for part in
+                                         ("precentral_ba4", "precentral_ba6", "precentral_other")])
+        values = phantom.susceptibility_ppm[gyrus].astype(np.float64)
+        is_deep, is_rest = np.isclose(values, deep_ppm), np.isclose(values, 0.040)
+        assert np.all(is_deep | is_rest)
+        assert is_deep.sum() > 50 and is_rest.sum() > 50, (side, is_deep.sum(), is_rest.sum())

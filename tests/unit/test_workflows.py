@@ -118,10 +118,19 @@ def test_registration_and_regions_follow_the_reconstruction(dataset, tmp_path):
     assert stats.inputs.composites["globus_pallidus"] == ["globus_pallidus_externa",
                                                           "globus_pallidus_interna"]
     assert "sub_01_wf.subject_report_wf.write_report" in names
+    # each participant's report states its own runs and echo counts
+    methods = {subject: workflow.get_node(f"sub_{subject}_wf.{run_wf}.anatomy_wf.report_wf."
+                                          "run_report").inputs.methods_markdown
+               for subject, run_wf in (("01", "run_sub_01_wf"), ("02", "run_sub_02_wf"))}
+    assert "2 gradient-echo run(s) with 4 echo(es)" in methods["01"]
+    assert "1 gradient-echo run(s) with 1 echo(es)" in methods["02"]
     writer = workflow.get_node("sub_01_wf.subject_report_wf.write_report")
     assert writer.inputs.html_path.endswith("out/sub-01.html")
     assert [path.rsplit("/", 1)[1] for path in writer.inputs.json_paths] == [
         "sub-01_desc-cbs_report.json", "sub-01_ses-2_desc-cbs_report.json"]
+    # the change over time across sessions goes beside the sessions, not inside one
+    assert writer.inputs.longitudinal_path.endswith(
+        "out/sub-01/anat/sub-01_desc-longitudinal_stats.tsv")
     # The atlas is built once, by one node feeding every run, while the graph runs: building
     # the graph writes no image into the work folder.
     assert "build_atlas" in names
