@@ -16,6 +16,7 @@ from cli_helpers import RUN_SPECIFIC, derivatives_differences, run_cli
 from qsmprep.phantom.dataset import (ASYMMETRIC_REGIONS_PPB, asymmetric_digital_subject,
                                      write_phantom_dataset)
 from qsmprep.atlases import COMPOSITE_REGIONS
+from qsmprep.depth import HALVES
 from qsmprep.regions import read_regional_table
 
 PREFIX = "sub-01/anat/sub-01"
@@ -234,9 +235,12 @@ def test_small_nuclei_survive_in_native_space(digital_subject_run):
     for (region, hemisphere), row in _measured(rows, "csf").items():
         assert row["n_voxels"] > 0, (region, hemisphere)
     template_rows = read_regional_table(out / f"{PREFIX}_space-{TEMPLATE}_desc-regions_stats.tsv")
-    # the same regions in template space; the tissue classes are native only
+    # the same regions in template space; the tissue classes and the depth halves of the
+    # cortex (from the participant's tissue classes) are native only
     assert {row["region"] for row in template_rows} == {
-        row["region"] for row in rows if not row["region"].startswith("tissue_")}
+        row["region"] for row in rows if not row["region"].startswith("tissue_")
+        and not row["region"].endswith(tuple(f"_{half}" for half in HALVES))}
+    assert {"motor_cortex_superficial", "motor_cortex_deep"} <= {row["region"] for row in rows}
 
 
 def test_report_is_written_and_valid(digital_subject_run):

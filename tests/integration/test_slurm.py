@@ -19,6 +19,8 @@ import pytest
 from cli_helpers import RUN_SPECIFIC, derivatives_differences, run_cli
 from slurm_cluster import LocalSlurmCluster, accounting_available, missing_requirements
 
+from qsmprep.phantom.dataset import DIGITAL_PATIENTS
+
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(missing_requirements() is not None,
@@ -27,8 +29,9 @@ pytestmark = [
 
 ARRAY_SCRIPT = Path(__file__).resolve().parents[2] / "workflows" / "slurm_array.sh"
 QSMPREP_OPTIONS = ("--omp-nthreads", "1", "--qsm-only")
-#: The first two participants of the demo's participants.tsv (the array tasks 1 and 2).
-PARTICIPANTS = ("control", "cbs")
+#: The first two participants of the demo's participants.tsv, which lists them sorted (the
+#: array tasks 1 and 2).
+PARTICIPANTS = tuple(sorted(DIGITAL_PATIENTS))[:2]
 
 
 @pytest.fixture(scope="module")
