@@ -44,10 +44,7 @@ def init_qsmprep_wf(*, config, runs):
     workflow = pe.Workflow(name="qsmprep_wf", base_dir=config.execution.work_dir)
     anatomy = atlas = None
     if not config.workflow.qsm_only:
-        from qsmprep.boilerplate import methods_boilerplate
-
-        anatomy = resolve_anatomy(config)
-        anatomy["methods_markdown"] = methods_boilerplate(config=config, runs=runs)
+        anatomy = resolve_anatomy(config)  # each participant adds its own methods text
         anatomy["date"] = datetime.date.today().isoformat()
         atlas = init_atlas_node(anatomy)
     for subject in sorted({run.subject for run in runs}):
