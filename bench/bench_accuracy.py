@@ -173,6 +173,11 @@ TEMPLATE_SUBJECT_CLASSES = {
     "precentral_ba6": "cortical_grey_matter", "precentral_other": "cortical_grey_matter",
     "ba4_outside_precentral": "cortical_grey_matter",
     "ba6_outside_precentral": "cortical_grey_matter",
+    "hippocampus": "cortical_grey_matter", "posterior_cingulate": "cortical_grey_matter",
+    "superior_frontal_gyrus": "cortical_grey_matter",
+    "superior_parietal_lobule": "cortical_grey_matter",
+    "superior_temporal_gyrus": "cortical_grey_matter",
+    "corpus_callosum": "white_matter", "corticospinal_tract": "white_matter",
 }
 #: Classes without signal (air), which need no R1.
 AIR_CLASSES = ("background", "paranasal_sinus", "ear_canal")

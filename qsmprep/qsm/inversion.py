@@ -268,15 +268,15 @@ def _edge_weights(magnitude, mask, voxel_size, *, edge_fraction, edge_weight) ->
     sharp and flattens the rest. Outside the mask the weight is 1.
 
     ``magnitude`` is one 3-D image or the echoes (x, y, z, echo). With several echoes a
-    component is an edge if it is one in any echo: each echo's absolute gradient is divided
-    by its in-mask median (the mean if that is 0) and the largest of these counts. The contrast of tissues changes
-    with the echo time (proton density and T1 early, T2* late, where iron raises both R2*
-    and susceptibility), and can cancel in a sum of echoes: with the root sum of squares
-    the edges of the qsm-forward phantoms were lost (NRMSE from the true local field 13 ->
-    33 %). Default chain, 2 mm, first echo / union of all echoes, NRMSE and deep grey-matter
-    slope: analytic head 13.8 % 0.92 / 13.3 % 0.99 (qsmprep simulator), 30.9 % 0.98 /
-    19.4 % 1.00 (qsm-forward); template digital subject 16.5 % 0.895 / 15.8 % 1.00,
-    29.6 % 0.97 / 19.4 % 0.99.
+    component is an edge if it is one in any echo: each echo's absolute gradient is divided by
+    its in-mask median (the mean if that is 0) and the largest of these counts. The contrast of
+    tissues changes with the echo time (proton density and T1 early, T2* late, where iron
+    raises both R2* and susceptibility), and can cancel in a sum of echoes: with the root sum
+    of squares the edges of the qsm-forward phantoms were lost (NRMSE from the true local field
+    13 -> 33 %). Default chain, 2 mm, first echo / union of all echoes, NRMSE and deep
+    grey-matter slope: analytic head 13.8 % 0.92 / 13.3 % 0.99 (qsmprep simulator), 30.9 % 0.98
+    / 19.4 % 1.00 (qsm-forward); template digital subject 16.5 % 0.895 / 15.8 % 1.00, 29.6 %
+    0.97 / 19.4 % 0.99.
     Returns float32 of shape (3,) + mask.shape.
     """
     magnitude = np.asarray(magnitude, dtype=np.float32)
@@ -293,14 +293,16 @@ def _edge_weights(magnitude, mask, voxel_size, *, edge_fraction, edge_weight) ->
     box = tuple(slice(max(low - 1, 0), high + 2)
                 for low, high in zip(corners.min(axis=0), corners.max(axis=0)))
     box_mask = mask[box]
+    in_mask = np.flatnonzero(box_mask)
+    sampled = in_mask[:: max(1, in_mask.size // 300_000)]  # enough for a median
     strength = np.zeros((3,) + box_mask.shape, dtype=np.float32)
     for echo in range(echoes.shape[-1]):
         echo_strength = np.abs(_gradient(echoes[box + (echo,)], voxel_size))
-        in_mask = echo_strength[:, box_mask]
-        sample = in_mask[:, :: max(1, in_mask.shape[1] // 300_000)]  # enough for a median
+        sample = echo_strength.reshape(3, -1)[:, sampled]
         scale = np.median(sample) or sample.mean()  # the mean when most of it is flat
         if scale > 0:
-            np.maximum(strength, echo_strength / np.float32(scale), out=strength)
+            np.divide(echo_strength, np.float32(scale), out=echo_strength)
+            np.maximum(strength, echo_strength, out=strength)
     threshold = np.quantile(strength[:, box_mask], 1.0 - edge_fraction)
     weights[(slice(None),) + box][(strength > threshold) & box_mask] = np.float32(edge_weight)
     return weights
@@ -449,10 +451,13 @@ def _inverse_of(denominator) -> np.ndarray:
 
 # Automatic regularisation: the L-curve of the closed-form gradient-regularised solution. ----
 
-#: Tikhonov weights (mm^2) scanned by :func:`tikhonov_lcurve`: 0.125 decade apart, from
-#: 1e-4 (a corner below about 2e-4 would give a TV weight under 4e-4, which no simulated head
-#: scored best with; on 4 mm voxels the curve bends there for another reason) to 0.1.
+#: Tikhonov weights (mm^2) scanned by :func:`tikhonov_lcurve` on 2 mm voxels
+#: (:data:`LCURVE_REFERENCE_VOXEL_MM`): 0.125 decade apart, from 1e-4 to 0.1; other voxel sizes
+#: scan them scaled by the square of the voxel edge (:func:`lcurve_weights`).
 LCURVE_WEIGHTS = tuple(float(w) for w in np.logspace(-4.0, -1.0, 25))
+
+#: Voxel edge (mm) at which :data:`LCURVE_WEIGHTS` are scanned as they are.
+LCURVE_REFERENCE_VOXEL_MM = 2.0
 
 #: TV weight (ppm mm) at which :func:`tv_weight_from_corner` maps a corner of the same value.
 TV_REFERENCE_WEIGHT = 1e-3
@@ -475,8 +480,24 @@ class LCurve:
     scanned range."""
 
 
+def lcurve_weights(voxel_size) -> tuple:
+    """The Tikhonov weights (mm^2) :func:`tikhonov_lcurve` scans on ``voxel_size``:
+    :data:`LCURVE_WEIGHTS` times (h / 2 mm)^2, h the geometric mean of the voxel edges.
+
+    The gradient penalty lambda |E(k)|^2 reaches about 4 lambda / h^2 at the grid's highest
+    frequencies, so a weight acts on the same fraction of the grid's spectrum when it scales
+    with h^2; the corner of the curve, set by the noise and the texture at the scale of a
+    voxel, moves with it. Scanned in fixed units, the curve of a noise-free field at 1 mm
+    peaked below the scan and fell back to :data:`TV_REFERENCE_WEIGHT` (measured in
+    ``bench/RESULTS.md``, "Automatic TV weight").
+    """
+    edge_mm = float(np.prod(np.asarray(voxel_size, dtype=np.float64))) ** (1.0 / 3.0)
+    scale = (edge_mm / LCURVE_REFERENCE_VOXEL_MM) ** 2
+    return tuple(weight * scale for weight in LCURVE_WEIGHTS)
+
+
 def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
-                    weights=LCURVE_WEIGHTS, margin_mm: float = TV_SUPPORT_MARGIN_MM,
+                    weights=None, margin_mm: float = TV_SUPPORT_MARGIN_MM,
                     workers: int = 1) -> LCurve:
     """L-curve of the closed-form gradient-regularised (Tikhonov) dipole inversion.
 
@@ -497,8 +518,9 @@ def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
         Local field (ppm), valid in ``mask``.
     mask : array_like of bool, 3-D
     voxel_size, b0_direction : sequences of 3 floats
-    weights : sequence of float
-        Tikhonov weights (mm^2), ascending, at least 7.
+    weights : sequence of float, optional
+        Tikhonov weights (mm^2), ascending, at least 7; default :func:`lcurve_weights` of
+        ``voxel_size``.
     margin_mm : float
         Margin (mm) around the mask's bounding box.
     workers : int
@@ -509,6 +531,8 @@ def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
     LCurve
     """
     field, mask = _checked(local_field_ppm, mask)
+    if weights is None:
+        weights = lcurve_weights(voxel_size)
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 1 or weights.size < 7 or np.any(np.diff(weights) <= 0) or weights[0] <= 0:
         raise ValueError("weights must be at least 7 positive values in ascending order")
@@ -525,6 +549,8 @@ def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
     if shape[-1] % 2 == 0:
         multiplicity[-1] = 1.0
     power = (np.abs(spectrum) ** 2) * multiplicity / np.float32(np.prod(shape))
+    gradient_power = squared_gradient * squared_kernel * power
+    del power
     residual_norms, solution_norms = [], []
     for weight in weights:
         denominator = squared_kernel + np.float32(weight) * squared_gradient
@@ -534,8 +560,9 @@ def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
                         shape, workers=workers)
         residual_norms.append(float(np.sqrt(np.sum(misfit[inside].astype(np.float64) ** 2)
                                             / count)))
-        gradient_power = squared_gradient * squared_kernel * power / denominator**2
-        solution_norms.append(float(np.sqrt(gradient_power.sum(dtype=np.float64) / count)))
+        denominator *= denominator
+        solution_norms.append(float(np.sqrt(
+            np.sum(gradient_power / denominator, dtype=np.float64) / count)))
     curvature, corner = lcurve_corner(weights, residual_norms, solution_norms)
     return LCurve(tuple(float(w) for w in weights), tuple(residual_norms),
                   tuple(solution_norms), tuple(float(c) for c in curvature), corner)
@@ -696,6 +723,9 @@ def tv_admm(local_field_ppm, mask, voxel_size, b0_direction, *, regularization: 
     rho = np.float32(penalty)
     mu = np.float32(_FIELD_PENALTY_RATIO * penalty)
     inverse = _inverse_of(mu * kernel**2 - rho * laplacian_kernel(shape, voxel_size))
+    field_gain = mu * kernel * inverse  # the chi step's k-space factors, computed once
+    target_gain = rho * inverse
+    del inverse
     field_dual = np.zeros_like(field)
     split_minus_dual = field.copy()  # v - s, with v = f and s = 0 before the first chi step
     predicted = None
@@ -707,10 +737,12 @@ def tv_admm(local_field_ppm, mask, voxel_size, b0_direction, *, regularization: 
             with threads(workers):
                 field_step(squared_weight, field, predicted, field_dual, mu, split_minus_dual)
         spectrum = rfftn(split_minus_dual, workers=workers)
-        spectrum *= mu * kernel
-        spectrum += rho * rfftn(target, workers=workers)
-        spectrum *= inverse
-        predicted = irfftn(kernel * spectrum, shape, workers=workers)
+        spectrum *= field_gain
+        target_spectrum = rfftn(target, workers=workers)
+        target_spectrum *= target_gain
+        spectrum += target_spectrum
+        predicted = irfftn(np.multiply(spectrum, kernel, out=target_spectrum), shape,
+                           workers=workers)
         return irfftn(spectrum, shape, workers=workers)
 
     chi = _tv_admm_loop(solve_chi, shape, voxel_size, thresholds, max_iter=max_iter,

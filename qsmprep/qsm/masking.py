@@ -35,21 +35,60 @@ def distance_to_background_mm(mask, voxel_size) -> np.ndarray:
     """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it.
 
     The outside of the array counts as background; voxels outside the mask get 0. The
-    transform runs on the mask's bounding box only (everything outside it is background).
+    transform runs on the mask's bounding box only (everything outside it is background),
+    see :func:`_depth_in_bounding_box`.
     """
     mask = np.asarray(mask, dtype=bool)
     depth = np.zeros(mask.shape, dtype=np.float64)
     if not mask.any():
         return depth
-    box = bounding_box(mask)
-    padded = np.pad(mask[box], 1)
-    depth[box] = ndimage.distance_transform_edt(padded, sampling=voxel_size)[1:-1, 1:-1, 1:-1]
+    box, depth_in_box = _depth_in_bounding_box(mask, voxel_size)
+    depth[box] = depth_in_box
     return depth
 
 
+def _depth_in_bounding_box(mask, voxel_size) -> tuple:
+    """:func:`bounding_box` of a non-empty boolean ``mask`` and
+    :func:`distance_to_background_mm` within that box.
+
+    The box is padded with one voxel of background for the transform, which gives the
+    distances of the whole array: every voxel outside the box is background, and clamping its
+    index to the padded box gives a background voxel of the padding no farther from any voxel
+    of the box. The distances come from scipy's feature transform (the index of each voxel's
+    nearest background voxel) with the arithmetic of
+    :func:`scipy.ndimage.distance_transform_edt`, hence the same values, but one axis at a
+    time rather than through an index grid of every voxel (0.05 s instead of 0.2 s at
+    150 x 180 x 150 voxels).
+    """
+    box = bounding_box(mask)
+    padded = np.pad(mask[box], 1)
+    nearest_background = ndimage.distance_transform_edt(
+        padded, sampling=voxel_size, return_distances=False, return_indices=True)
+    squared_mm = np.zeros(padded.shape, dtype=np.float64)
+    offset_mm = np.empty(padded.shape, dtype=np.float64)
+    for axis, voxel_mm in enumerate(voxel_size):
+        position = np.arange(padded.shape[axis]).reshape(
+            [-1 if other == axis else 1 for other in range(padded.ndim)])
+        np.subtract(nearest_background[axis], position, out=offset_mm)
+        offset_mm *= float(voxel_mm)
+        offset_mm *= offset_mm
+        squared_mm += offset_mm
+    return box, np.sqrt(squared_mm, out=squared_mm)[1:-1, 1:-1, 1:-1]
+
+
 def bounding_box(mask) -> tuple:
-    """Slices of the smallest box holding every voxel of a non-empty ``mask``."""
-    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    """Slices of the smallest box holding every voxel of a non-empty ``mask``.
+
+    Found from the planes along each axis that hold a voxel, which is cheaper than listing
+    the coordinates of every voxel (3 ms against 40 ms at 200 x 230 x 190).
+    """
+    mask = np.asarray(mask)
+    box = []
+    for axis in range(mask.ndim):
+        other_axes = tuple(other for other in range(mask.ndim) if other != axis)
+        occupied_planes = np.flatnonzero(mask.any(axis=other_axes))
+        box.append(slice(int(occupied_planes[0]), int(occupied_planes[-1]) + 1))
+    return tuple(box)
 
 
 def fill_enclosed_holes(mask) -> np.ndarray:
@@ -108,16 +147,54 @@ def dilate_mask(mask, radius_mm: float, voxel_size) -> np.ndarray:
     return distance**2 <= radius_mm**2 * (1.0 + BALL_TOLERANCE)
 
 
+def _ball_margin(radius_mm, voxel_size) -> list:
+    """Voxels, along each axis, by which a ball of ``radius_mm`` reaches out, plus one."""
+    return [int(np.ceil(radius_mm / h)) + 1 for h in voxel_size]
+
+
+def _widened_bounding_box(mask, margin) -> tuple:
+    """:func:`bounding_box` of ``mask`` widened by ``margin`` voxels along each axis, cut at
+    the array edges (so a mask touching an edge keeps the edge as the box's edge)."""
+    return tuple(slice(max(axis_box.start - widening, 0), min(axis_box.stop + widening, size))
+                 for axis_box, widening, size in zip(bounding_box(mask), margin, mask.shape))
+
+
 def _open(mask, radius_mm, voxel_size):
-    return dilate_mask(erode_mask(mask, radius_mm, voxel_size), radius_mm, voxel_size) & mask
+    """Opening of ``mask`` by a ball, kept within the mask; the outside of the array counts
+    as background.
+
+    Computed on the mask's bounding box widened by :func:`_ball_margin`: a ball centred in
+    the mask reaches no farther, so the erosion and dilation inside that box are those of the
+    whole array, and the box only stops short of the margin at an array edge, where the edge
+    stays the border the erosion sees.
+    """
+    opened = np.zeros_like(mask)
+    if not mask.any():
+        return opened
+    box = _widened_bounding_box(mask, _ball_margin(radius_mm, voxel_size))
+    eroded = erode_mask(mask[box], radius_mm, voxel_size)
+    opened[box] = dilate_mask(eroded, radius_mm, voxel_size) & mask[box]
+    return opened
 
 
 def _close(mask, radius_mm, voxel_size):
-    # pad so that the final erosion does not eat the mask where it touches the array edge
-    margin = [int(np.ceil(radius_mm / h)) + 1 for h in voxel_size]
-    padded = np.pad(mask, [(m, m) for m in margin])
+    """Closing of ``mask`` by a ball, added to the mask, as if the array went on beyond its
+    edges with background (the final erosion does not eat the mask where it touches an edge).
+
+    The closing lies within the dilation, within the ball's reach of the mask, so it is
+    computed on the mask's bounding box widened by :func:`_ball_margin`, padded with that
+    margin of background on every side: room for the dilation beyond the array edges, and
+    on the other sides background that the array holds there too.
+    """
+    if not mask.any():
+        return mask.copy()
+    margin = _ball_margin(radius_mm, voxel_size)
+    box = _widened_bounding_box(mask, margin)
+    padded = np.pad(mask[box], [(m, m) for m in margin])
     closed = erode_mask(dilate_mask(padded, radius_mm, voxel_size), radius_mm, voxel_size)
-    return closed[tuple(slice(m, m + n) for m, n in zip(margin, mask.shape))] | mask
+    result = mask.copy()
+    result[box] |= closed[tuple(slice(m, -m) for m in margin)]
+    return result
 
 
 def otsu_threshold(values, *, bins: int = 256) -> float:
@@ -252,10 +329,17 @@ def magnitude_brain_mask(magnitude, voxel_size, *, threshold: float | None = Non
 
 
 def _deepest_component(mask, voxel_size):
-    """The 6-connected component of a non-empty ``mask`` holding its deepest voxel."""
-    labels, _ = ndimage.label(mask)
-    deepest_voxel = np.argmax(distance_to_background_mm(mask, voxel_size))
-    return labels == labels.flat[deepest_voxel]
+    """The 6-connected component of a non-empty ``mask`` holding its deepest voxel (the
+    first one, in C order, of greatest :func:`distance_to_background_mm`).
+
+    Depths and components are worked out on the mask's bounding box only, which holds all
+    the components and the same voxels in the same order.
+    """
+    box, depth_mm = _depth_in_bounding_box(mask, voxel_size)
+    labels, _ = ndimage.label(mask[box])
+    component = np.zeros(mask.shape, dtype=bool)
+    component[box] = labels == labels.flat[np.argmax(depth_mm)]
+    return component
 
 
 def residual_quality(residual, mask, *, tolerance: float = 10.0) -> np.ndarray:

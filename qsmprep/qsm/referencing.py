@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import BadDataError
-from .masking import distance_to_background_mm, fill_enclosed_holes
+from .masking import bounding_box, distance_to_background_mm, fill_enclosed_holes
 
 
 def reference_to_region_mean(susceptibility_ppm, region_mask, *, output_mask=None):
@@ -116,27 +116,35 @@ def csf_reference_mask(r2star_hz, brain_mask, voxel_size, *, labels=None,
     if not brain_mask.any():
         raise BadDataError("the brain mask is empty: no CSF reference region can be found")
     voxel_ml = float(np.prod(voxel_size)) / 1000.0
-    depth_mm = distance_to_background_mm(brain_mask, voxel_size)
-    candidates = brain_mask & (depth_mm >= min_depth_mm) & (r2star_hz < max_r2star_hz)
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != brain_mask.shape:
             raise ValueError(f"labels {labels.shape} do not match the brain mask "
                              f"{brain_mask.shape}")
-        candidates &= labels != 0
+
+    # every candidate lies in the brain mask, so the search runs on its bounding box; the
+    # components are numbered as on the whole array (in the order of their first voxel)
+    box = bounding_box(brain_mask)
+    box_corner = [axis_box.start for axis_box in box]
+    brain_in_box = brain_mask[box]
+    depth_mm = distance_to_background_mm(brain_in_box, voxel_size)
+    candidates = brain_in_box & (depth_mm >= min_depth_mm) & (r2star_hz[box] < max_r2star_hz)
+    if labels is not None:
+        candidates &= labels[box] != 0
 
     components, count = ndimage.label(candidates)
     component_labels = np.arange(1, count + 1)
-    sizes = ndimage.sum_labels(candidates, components, component_labels)
+    sizes, centres = _component_sizes_and_centres(candidates, components, count,
+                                                  origin=box_corner)
     voxel_size_mm = np.asarray(voxel_size, dtype=np.float64)
-    brain_centre_mm = np.asarray(ndimage.center_of_mass(brain_mask)) * voxel_size_mm
-    centres_mm = voxel_size_mm * np.reshape(
-        ndimage.center_of_mass(candidates, components, component_labels), (-1, 3))
+    brain_centre_mm = _centre_of_mass(brain_mask) * voxel_size_mm
+    centres_mm = voxel_size_mm * centres
     central = np.linalg.norm(centres_mm - brain_centre_mm, axis=1) <= max_centre_distance_mm
     kept = component_labels[central][np.argsort(sizes[central])[::-1]][:2]  # largest first
     if kept.size:
         kept = kept[sizes[kept - 1] >= 0.1 * sizes[kept[0] - 1]]
-    csf_mask = fill_enclosed_holes(np.isin(components, kept)) & brain_mask
+    csf_mask = np.zeros_like(brain_mask)
+    csf_mask[box] = fill_enclosed_holes(np.isin(components, kept)) & brain_in_box
 
     volume_ml = csf_mask.sum() * voxel_ml
     if volume_ml < min_volume_ml:
@@ -146,6 +154,51 @@ def csf_reference_mask(r2star_hz, brain_mask, voxel_size, *, labels=None,
             f"brain mask within {max_centre_distance_mm:g} mm of its centre (at least "
             f"{min_volume_ml:g} ml needed); check the R2* map or reference to the whole brain")
     return csf_mask
+
+
+def _centre_of_mass(mask) -> np.ndarray:
+    """Centre of mass (voxel indices) of a non-empty boolean ``mask``, the value of
+    :func:`scipy.ndimage.center_of_mass`, from the number of mask voxels in each plane along
+    each axis rather than from a coordinate grid of the whole array.
+
+    The sums of coordinates are whole numbers, exact in integers as in floating point, so the
+    one division gives the same value.
+    """
+    voxel_count = np.count_nonzero(mask)
+    centre = []
+    for axis in range(mask.ndim):
+        other_axes = tuple(other for other in range(mask.ndim) if other != axis)
+        voxels_per_plane = np.count_nonzero(mask, axis=other_axes)
+        centre.append(np.dot(np.arange(mask.shape[axis]), voxels_per_plane) / voxel_count)
+    return np.asarray(centre, dtype=np.float64)
+
+
+def _component_sizes_and_centres(mask, components, count: int, *, origin=(0, 0, 0)):
+    """Voxel counts and centres of mass (voxel indices) of the labelled components of a
+    boolean ``mask``, ``components`` being its :func:`scipy.ndimage.label` map.
+
+    One pass over the coordinates of the mask's voxels with :func:`numpy.bincount`, instead
+    of one pass over the whole array per axis in :func:`scipy.ndimage.center_of_mass`; the
+    values are the same (sums of whole numbers, then one division). When ``mask`` is a box
+    cut from a larger array, ``origin`` is the index of the box's corner in it: the centres
+    are then summed and returned as indices of the larger array, equal to those computed on
+    the larger array.
+
+    Returns
+    -------
+    sizes : numpy.ndarray of float64, shape (count,)
+        The voxel count of components 1 to ``count``.
+    centres : numpy.ndarray of float64, shape (count, 3)
+        Their centres of mass.
+    """
+    coordinates = np.nonzero(mask)
+    voxel_labels = components[coordinates]
+    sizes = np.bincount(voxel_labels, minlength=count + 1)[1:].astype(np.float64)
+    coordinate_sums = [np.bincount(voxel_labels, weights=axis_coordinates + axis_origin,
+                                   minlength=count + 1)[1:]
+                       for axis_coordinates, axis_origin in zip(coordinates, origin)]
+    centres = np.stack(coordinate_sums, axis=-1) / sizes[:, np.newaxis]
+    return sizes, centres
 
 
 def reference_summary(susceptibility_ppm, brain_mask, csf_mask) -> dict:
