@@ -263,8 +263,8 @@ DEMO_SESSIONS = {
 }
 #: Iron gained (ppb) by each follow-up session of the demo over the previous one: per region
 #: and side, ``"other"`` for every other region and side the participant has values for
-#: (sub-cbs: +25 ppb in the motor cortex of the affected left side, +10 ppb elsewhere).
-DEMO_FOLLOW_UP_GAIN_PPB = {"cbs": {"motor_cortex": {"L": 25.0}, "other": 10.0}}
+#: (sub-cbs: +60 ppb in the motor cortex of the affected left side, +10 ppb elsewhere).
+DEMO_FOLLOW_UP_GAIN_PPB = {"cbs": {"motor_cortex": {"L": 60.0}, "other": 10.0}}
 
 
 def with_iron_gain(values: dict, gain_ppb: dict) -> dict:

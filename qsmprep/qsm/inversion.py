@@ -549,8 +549,6 @@ def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
     if shape[-1] % 2 == 0:
         multiplicity[-1] = 1.0
     power = (np.abs(spectrum) ** 2) * multiplicity / np.float32(np.prod(shape))
-    gradient_power = squared_gradient * squared_kernel * power
-    del power
     residual_norms, solution_norms = [], []
     for weight in weights:
         denominator = squared_kernel + np.float32(weight) * squared_gradient
@@ -560,9 +558,8 @@ def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
                         shape, workers=workers)
         residual_norms.append(float(np.sqrt(np.sum(misfit[inside].astype(np.float64) ** 2)
                                             / count)))
-        denominator *= denominator
-        solution_norms.append(float(np.sqrt(
-            np.sum(gradient_power / denominator, dtype=np.float64) / count)))
+        gradient_power = squared_gradient * squared_kernel * power / denominator**2
+        solution_norms.append(float(np.sqrt(gradient_power.sum(dtype=np.float64) / count)))
     curvature, corner = lcurve_corner(weights, residual_norms, solution_norms)
     return LCurve(tuple(float(w) for w in weights), tuple(residual_norms),
                   tuple(solution_norms), tuple(float(c) for c in curvature), corner)
@@ -723,9 +720,6 @@ def tv_admm(local_field_ppm, mask, voxel_size, b0_direction, *, regularization: 
     rho = np.float32(penalty)
     mu = np.float32(_FIELD_PENALTY_RATIO * penalty)
     inverse = _inverse_of(mu * kernel**2 - rho * laplacian_kernel(shape, voxel_size))
-    field_gain = mu * kernel * inverse  # the chi step's k-space factors, computed once
-    target_gain = rho * inverse
-    del inverse
     field_dual = np.zeros_like(field)
     split_minus_dual = field.copy()  # v - s, with v = f and s = 0 before the first chi step
     predicted = None
@@ -737,12 +731,10 @@ def tv_admm(local_field_ppm, mask, voxel_size, b0_direction, *, regularization: 
             with threads(workers):
                 field_step(squared_weight, field, predicted, field_dual, mu, split_minus_dual)
         spectrum = rfftn(split_minus_dual, workers=workers)
-        spectrum *= field_gain
-        target_spectrum = rfftn(target, workers=workers)
-        target_spectrum *= target_gain
-        spectrum += target_spectrum
-        predicted = irfftn(np.multiply(spectrum, kernel, out=target_spectrum), shape,
-                           workers=workers)
+        spectrum *= mu * kernel
+        spectrum += rho * rfftn(target, workers=workers)
+        spectrum *= inverse
+        predicted = irfftn(kernel * spectrum, shape, workers=workers)
         return irfftn(spectrum, shape, workers=workers)
 
     chi = _tv_admm_loop(solve_chi, shape, voxel_size, thresholds, max_iter=max_iter,

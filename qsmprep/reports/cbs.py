@@ -438,7 +438,8 @@ def _finite(value):
     return value if math.isfinite(value) else None
 
 
-def _rounded(value, digits=2):
+def rounded(value, digits=2):
+    """``value`` rounded to ``digits`` decimals, None kept (the JSON report's numbers)."""
     return None if value is None else round(value, digits)
 
 
@@ -524,7 +525,8 @@ def _placement(value, low, high):
     return "within"
 
 
-def _rows_of(regional_rows):
+def regional_rows_of(regional_rows):
+    """The rows of a regional table given as rows or as the path of its TSV file."""
     if isinstance(regional_rows, (str, Path)):
         return read_regional_table(regional_rows)
     return list(regional_rows)
@@ -532,14 +534,14 @@ def _rows_of(regional_rows):
 
 def available_references(regional_rows) -> list[str]:
     """The references present in a regional table, in the table's order."""
-    return list(dict.fromkeys(row["reference"] for row in _rows_of(regional_rows)))
+    return list(dict.fromkeys(row["reference"] for row in regional_rows_of(regional_rows)))
 
 
 #: The column of the regional table the report reads (see "Values" above).
 REPORT_STATISTIC = "core_mean_ppb"
 
 
-def _region_value(row, statistic):
+def region_value(row, statistic):
     """``row[statistic]``, or the plain mean when that is missing or not finite."""
     value = _finite(row.get(statistic))
     return value if value is not None else _finite(row["mean_ppb"])
@@ -582,7 +584,7 @@ def findings(regional_rows, *, reference="csf", reference_ranges=None,
     ValueError
         When the table has no row for ``reference``.
     """
-    rows = _rows_of(regional_rows)
+    rows = regional_rows_of(regional_rows)
     ranges = reference_ranges if reference_ranges is not None else read_reference_ranges()
     selected = [row for row in rows if row["reference"] == reference]
     if not selected:
@@ -598,7 +600,7 @@ def findings(regional_rows, *, reference="csf", reference_ranges=None,
     regions = []
     for name in dict.fromkeys(order):
         sides = by_region.get(name, {})
-        means = {side: _region_value(sides[side], statistic) if side in sides else None
+        means = {side: region_value(sides[side], statistic) if side in sides else None
                  for side in ("L", "R", "bilateral")}
         counts = {side: int(sides[side]["n_voxels"]) if side in sides else None
                   for side in ("L", "R", "bilateral")}
@@ -619,11 +621,11 @@ def findings(regional_rows, *, reference="csf", reference_ranges=None,
             "region": name,
             "label": REGION_LABELS.get(name, name.replace("_", " ").capitalize()),
             "core": name in CORE_REGIONS,
-            "left_ppb": _rounded(means["L"]),
-            "right_ppb": _rounded(means["R"]),
-            "bilateral_ppb": _rounded(means["bilateral"]),
+            "left_ppb": rounded(means["L"]),
+            "right_ppb": rounded(means["R"]),
+            "bilateral_ppb": rounded(means["bilateral"]),
             "n_voxels": counts,
-            "ai_pct": _rounded(ai, 1),
+            "ai_pct": rounded(ai, 1),
             "favoured_side": side,
             "stated_side": stated_side,
             "asymmetry": statement,
@@ -717,21 +719,21 @@ def assess_quality(qc: dict | None, findings_: dict | None = None) -> dict:
     low_ml, high_ml = MASK_VOLUME_RANGE_ML
     checks = [
         _check("registration_dice", "Registration: brain Dice", "registration",
-               _rounded(dice, 3), unit="", rule=f"flag if < {REGISTRATION_MIN_DICE:g}",
+               rounded(dice, 3), unit="", rule=f"flag if < {REGISTRATION_MIN_DICE:g}",
                flagged=dice is not None and dice < REGISTRATION_MIN_DICE),
         _check("registration_nmi", "Registration: normalised mutual information",
-               "registration", _rounded(nmi, 3), unit="",
+               "registration", rounded(nmi, 3), unit="",
                rule=f"flag if < {REGISTRATION_MIN_NMI:g}",
                flagged=nmi is not None and nmi < REGISTRATION_MIN_NMI),
         *_refinement_checks(qc.get("deep_grey_refinement")),
-        _check("mask_volume", "Brain mask volume", "mask", _rounded(volume, 1), unit="mL",
+        _check("mask_volume", "Brain mask volume", "mask", rounded(volume, 1), unit="mL",
                rule=f"flag outside {low_ml:g}-{high_ml:g} mL",
                flagged=volume is not None and not low_ml <= volume <= high_ml),
         _check("echo_fit_residual", "Echo-fit residual (median in mask)", "phase",
-               _rounded(residual, 3), unit="rad", rule=f"flag if > {ECHO_FIT_MAX_RESIDUAL:g} rad",
+               rounded(residual, 3), unit="rad", rule=f"flag if > {ECHO_FIT_MAX_RESIDUAL:g} rad",
                flagged=residual is not None and residual > ECHO_FIT_MAX_RESIDUAL),
         _check("poor_phase_fraction", "Voxels of poor phase quality", "phase",
-               _rounded(None if poor is None else 100 * poor, 2), unit="%",
+               rounded(None if poor is None else 100 * poor, 2), unit="%",
                rule=f"flag if > {100 * POOR_PHASE_MAX_FRACTION:g} % of the brain mask",
                flagged=poor is not None and poor > POOR_PHASE_MAX_FRACTION),
         *_regularization_checks(qc.get("regularization")),
@@ -835,7 +837,7 @@ def _features(regions: _Regions, patterns) -> list[dict]:
         _fmt(mc_max), {"CBS": _at_least(mc_max, cbs_mc_low),
                        "PSP": _at_most(mc_max, regions.bound("motor_cortex", "PSP", "high")),
                        "PD": _at_most(mc_max, regions.bound("motor_cortex", "PD", "high"))},
-        patterns, value=_rounded(mc_max)))
+        patterns, value=rounded(mc_max)))
 
     # Motor cortex asymmetry.
     motor = regions.region("motor_cortex")
@@ -868,7 +870,7 @@ def _features(regions: _Regions, patterns) -> list[dict]:
         f"{RATIO_CBS_MIN:g}; PSP if <= {RATIO_PSP_MAX:g}",
         "not measured" if ratio is None else f"{ratio:.2f}",
         {"CBS": _at_least(ratio, RATIO_CBS_MIN), "PSP": _at_most(ratio, RATIO_PSP_MAX)},
-        patterns, value=_rounded(ratio, 3)))
+        patterns, value=rounded(ratio, 3)))
 
     # GPi / STN / RN elevation (hallmark of PSP).
     nuclei = [(name, regions.mean(name), regions.bound(name, "PSP", "low"))
@@ -924,7 +926,7 @@ def _features(regions: _Regions, patterns) -> list[dict]:
         "with motor cortex < CBS motor cortex low and GPi < PSP GPi low; PD if present",
         ("not measured" if sn is None else f"substantia nigra (higher side) {sn:.1f} ppb"
          + ("" if nigral is None else (", present" if nigral else ", absent"))),
-        {"PD": nigral}, patterns, value=_rounded(sn)))
+        {"PD": nigral}, patterns, value=rounded(sn)))
 
     # Regional ranges.
     votes, texts = {}, []
@@ -973,12 +975,12 @@ def _msa_features(regions: _Regions, patterns) -> list[dict]:
                  "one) and >= GPi (putaminal iron at or above the pallidum's)",
                  (_fmt(putamen) if gpi is None or putamen is None
                   else f"putamen {putamen:.1f} ppb, GPi {gpi:.1f} ppb"),
-                 {"MSA": elevated}, patterns, value=_rounded(putamen)),
+                 {"MSA": elevated}, patterns, value=rounded(putamen)),
         _feature("cerebellar_elevation", "Cerebellar cortical iron (higher hemisphere)",
                  f"MSA if cerebellar cortex >= {cerebellum_min:g} ppb (healthy grey matter "
                  f"{HEALTHY_PPB['cerebellar_cortex']:g} + {ELEVATION_MARGIN_PPB:g})",
                  _fmt(cerebellum), {"MSA": _at_least(cerebellum, cerebellum_min)}, patterns,
-                 value=_rounded(cerebellum)),
+                 value=rounded(cerebellum)),
     ]
 
 
@@ -1007,7 +1009,7 @@ def _ad_features(regions: _Regions, patterns) -> list[dict]:
                  f"AD if hippocampus >= {hippocampus_min:g} ppb (healthy grey matter "
                  f"{HEALTHY_PPB['hippocampus']:g} + {ELEVATION_MARGIN_PPB:g})",
                  _fmt(hippocampus), {"AD": _at_least(hippocampus, hippocampus_min)}, patterns,
-                 value=_rounded(hippocampus)),
+                 value=rounded(hippocampus)),
         _feature("temporoparietal_elevation", "Temporoparietal cortical iron",
                  "AD if at least 2 of superior temporal, posterior cingulate and superior "
                  f"parietal cortex (higher hemisphere) >= healthy + {ELEVATION_MARGIN_PPB:g} ppb",

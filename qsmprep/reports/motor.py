@@ -79,7 +79,7 @@ def _side_values(rows, region, reference) -> dict:
     values = {}
     for row in rows:
         if row["region"] == region and row["reference"] == reference:
-            values[row["hemisphere"]] = cbs._region_value(row, cbs.REPORT_STATISTIC)
+            values[row["hemisphere"]] = cbs.region_value(row, cbs.REPORT_STATISTIC)
     return values
 
 
@@ -106,7 +106,7 @@ def motor_neuron_profile(regional_rows, *, reference="csf", reference_ranges=Non
         ``elevated_sides`` (sides whose precentral grey matter or its deep half is elevated),
         ``flagged`` and ``statement``.
     """
-    rows = cbs._rows_of(regional_rows)
+    rows = cbs.regional_rows_of(regional_rows)
     ranges = reference_ranges if reference_ranges is not None else cbs.read_reference_ranges()
     regions = []
     uses_controls = False
@@ -131,8 +131,8 @@ def motor_neuron_profile(regional_rows, *, reference="csf", reference_ranges=Non
                                   else value >= healthy + cbs.ELEVATION_MARGIN_PPB)
         regions.append({
             "region": name, "label": PROFILE_LABELS[name],
-            "left_ppb": cbs._rounded(values.get("L")), "right_ppb": cbs._rounded(values.get("R")),
-            "bilateral_ppb": cbs._rounded(values.get("bilateral")), "healthy_ppb": healthy,
+            "left_ppb": cbs.rounded(values.get("L")), "right_ppb": cbs.rounded(values.get("R")),
+            "bilateral_ppb": cbs.rounded(values.get("bilateral")), "healthy_ppb": healthy,
             "control": control, "z": z, "elevated": elevated})
     by_name = {region["region"]: region for region in regions}
     band = {}
@@ -140,7 +140,7 @@ def motor_neuron_profile(regional_rows, *, reference="csf", reference_ranges=Non
         deep = by_name.get("motor_cortex_deep", {}).get(key)
         superficial = by_name.get("motor_cortex_superficial", {}).get(key)
         band[side] = (None if deep is None or superficial is None
-                      else cbs._rounded(deep - superficial))
+                      else cbs.rounded(deep - superficial))
     basis = (f"the control range (z >= {ELEVATED_Z:g})" if uses_controls else
              f"the healthy adult value + {cbs.ELEVATION_MARGIN_PPB:g} ppb (no control range: "
              "run the group level with controls and pass its reference_ranges_learned.tsv with "

@@ -145,7 +145,7 @@ def test_demo_dataset_holds_the_digital_patients(tmp_path):
     truth = tmp_path / "derivatives" / "qsmprep-phantom" / "sub-cbs"
     first = (truth / "ses-1" / "anat" / "sub-cbs_ses-1_desc-truth_regions.tsv").read_text()
     second = (truth / "ses-2" / "anat" / "sub-cbs_ses-2_desc-truth_regions.tsv").read_text()
-    assert "motor_cortex\tL\t110" in first and "motor_cortex\tL\t135" in second
+    assert "motor_cortex\tL\t110" in first and "motor_cortex\tL\t170" in second
     assert "motor_cortex\tR\t45" in first and "motor_cortex\tR\t55" in second
     for label, sessions in DEMO_SESSIONS.items():
         table = (tmp_path / f"sub-{label}" / f"sub-{label}_sessions.tsv").read_text()
