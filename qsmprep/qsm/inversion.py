@@ -549,6 +549,8 @@ def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
     if shape[-1] % 2 == 0:
         multiplicity[-1] = 1.0
     power = (np.abs(spectrum) ** 2) * multiplicity / np.float32(np.prod(shape))
+    gradient_kernel_power = squared_gradient * squared_kernel * power  # same for every weight
+    del power
     residual_norms, solution_norms = [], []
     for weight in weights:
         denominator = squared_kernel + np.float32(weight) * squared_gradient
@@ -558,7 +560,7 @@ def tikhonov_lcurve(local_field_ppm, mask, voxel_size, b0_direction, *,
                         shape, workers=workers)
         residual_norms.append(float(np.sqrt(np.sum(misfit[inside].astype(np.float64) ** 2)
                                             / count)))
-        gradient_power = squared_gradient * squared_kernel * power / denominator**2
+        gradient_power = gradient_kernel_power / denominator**2
         solution_norms.append(float(np.sqrt(gradient_power.sum(dtype=np.float64) / count)))
     curvature, corner = lcurve_corner(weights, residual_norms, solution_norms)
     return LCurve(tuple(float(w) for w in weights), tuple(residual_norms),
